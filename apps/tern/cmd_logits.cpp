@@ -1,0 +1,86 @@
+// tern logits -m MODEL (--tokens 1,2,3 | -p TEXT) -o OUT.npy [--backend cpu] [--batch N]
+#include <fmt/core.h>
+
+#include <sstream>
+
+#include "commands.h"
+#include "model_flags.h"
+#include "runtime/engine.h"
+#include "tern/error.h"
+#include "tokenizer/tokenizer.h"
+#include "util/npy.h"
+
+namespace tern::cli {
+
+namespace {
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::string tok;
+  std::stringstream ss(s);
+  while (std::getline(ss, tok, ',')) {
+    size_t b = tok.find_first_not_of(' '), e = tok.find_last_not_of(' ');
+    if (b == std::string::npos) fail("--tokens: empty entry in '{}'", s);
+    tok = tok.substr(b, e - b + 1);
+    try {
+      size_t used = 0;
+      long long v = std::stoll(tok, &used);
+      if (used != tok.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(tok);
+      ids.push_back(static_cast<int32_t>(v));
+    } catch (const std::exception&) {
+      fail("--tokens: '{}' is not a token id", tok);
+    }
+  }
+  return ids;
+}
+}  // namespace
+
+Action add_logits(CLI::App& app) {
+  struct Opts {
+    ModelFlags model;
+    std::string tokens, prompt, out, backend = "cpu";
+    int threads = 0;
+    int64_t batch = 0;
+    bool no_bos = false;
+  };
+  auto o = std::make_shared<Opts>();
+  o->model.add(app);
+  auto* t = app.add_option("--tokens", o->tokens, "Comma-separated token ids");
+  auto* p = app.add_option("-p,--prompt", o->prompt, "Text, tokenized with the model's tokenizer");
+  t->excludes(p);
+  app.add_option("-o,--output", o->out, "Output .npy (float32, shape [n_tokens, vocab])")->required();
+  app.add_option("--backend", o->backend, "cpu or auto")->capture_default_str();
+  app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  app.add_option("--batch", o->batch, "Tokens per forward call (default: all at once; 1 = token-by-token decode)");
+  app.add_flag("--no-bos", o->no_bos, "With -p: do not prepend BOS");
+  return [o] {
+    if (o->tokens.empty() && o->prompt.empty()) fail("logits: give --tokens or -p");
+    Model m = o->model.load();
+    std::vector<int32_t> ids;
+    if (!o->tokens.empty()) {
+      ids = parse_ids(o->tokens);
+    } else {
+      if (m.tokenizer.empty()) fail("{}: the model has no tokenizer; pass --tokens instead of -p", m.path);
+      Tokenizer tok(m.tokenizer);
+      ids = tok.encode(o->prompt, m.tokenizer.add_bos && !o->no_bos);
+    }
+    if (ids.empty()) fail("logits: no tokens to run");
+    EngineOptions eo;
+    eo.backend = o->backend;
+    eo.threads = o->threads;
+    eo.ctx = static_cast<int64_t>(ids.size());
+    if (eo.ctx > m.config.ctx) fail("{} tokens exceed the model's context length {}", ids.size(), m.config.ctx);
+    auto engine = make_engine(m, eo);
+    const int64_t V = m.config.vocab, n = static_cast<int64_t>(ids.size());
+    std::vector<float> logits(n * V);
+    const int64_t step = o->batch > 0 ? o->batch : n;
+    for (int64_t i = 0; i < n; i += step) {
+      const int64_t len = std::min(step, n - i);
+      engine->forward(std::span<const int32_t>(ids.data() + i, len), logits.data() + i * V, Logits::All);
+    }
+    write_npy_f32(o->out, logits.data(), {n, V});
+    fmt::print(stderr, "wrote {} ({} tokens x {} vocab)\n", o->out, n, V);
+    return 0;
+  };
+}
+
+}  // namespace tern::cli

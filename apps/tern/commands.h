@@ -1,0 +1,17 @@
+// One function per `tern` subcommand; each registers its flags on the CLI11 app and
+// returns the action to run after parsing.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace tern::cli {
+
+using Action = std::function<int()>;
+
+Action add_info(CLI::App& app);
+Action add_convert(CLI::App& app);
+Action add_synth(CLI::App& app);
+Action add_logits(CLI::App& app);
+Action add_bench(CLI::App& app);
+
+}  // namespace tern::cli

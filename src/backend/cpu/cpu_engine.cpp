@@ -1,0 +1,180 @@
+// The CPU engine: the exact BitNet b1.58 forward pass over a batch of M tokens of
+// one sequence, layer by layer, with a float32 KV cache. Every ternary linear reads
+// each weight row once per batch (rows outer, tokens inner), so prefill is a real
+// matrix-matrix product rather than M matrix-vector products.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "runtime/engine.h"
+#include "tern/error.h"
+#include "util/thread_pool.h"
+
+namespace tern {
+
+namespace {
+
+// int8 activations of M tokens for one linear's input, zero-padded to 128.
+struct QuantizedActs {
+  int64_t rows = 0, padded = 0;
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> sum;
+
+  void quantize(const float* x, int64_t m, int64_t n, ThreadPool& pool) {
+    rows = m;
+    padded = (n + kTernBlock - 1) / kTernBlock * kTernBlock;
+    q.resize(m * padded);
+    scale.resize(m);
+    sum.resize(m);
+    pool.parallel_for(m, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) scale[i] = cpu::quantize_row_i8(x + i * n, n, padded, q.data() + i * padded, &sum[i]);
+    });
+  }
+};
+
+// out[m, r] = (sum_k W[r,k] q[m,k]) / s[m] * W.scale, optionally added to out.
+void ternary_linear(const TernaryMatrix& w, const QuantizedActs& a, float* out, bool accumulate, ThreadPool& pool) {
+  pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = w.data + r * w.row_bytes;
+      for (int64_t m = 0; m < a.rows; ++m) {
+        const int32_t d = cpu::ternary_dot(row, a.q.data() + m * a.padded, w.padded_cols(), a.sum[m]);
+        const float y = static_cast<float>(d) / a.scale[m] * w.scale;
+        float& o = out[m * w.rows + r];
+        o = accumulate ? o + y : y;
+      }
+    }
+  }, 8);
+}
+
+class CpuEngine final : public Engine {
+ public:
+  CpuEngine(const Model& model, const EngineOptions& opts)
+      : m_(model), c_(model.config), pool_(opts.threads), ctx_(opts.ctx > 0 ? opts.ctx : model.config.ctx) {
+    // Left uninitialised: pages are only touched as positions are filled.
+    const size_t cache = static_cast<size_t>(c_.n_layers) * ctx_ * c_.kv_dim();
+    k_cache_.reset(new float[cache]);
+    v_cache_.reset(new float[cache]);
+    inv_freq_.resize(c_.head_dim / 2);
+    cpu::rope_inv_freq(c_.rope_theta, c_.head_dim, inv_freq_.data());
+  }
+
+  const ModelConfig& config() const override { return c_; }
+  std::string name() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
+  int64_t position() const override { return pos_; }
+  int64_t context_length() const override { return ctx_; }
+  void reset() override { pos_ = 0; }
+
+  void forward(std::span<const int32_t> tokens, float* logits, Logits which) override {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    if (n == 0) return;
+    for (int64_t i = 0; i < n; ++i) {
+      if (tokens[i] < 0 || tokens[i] >= c_.vocab) fail("token id {} at position {} is outside the vocabulary (size {})", tokens[i], pos_ + i, c_.vocab);
+    }
+    if (pos_ + n > ctx_) fail("{} tokens at position {} exceed the context length {}", n, pos_, ctx_);
+    resize(n);
+    for (int64_t i = 0; i < n; ++i) m_.embedding.row_to_f32(tokens[i], x_.data() + i * c_.hidden);
+    for (int64_t l = 0; l < c_.n_layers; ++l) layer(l, n);
+    pos_ += n;
+    if (which == Logits::None) return;
+    const int64_t first = which == Logits::All ? 0 : n - 1;
+    lm_head(first, n, logits);
+  }
+
+ private:
+  void resize(int64_t n) {
+    const int64_t widest = std::max({c_.hidden, c_.q_dim(), c_.ffn});
+    x_.resize(n * c_.hidden);
+    norm_.resize(n * widest);
+    q_.resize(n * c_.q_dim());
+    k_.resize(n * c_.kv_dim());
+    v_.resize(n * c_.kv_dim());
+    att_.resize(n * c_.q_dim());
+    gate_.resize(n * c_.ffn);
+    up_.resize(n * c_.ffn);
+  }
+
+  void norm_rows(const float* in, const std::vector<float>& w, int64_t n, int64_t dim, float* out) {
+    pool_.parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) cpu::rmsnorm(in + i * dim, w.data(), dim, c_.rms_eps, out + i * dim);
+    });
+  }
+
+  void layer(int64_t li, int64_t n) {
+    const Layer& L = m_.layers[li];
+    const int64_t H = c_.hidden, KV = c_.kv_dim(), QD = c_.q_dim(), F = c_.ffn, hd = c_.head_dim;
+    // Attention block.
+    norm_rows(x_.data(), L.attn_norm, n, H, norm_.data());
+    acts_.quantize(norm_.data(), n, H, pool_);
+    ternary_linear(L.q, acts_, q_.data(), false, pool_);
+    ternary_linear(L.k, acts_, k_.data(), false, pool_);
+    ternary_linear(L.v, acts_, v_.data(), false, pool_);
+    float* kc = k_cache_.get() + li * ctx_ * KV;
+    float* vc = v_cache_.get() + li * ctx_ * KV;
+    for (int64_t i = 0; i < n; ++i) {
+      cpu::rope_neox(q_.data() + i * QD, c_.n_heads, hd, pos_ + i, inv_freq_.data());
+      cpu::rope_neox(k_.data() + i * KV, c_.n_kv_heads, hd, pos_ + i, inv_freq_.data());
+      std::copy_n(k_.data() + i * KV, KV, kc + (pos_ + i) * KV);
+      std::copy_n(v_.data() + i * KV, KV, vc + (pos_ + i) * KV);
+    }
+    const int64_t group = c_.n_heads / c_.n_kv_heads;
+    pool_.parallel_for(n * c_.n_heads, [&](int64_t b, int64_t e) {
+      std::vector<float> scores(pos_ + n);
+      for (int64_t j = b; j < e; ++j) {
+        const int64_t i = j / c_.n_heads, h = j % c_.n_heads, g = h / group;
+        cpu::attention_head(q_.data() + i * QD + h * hd, kc + g * hd, vc + g * hd, KV, pos_ + i + 1, hd, scores.data(),
+                            att_.data() + i * QD + h * hd);
+      }
+    });
+    norm_rows(att_.data(), L.attn_sub_norm, n, QD, norm_.data());
+    acts_.quantize(norm_.data(), n, QD, pool_);
+    ternary_linear(L.o, acts_, x_.data(), true, pool_);
+    // Feed-forward block.
+    norm_rows(x_.data(), L.ffn_norm, n, H, norm_.data());
+    acts_.quantize(norm_.data(), n, H, pool_);
+    ternary_linear(L.gate, acts_, gate_.data(), false, pool_);
+    ternary_linear(L.up, acts_, up_.data(), false, pool_);
+    pool_.parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) cpu::gated_activation(gate_.data() + i * F, up_.data() + i * F, F, c_.act, gate_.data() + i * F);
+    });
+    norm_rows(gate_.data(), L.ffn_sub_norm, n, F, norm_.data());
+    acts_.quantize(norm_.data(), n, F, pool_);
+    ternary_linear(L.down, acts_, x_.data(), true, pool_);
+  }
+
+  // logits[i - first] = embedding . final_norm(x_i) for tokens first..n-1.
+  void lm_head(int64_t first, int64_t n, float* logits) {
+    const int64_t H = c_.hidden, rows = n - first;
+    norm_rows(x_.data() + first * H, m_.output_norm, rows, H, norm_.data());
+    pool_.parallel_for(c_.vocab, [&](int64_t b, int64_t e) {
+      std::vector<float> w(H);
+      for (int64_t v = b; v < e; ++v) {
+        m_.embedding.row_to_f32(v, w.data());
+        for (int64_t i = 0; i < rows; ++i) {
+          const float* xn = norm_.data() + i * H;
+          logits[i * c_.vocab + v] = cpu::dot_f32(w.data(), xn, H);
+        }
+      }
+    }, 64);
+  }
+
+  const Model& m_;
+  ModelConfig c_;
+  ThreadPool pool_;
+  int64_t ctx_;
+  int64_t pos_ = 0;
+  std::unique_ptr<float[]> k_cache_, v_cache_;
+  std::vector<float> inv_freq_;
+  std::vector<float> x_, norm_, q_, k_, v_, att_, gate_, up_;
+  QuantizedActs acts_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> make_cpu_engine(const Model& model, const EngineOptions& opts) {
+  return std::make_unique<CpuEngine>(model, opts);
+}
+
+}  // namespace tern

@@ -1,0 +1,123 @@
+#include "backend/cpu/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tern::cpu {
+
+void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
+  double ss = 0;  // double: the sum of 6912 squares must not lose the small ones
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+float quantize_row_i8(const float* x, int64_t n, int64_t padded, int8_t* q, int32_t* qsum) {
+  float amax = 0;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float s = 127.0f / std::max(amax, 1e-5f);
+  int32_t sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    // nearbyint rounds half to even under the default rounding mode, like torch.round.
+    float r = std::nearbyint(x[i] * s);
+    r = std::min(127.0f, std::max(-128.0f, r));
+    q[i] = static_cast<int8_t>(r);
+    sum += q[i];
+  }
+  for (int64_t i = n; i < padded; ++i) q[i] = 0;
+  *qsum = sum;
+  return s;
+}
+
+int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
+  int32_t acc = 0;
+  for (int64_t b = 0; b < padded_cols / 128; ++b) {
+    const uint8_t* p = row + b * 32;
+    const int8_t* x = q + b * 128;
+    int32_t blk = 0;
+    for (int j = 0; j < 32; ++j) {
+      const int byte = p[j];
+      blk += (byte >> 6) * x[j] + ((byte >> 4) & 3) * x[j + 32] + ((byte >> 2) & 3) * x[j + 64] + (byte & 3) * x[j + 96];
+    }
+    acc += blk;
+  }
+  return acc - qsum;
+}
+
+void rope_inv_freq(float theta, int64_t head_dim, float* inv_freq) {
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv_freq[i] = 1.0f / std::pow(theta, e);
+  }
+}
+
+void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq) {
+  const int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(pos) * inv_freq[i];
+    const float c = std::cos(angle), s = std::sin(angle);
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + h * head_dim;
+      const float a = v[i], b = v[i + half];
+      v[i] = a * c - b * s;
+      v[i + half] = b * c + a * s;
+    }
+  }
+}
+
+void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
+                    float* scores, float* out) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  float mx = -INFINITY;
+  for (int64_t t = 0; t < n_ctx; ++t) {
+    const float* kt = k + t * stride;
+    float d = 0;
+    for (int64_t i = 0; i < head_dim; ++i) d += q[i] * kt[i];
+    scores[t] = d * scale;
+    mx = std::max(mx, scores[t]);
+  }
+  float sum = 0;
+  for (int64_t t = 0; t < n_ctx; ++t) {
+    scores[t] = std::exp(scores[t] - mx);
+    sum += scores[t];
+  }
+  const float inv = 1.0f / sum;
+  std::fill(out, out + head_dim, 0.0f);
+  for (int64_t t = 0; t < n_ctx; ++t) {
+    const float p = scores[t] * inv;
+    const float* vt = v + t * stride;
+    for (int64_t i = 0; i < head_dim; ++i) out[i] += p * vt[i];
+  }
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float tail = 0;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  for (int j = 0; j < 8; ++j) acc[j] += acc[j + 8];
+  for (int j = 0; j < 4; ++j) acc[j] += acc[j + 4];
+  return (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail;
+}
+
+void gated_activation(const float* g, const float* u, int64_t n, Activation act, float* h) {
+  switch (act) {
+    case Activation::Relu2:
+      for (int64_t i = 0; i < n; ++i) {
+        const float r = std::max(g[i], 0.0f);
+        h[i] = r * r * u[i];
+      }
+      return;
+    case Activation::Silu:
+      for (int64_t i = 0; i < n; ++i) h[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      return;
+    case Activation::Gelu:
+      for (int64_t i = 0; i < n; ++i) h[i] = 0.5f * g[i] * (1.0f + std::erf(g[i] * 0.70710678f)) * u[i];
+      return;
+  }
+}
+
+}  // namespace tern::cpu

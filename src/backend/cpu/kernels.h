@@ -1,0 +1,39 @@
+// Reference CPU kernels for the W1.58A8 forward pass (BITNET_FACTS "Quantization
+// math"). Plain C++ written so the compiler can vectorise it; faster SIMD versions
+// come later and are tested against these.
+#pragma once
+#include <cstdint>
+
+#include "model/model.h"
+
+namespace tern::cpu {
+
+// out = x / sqrt(mean(x^2) + eps) * w   (HF BitNetRMSNorm, float32)
+void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out);
+
+// Per-token absmax int8 quantization at the input of every ternary linear:
+// s = 127 / max(max|x|, 1e-5), q = clamp(round_half_even(x * s), -128, 127).
+// q is zero-padded from n to `padded`. Returns s; *qsum = sum of q (for the dot trick).
+float quantize_row_i8(const float* x, int64_t n, int64_t padded, int8_t* q, int32_t* qsum);
+
+// Exact integer dot of one tern2 row (padded_cols weights) with int8 activations:
+// sum_k (code_k - 1) * q_k = sum_k code_k * q_k - qsum.
+int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
+
+// HF rotate_half RoPE on n_heads heads of head_dim, pairs (i, i + head_dim/2).
+void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq);
+// inv_freq[i] = 1 / theta^(2i/head_dim), computed in float32 as transformers does.
+void rope_inv_freq(float theta, int64_t head_dim, float* inv_freq);
+
+// Causal attention of one query head over `n_ctx` cached positions (keys/values with
+// row stride `stride` floats). `scores` is scratch of n_ctx floats.
+void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
+                    float* scores, float* out);
+
+// Float dot product with 16 partial sums (vectorisable without -ffast-math).
+float dot_f32(const float* a, const float* b, int64_t n);
+
+// h = act(g) * u elementwise.
+void gated_activation(const float* g, const float* u, int64_t n, Activation act, float* h);
+
+}  // namespace tern::cpu

@@ -1,0 +1,111 @@
+// Random-weight models of any shape (tern synth): lets anyone test and benchmark
+// without downloading a checkpoint.
+#include <cmath>
+#include <sstream>
+
+#include "model/load_util.h"
+#include "model/model.h"
+#include "tern/error.h"
+#include "tokenizer/tokenizer.h"
+#include "util/half.h"
+
+namespace tern {
+
+namespace {
+
+// splitmix64: fast, seedable, good enough for weights.
+struct Rng {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return static_cast<float>(next() >> 40) * (1.0f / 16777216.0f); }  // [0, 1)
+  float normal() {
+    float u1 = std::max(uniform(), 1e-7f), u2 = uniform();
+    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
+  }
+};
+
+// A scale that bf16 and fp16 both hold exactly, so every output format (HF bf16
+// weight_scale, I2_S f32, TQ fp16) stores the very same model.
+float exact_scale(Rng& rng) { return bf16_to_f32(f32_to_bf16(0.5f + 1.5f * rng.uniform())); }
+
+TernaryMatrix random_ternary(Rng& rng, int64_t rows, int64_t cols) {
+  std::vector<int8_t> w(rows * cols);
+  for (auto& x : w) x = static_cast<int8_t>(static_cast<int>(rng.next() % 3) - 1);
+  return make_ternary(w, rows, cols, exact_scale(rng));
+}
+
+std::vector<float> random_norm(Rng& rng, int64_t n) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = bf16_to_f32(f32_to_bf16(1.0f + 0.2f * rng.normal()));
+  return v;
+}
+
+}  // namespace
+
+ModelConfig parse_shape(const std::string& s) {
+  ModelConfig c;
+  if (s == "2b-4t") {  // microsoft/bitnet-b1.58-2B-4T config.json
+    c.hidden = 2560, c.ffn = 6912, c.n_layers = 30, c.n_heads = 20, c.n_kv_heads = 5, c.vocab = 128256;
+  } else if (s == "tiny") {
+    c.hidden = 256, c.ffn = 512, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab = 512;
+  } else {
+    std::vector<int64_t> v;
+    std::stringstream ss(s);
+    std::string part;
+    while (std::getline(ss, part, ',')) {
+      try {
+        size_t used = 0;
+        v.push_back(std::stoll(part, &used));
+        if (used != part.size()) throw std::invalid_argument(part);
+      } catch (const std::exception&) {
+        fail("--shape: '{}' is not a number (expected 2b-4t, tiny or H,FF,L,NH,NKV,V)", part);
+      }
+    }
+    if (v.size() != 6) fail("--shape: expected 2b-4t, tiny or six numbers H,FF,L,NH,NKV,V; got '{}'", s);
+    c.hidden = v[0], c.ffn = v[1], c.n_layers = v[2], c.n_heads = v[3], c.n_kv_heads = v[4], c.vocab = v[5];
+    if (c.n_heads <= 0 || c.hidden % c.n_heads != 0) fail("--shape: heads {} must divide hidden {}", c.n_heads, c.hidden);
+  }
+  c.head_dim = c.hidden / c.n_heads;
+  c.ctx = 4096;
+  c.validate("--shape " + s);
+  if (c.vocab < 260) fail("--shape: vocab {} is too small (at least 260: 256 bytes and the special tokens)", c.vocab);
+  return c;
+}
+
+Model synth_model(const ModelConfig& cfg, uint64_t seed) {
+  cfg.validate("synth");
+  Rng rng{seed * 0x2545f4914f6cdd1dull + 1};
+  Model m;
+  m.config = cfg;
+  m.path = "(synthetic)";
+  m.source_format = "synthetic (seed " + std::to_string(seed) + ")";
+  auto emb = std::make_shared<std::vector<uint16_t>>(cfg.vocab * cfg.hidden);
+  for (auto& h : *emb) h = f32_to_f16(rng.normal());
+  m.embedding = {FloatType::F16, cfg.vocab, cfg.hidden, emb->data(), emb};
+  m.output_norm = random_norm(rng, cfg.hidden);
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    Layer l;
+    l.attn_norm = random_norm(rng, cfg.hidden);
+    l.attn_sub_norm = random_norm(rng, cfg.q_dim());
+    l.ffn_norm = random_norm(rng, cfg.hidden);
+    l.ffn_sub_norm = random_norm(rng, cfg.ffn);
+    l.q = random_ternary(rng, cfg.q_dim(), cfg.hidden);
+    l.k = random_ternary(rng, cfg.kv_dim(), cfg.hidden);
+    l.v = random_ternary(rng, cfg.kv_dim(), cfg.hidden);
+    l.o = random_ternary(rng, cfg.hidden, cfg.q_dim());
+    l.gate = random_ternary(rng, cfg.ffn, cfg.hidden);
+    l.up = random_ternary(rng, cfg.ffn, cfg.hidden);
+    l.down = random_ternary(rng, cfg.hidden, cfg.ffn);
+    m.layers.push_back(std::move(l));
+  }
+  m.tokenizer = synth_tokenizer(cfg.vocab);
+  check_model_shapes(m, "synth");
+  return m;
+}
+
+}  // namespace tern

@@ -1,0 +1,40 @@
+// The engine interface every backend implements (CPU now, CUDA next): one sequence,
+// a KV cache, tokens in, logits out. Prefill passes many tokens in one call; decode
+// passes one. Both append to the cache and must give the same logits.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "model/model.h"
+
+namespace tern {
+
+struct EngineOptions {
+  std::string backend = "cpu";  // "cpu" ("auto" resolves to the best available)
+  int threads = 0;              // <= 0: all cores
+  int64_t ctx = 0;              // KV cache length; <= 0: the model's context length
+};
+
+enum class Logits { None, Last, All };
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual std::string name() const = 0;
+  // Runs tokens at positions position() .. position()+n-1. Writes `logits` as
+  // [n, vocab] (All), [vocab] (Last) or nothing (None). Throws tern::Error if a token
+  // id is out of range or the context would overflow; the cache is then unchanged.
+  virtual void forward(std::span<const int32_t> tokens, float* logits, Logits which) = 0;
+  virtual void reset() = 0;  // empties the cache
+  virtual int64_t position() const = 0;
+  virtual int64_t context_length() const = 0;
+};
+
+std::unique_ptr<Engine> make_cpu_engine(const Model& model, const EngineOptions& opts);
+// Picks the backend named in opts ("auto" = CUDA when built and a GPU is present).
+std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts);
+
+}  // namespace tern

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# End-to-end runs of every command on small synthetic models.
+source "$(dirname "$0")/lib.bash"
+
+expect_ok "$TERN" synth --shape tiny -o "$WORK/t.gguf" --seed 3
+expect_ok "$TERN" info -m "$WORK/t.gguf" --tensors
+grep -q "layers: *2" "$WORK/out" && ok || bad "info lacks the layer count"
+grep -q "blk.1.ffn_down.weight" "$WORK/out" && ok || bad "info --tensors lacks a tensor"
+
+# Logits: prefill, token-by-token decode and chunks must agree bit for bit.
+expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/a.npy" -t 2
+expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/b.npy" --batch 1 -t 1
+expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/c.npy" --batch 2
+same_file "$WORK/a.npy" "$WORK/b.npy"
+same_file "$WORK/a.npy" "$WORK/c.npy"
+size=$(stat -c %s "$WORK/a.npy")
+[ "$size" -eq $((128 + 5 * 512 * 4)) ] && ok || bad "logits .npy has $size bytes"
+head -c 128 "$WORK/a.npy" | grep -q "'shape': (5, 512)" && ok || bad ".npy header lacks shape (5, 512)"
+
+# Every output format holds the same model.
+for t in tq2_0 tq1_0 i2_s; do
+  expect_ok "$TERN" convert "$WORK/t.gguf" "$WORK/t-$t.gguf" --type $t
+  expect_ok "$TERN" logits -m "$WORK/t-$t.gguf" --tokens 1,2,3,300,7 -o "$WORK/$t.npy"
+  same_file "$WORK/a.npy" "$WORK/$t.npy"
+done
+expect_ok "$TERN" synth --shape tiny -o "$WORK/hf" --type hf-packed --seed 3
+expect_ok "$TERN" logits -m "$WORK/hf" --tokens 1,2,3,300,7 -o "$WORK/hf.npy"
+same_file "$WORK/a.npy" "$WORK/hf.npy"
+expect_ok "$TERN" convert "$WORK/hf" "$WORK/from-hf.gguf" --type i2_s
+expect_ok "$TERN" logits -m "$WORK/from-hf.gguf" --tokens 1,2,3,300,7 -o "$WORK/from-hf.npy"
+same_file "$WORK/a.npy" "$WORK/from-hf.npy"
+
+# Text prompts go through the model's tokenizer.
+expect_ok "$TERN" logits -m "$WORK/t.gguf" -p "Hello, world" -o "$WORK/p.npy"
+expect_ok "$TERN" logits -m "$WORK/hf" -p "Hello, world" -o "$WORK/p2.npy"
+same_file "$WORK/p.npy" "$WORK/p2.npy"
+
+# Bench prints llama-bench-like rows and JSON.
+expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 16 -n 4 -r 2 -t 2
+grep -q "pp16" "$WORK/out" && grep -q "tg4" "$WORK/out" && ok || bad "bench table lacks pp16/tg4"
+expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 8,16 -n 0 -r 1 --json
+grep -q '"avg_ts"' "$WORK/out" && grep -q '"pp8"' "$WORK/out" && ok || bad "bench --json lacks fields"
+
+# A custom shape.
+expect_ok "$TERN" synth --shape 256,512,1,2,1,300 -o "$WORK/c.gguf" --type tq2_0
+expect_ok "$TERN" synth --shape 128,256,1,2,1,300 -o "$WORK/c2.gguf"
+finish

@@ -1,0 +1,162 @@
+// CPU reference kernels against straightforward re-derivations on fresh random inputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "backend/cpu/kernels.h"
+#include "model/ternary.h"
+#include "test_util.h"
+
+namespace tern {
+namespace {
+
+std::mt19937 rng_for_test() { return std::mt19937(std::random_device{}()); }
+
+TEST(CpuKernels, QuantizeMatchesDefinition) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 3);
+  for (int64_t n : {1, 5, 128, 300, 2560}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = nd(rng);
+    const int64_t padded = (n + 127) / 128 * 128;
+    std::vector<int8_t> q(padded, 99);
+    int32_t sum = 0;
+    float s = cpu::quantize_row_i8(x.data(), n, padded, q.data(), &sum);
+    float amax = 0;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    EXPECT_FLOAT_EQ(s, 127.0f / amax);
+    int32_t want_sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      float r = std::nearbyint(x[i] * s);
+      EXPECT_EQ(q[i], static_cast<int8_t>(std::clamp(r, -128.0f, 127.0f)));
+      want_sum += q[i];
+    }
+    for (int64_t i = n; i < padded; ++i) EXPECT_EQ(q[i], 0);
+    EXPECT_EQ(sum, want_sum);
+  }
+}
+
+TEST(CpuKernels, QuantizeRoundsHalfToEvenAndHandlesZeros) {
+  // amax = 127 makes s = 1 exactly, so x*s is x: 2.5 -> 2, 3.5 -> 4, -2.5 -> -2.
+  std::vector<float> x = {127.0f, 2.5f, 3.5f, -2.5f, 0.5f};
+  std::vector<int8_t> q(128);
+  int32_t sum;
+  cpu::quantize_row_i8(x.data(), 5, 128, q.data(), &sum);
+  EXPECT_EQ(q[1], 2);
+  EXPECT_EQ(q[2], 4);
+  EXPECT_EQ(q[3], -2);
+  EXPECT_EQ(q[4], 0);
+  std::vector<float> z(7, 0.0f);
+  float s = cpu::quantize_row_i8(z.data(), 7, 128, q.data(), &sum);
+  EXPECT_FLOAT_EQ(s, 127.0f / 1e-5f);
+  EXPECT_EQ(sum, 0);
+}
+
+TEST(CpuKernels, TernaryDotIsExact) {
+  auto rng = rng_for_test();
+  for (int64_t cols : {128, 200, 256, 2560, 6912}) {
+    const int64_t rows = 3;
+    std::vector<int8_t> w(rows * cols);
+    for (auto& v : w) v = static_cast<int8_t>(static_cast<int>(rng() % 3) - 1);
+    TernaryMatrix m = make_ternary(w, rows, cols, 1.0f);
+    std::vector<int8_t> x(m.padded_cols(), 0);
+    int32_t sum = 0;
+    for (int64_t i = 0; i < cols; ++i) {
+      x[i] = static_cast<int8_t>(static_cast<int>(rng() % 256) - 128);
+      sum += x[i];
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      int32_t want = 0;
+      for (int64_t c = 0; c < cols; ++c) want += w[r * cols + c] * x[c];
+      EXPECT_EQ(cpu::ternary_dot(m.data + r * m.row_bytes, x.data(), m.padded_cols(), sum), want) << cols;
+    }
+  }
+}
+
+TEST(CpuKernels, RmsnormMatchesDouble) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 2);
+  const int64_t n = 777;
+  std::vector<float> x(n), w(n), out(n), want(n);
+  for (int64_t i = 0; i < n; ++i) x[i] = nd(rng), w[i] = nd(rng);
+  cpu::rmsnorm(x.data(), w.data(), n, 1e-5f, out.data());
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  double r = 1.0 / std::sqrt(ss / n + 1e-5);
+  for (int64_t i = 0; i < n; ++i) want[i] = static_cast<float>(w[i] * x[i] * r);
+  EXPECT_LT(test::rel_l2(out.data(), want.data(), n), 1e-6);
+}
+
+TEST(CpuKernels, RopeRotatesHalfPairs) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 1);
+  const int64_t heads = 3, hd = 64, pos = 1234;
+  std::vector<float> x(heads * hd), orig;
+  for (auto& v : x) v = nd(rng);
+  orig = x;
+  std::vector<float> inv(hd / 2);
+  cpu::rope_inv_freq(500000.0f, hd, inv.data());
+  cpu::rope_neox(x.data(), heads, hd, pos, inv.data());
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      double f = std::pow(500000.0, -2.0 * i / hd) * pos;
+      double a = orig[h * hd + i], b = orig[h * hd + i + hd / 2];
+      EXPECT_NEAR(x[h * hd + i], a * std::cos(f) - b * std::sin(f), 2e-3);
+      EXPECT_NEAR(x[h * hd + i + hd / 2], b * std::cos(f) + a * std::sin(f), 2e-3);
+    }
+  }
+  // Position 0 is the identity.
+  std::vector<float> y = orig;
+  cpu::rope_neox(y.data(), heads, hd, 0, inv.data());
+  EXPECT_EQ(y, orig);
+}
+
+TEST(CpuKernels, AttentionMatchesSoftmaxDefinition) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 1);
+  const int64_t hd = 32, n = 17, stride = 96;
+  std::vector<float> q(hd), k(n * stride), v(n * stride), scores(n), out(hd);
+  for (auto& x : q) x = nd(rng);
+  for (auto& x : k) x = nd(rng);
+  for (auto& x : v) x = nd(rng);
+  cpu::attention_head(q.data(), k.data(), v.data(), stride, n, hd, scores.data(), out.data());
+  std::vector<double> p(n);
+  double mx = -1e30, sum = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    double d = 0;
+    for (int64_t i = 0; i < hd; ++i) d += double(q[i]) * k[t * stride + i];
+    p[t] = d / std::sqrt(double(hd));
+    mx = std::max(mx, p[t]);
+  }
+  for (auto& x : p) sum += (x = std::exp(x - mx));
+  std::vector<float> want(hd, 0);
+  for (int64_t i = 0; i < hd; ++i) {
+    double acc = 0;
+    for (int64_t t = 0; t < n; ++t) acc += p[t] / sum * v[t * stride + i];
+    want[i] = static_cast<float>(acc);
+  }
+  EXPECT_LT(test::rel_l2(out.data(), want.data(), hd), 1e-5);
+}
+
+TEST(CpuKernels, GatedActivations) {
+  std::vector<float> g = {-2, -0.5f, 0, 0.5f, 3}, u = {1, 2, 3, 4, 5}, h(5);
+  cpu::gated_activation(g.data(), u.data(), 5, Activation::Relu2, h.data());
+  EXPECT_EQ(h, (std::vector<float>{0, 0, 0, 1.0f, 45}));
+  cpu::gated_activation(g.data(), u.data(), 5, Activation::Silu, h.data());
+  EXPECT_NEAR(h[4], 3 / (1 + std::exp(-3.0)) * 5, 1e-5);
+}
+
+TEST(CpuKernels, DotF32) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 1);
+  for (int64_t n : {1, 15, 16, 17, 2560}) {
+    std::vector<float> a(n), b(n);
+    double want = 0;
+    for (int64_t i = 0; i < n; ++i) a[i] = nd(rng), b[i] = nd(rng), want += double(a[i]) * b[i];
+    EXPECT_NEAR(cpu::dot_f32(a.data(), b.data(), n), want, 1e-4 * std::sqrt(double(n)));
+  }
+}
+
+}  // namespace
+}  // namespace tern

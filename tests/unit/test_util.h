@@ -1,0 +1,59 @@
+// Shared helpers for tests: temporary directories and logits comparison.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace tern::test {
+
+// A fresh directory removed when the object dies.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static std::random_device rd;
+    path = std::filesystem::temp_directory_path() / ("tern_test_" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+// ||a - b|| / ||b||; NaN anywhere gives +inf so it never passes a threshold.
+inline double rel_l2(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return INFINITY;
+    double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return den == 0 ? (num == 0 ? 0 : INFINITY) : std::sqrt(num / den);
+}
+
+inline size_t argmax(const float* x, size_t n) {
+  size_t best = 0;
+  for (size_t i = 1; i < n; ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
+// Relative L2 below `tol` over everything, and the same argmax in every row of `vocab`.
+inline void expect_logits_match(const std::vector<float>& got, const std::vector<float>& want, size_t vocab, double tol,
+                                const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double err = rel_l2(got.data(), want.data(), got.size());
+  EXPECT_LT(err, tol) << what << ": relative L2 error " << err;
+  for (size_t r = 0; r < got.size() / vocab; ++r) {
+    EXPECT_EQ(argmax(got.data() + r * vocab, vocab), argmax(want.data() + r * vocab, vocab)) << what << ": argmax differs at position " << r;
+  }
+}
+
+}  // namespace tern::test
