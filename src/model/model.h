@@ -67,6 +67,11 @@ struct TokenizerData {
   bool empty() const { return tokens.empty(); }
 };
 
+// microsoft/bitnet-b1.58-2B-4T's chat template (tokenizer_config.json): "Role: content<|eot_id|>"
+// per message, BOS before the first, "Assistant: " as the generation prompt. Used for
+// synthetic models and as the fallback when a checkpoint carries none.
+extern const char* const kBitNetChatTemplate;
+
 struct TensorSummary {
   std::string name;
   std::string type;            // "i2_s", "bf16", "u8 (hf packed)", ...

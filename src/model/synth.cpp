@@ -104,6 +104,7 @@ Model synth_model(const ModelConfig& cfg, uint64_t seed) {
     m.layers.push_back(std::move(l));
   }
   m.tokenizer = synth_tokenizer(cfg.vocab);
+  m.tokenizer.chat_template = kBitNetChatTemplate;
   check_model_shapes(m, "synth");
   return m;
 }

@@ -38,9 +38,9 @@ class BpeModel {
   };
   using StringMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
-  StringMap vocab_;                                  // byte-level text -> id
-  std::unordered_map<uint64_t, Merge> merges_;       // (left id, right id) -> rank, result
-  std::array<int32_t, 256> byte_id_;                 // raw byte -> id of its token, -1 if none
+  StringMap vocab_;                             // byte-level text -> id
+  std::unordered_map<uint64_t, Merge> merges_;  // (left id, right id) -> rank, result
+  std::array<int32_t, 256> byte_id_;            // raw byte -> id of its token, -1 if none
 
   // Pre-token -> ids for words that needed merging. Encoding may run on several threads
   // at once, hence the lock; the cache is simply dropped when it grows too large.

@@ -26,13 +26,17 @@ void validate_utf8(std::string_view text) {
     // code points above U+10FFFF (F4 90..BF, F5..FF).
     size_t len = 0;
     unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF) len = 3;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    }
     bool ok = len != 0 && i + len <= n && s[i + 1] >= lo && s[i + 1] <= hi;
     for (size_t k = 2; ok && k < len; ++k) ok = (s[i + k] & 0xC0) == 0x80;
     if (!ok) fail("invalid UTF-8 in input at byte {}", i);
@@ -54,8 +58,7 @@ class Llama3Regex {
     if (!code_) {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(err, msg, sizeof msg);
-      fail("internal: cannot compile the LLaMA-3 regex at {}: {}", off,
-           reinterpret_cast<const char*>(msg));
+      fail("internal: cannot compile the LLaMA-3 regex at {}: {}", off, reinterpret_cast<const char*>(msg));
     }
     // A JIT failure (no JIT support in this build, no executable memory) is not an
     // error: pcre2_match then runs the interpreter.

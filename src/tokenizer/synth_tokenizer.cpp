@@ -91,8 +91,10 @@ void train(TokenizerData& t, std::set<std::string>& known, size_t max_new) {
 
 TokenizerData synth_tokenizer(int64_t vocab) {
   constexpr int64_t kSpecials = 3;
-  if (vocab < 256 + kSpecials + 1) fail("synthetic tokenizer: vocab {} is too small (need at least 260)", vocab);
-  if (vocab > (int64_t(1) << 24)) fail("synthetic tokenizer: vocab {} is too large (at most 16777216)", vocab);
+  if (vocab < 256 + kSpecials + 1)
+    fail("synthetic tokenizer: vocab {} is too small (need at least 260)", vocab);
+  if (vocab > (int64_t(1) << 24))
+    fail("synthetic tokenizer: vocab {} is too large (at most 16777216)", vocab);
 
   TokenizerData t;
   t.model = "gpt2";

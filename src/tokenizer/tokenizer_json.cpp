@@ -1,7 +1,6 @@
 // HF tokenizer.json / tokenizer_config.json <-> TokenizerData.
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "tern/error.h"
 #include "tokenizer/pretokenize.h"
@@ -63,13 +62,15 @@ void read_tokens(const std::string& path, const json& doc, const json& model, To
       seen.resize(id + 1);
     }
     if (seen[id] && t.tokens[id] != text)
-      fail("{}: field \"{}\": token id {} is used twice (\"{}\" and \"{}\")", path, field, id, t.tokens[id], text);
+      fail("{}: field \"{}\": token id {} is used twice (\"{}\" and \"{}\")", path, field, id, t.tokens[id],
+           text);
     seen[id] = true;
     t.tokens[id] = text;
     t.token_types[id] = type;
   };
 
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) put(it.value(), it.key(), kTokenNormal, "model.vocab");
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    put(it.value(), it.key(), kTokenNormal, "model.vocab");
   for (size_t i = 0; i < added.size(); ++i) {
     const json& a = added[i];
     std::string field = fmt::format("added_tokens[{}]", i);
@@ -77,7 +78,8 @@ void read_tokens(const std::string& path, const json& doc, const json& model, To
     const json& content = require(path, a, "content", field + ".content");
     if (!content.is_string()) fail("{}: field \"{}.content\" must be a string", path, field);
     auto sp = a.find("special");
-    if (sp != a.end() && !sp->is_boolean()) fail("{}: field \"{}.special\" must be true or false", path, field);
+    if (sp != a.end() && !sp->is_boolean())
+      fail("{}: field \"{}.special\" must be true or false", path, field);
     bool special = sp != a.end() && sp->get<bool>();
     std::string text = content.get<std::string>();
     if (auto v = vocab.find(text); v != vocab.end() && *v != require(path, a, "id", field + ".id"))
@@ -87,7 +89,9 @@ void read_tokens(const std::string& path, const json& doc, const json& model, To
   }
   if (t.tokens.empty()) fail("{}: field \"model.vocab\" is empty", path);
   for (size_t id = 0; id < seen.size(); ++id)
-    if (!seen[id]) fail("{}: token ids are not dense: no token has id {} (ids must cover 0..{})", path, id, seen.size() - 1);
+    if (!seen[id])
+      fail("{}: token ids are not dense: no token has id {} (ids must cover 0..{})", path, id,
+           seen.size() - 1);
 }
 
 void read_merges(const std::string& path, const json& model, TokenizerData& t) {
@@ -117,7 +121,8 @@ int32_t read_special(const std::string& file, const json& cfg, const char* key, 
   if (s->is_object()) s = &require(file, *s, "content", std::string(key) + ".content");
   if (!s->is_string()) fail("{}: field \"{}\" must be a string or {{\"content\": ...}}", file, key);
   int32_t id = find_token(t.tokens, s->get<std::string>());
-  if (id < 0) fail("{}: field \"{}\" names \"{}\", which is not in the vocabulary", file, key, s->get<std::string>());
+  if (id < 0)
+    fail("{}: field \"{}\" names \"{}\", which is not in the vocabulary", file, key, s->get<std::string>());
   return id;
 }
 
@@ -128,7 +133,8 @@ std::string read_chat_template(const std::string& file, const json& cfg) {
   if (it->is_string()) return it->get<std::string>();
   if (it->is_array() && !it->empty()) {
     for (const json& e : *it)
-      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+          e["template"].is_string())
         return e["template"].get<std::string>();
     const json& first = (*it)[0];
     if (first.is_object() && first.contains("template") && first["template"].is_string())
@@ -190,7 +196,8 @@ std::string quote(const std::string& s) {
   try {
     return json(s).dump();
   } catch (const json::exception&) {
-    fail("tokenizer: token {} is not valid UTF-8 and cannot be written to JSON", json(s).dump(-1, ' ', false, json::error_handler_t::replace));
+    fail("tokenizer: token {} is not valid UTF-8 and cannot be written to JSON",
+         json(s).dump(-1, ' ', false, json::error_handler_t::replace));
   }
 }
 
@@ -204,7 +211,9 @@ void join_lines(std::string& out, const std::vector<std::string>& items, const c
 
 ojson template_processing(const std::string& bos, int32_t bos_id) {
   auto special = [&](int type_id) { return ojson{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}}; };
-  auto seq = [](const char* id, int type_id) { return ojson{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
+  auto seq = [](const char* id, int type_id) {
+    return ojson{{"Sequence", {{"id", id}, {"type_id", type_id}}}};
+  };
   ojson p;
   p["type"] = "TemplateProcessing";
   p["single"] = {special(0), seq("A", 0)};
@@ -237,13 +246,19 @@ std::string to_tokenizer_json(const TokenizerData& t) {
   merges.reserve(t.merges.size());
   for (const std::string& m : t.merges) merges.push_back(quote(m));
 
-  ojson pre = {{"type", "Sequence"},
-               {"pretokenizers",
-                {{{"type", "Split"}, {"pattern", {{"Regex", kLlama3Pattern}}}, {"behavior", "Isolated"}, {"invert", false}},
-                 {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
-  ojson decoder = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  ojson pre = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       {{{"type", "Split"},
+         {"pattern", {{"Regex", kLlama3Pattern}}},
+         {"behavior", "Isolated"},
+         {"invert", false}},
+        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+  ojson decoder = {
+      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
   ojson post = nullptr;
-  if (t.add_bos && t.bos >= 0 && size_t(t.bos) < t.tokens.size()) post = template_processing(t.tokens[t.bos], t.bos);
+  if (t.add_bos && t.bos >= 0 && size_t(t.bos) < t.tokens.size())
+    post = template_processing(t.tokens[t.bos], t.bos);
 
   std::string out = "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n";
   out += "  \"added_tokens\": [\n";

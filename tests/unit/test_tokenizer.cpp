@@ -214,7 +214,8 @@ TEST(Tokenizer, SpecialTokensMatched) {
   EXPECT_EQ(tok.decode(plain), "<|eot_id|>");
 
   std::string reserved = "<|reserved_special_token_7|>";
-  EXPECT_EQ(tok.encode(reserved, false), (Ids{int32_t(std::find(d.tokens.begin(), d.tokens.end(), reserved) - d.tokens.begin())}));
+  EXPECT_EQ(tok.encode(reserved, false),
+            (Ids{int32_t(std::find(d.tokens.begin(), d.tokens.end(), reserved) - d.tokens.begin())}));
 }
 
 TEST(Tokenizer, SpecialMatchingIsLongestFirstAndUserDefinedAlwaysMatch) {
@@ -254,7 +255,10 @@ TEST(Tokenizer, InvalidUtf8IsAnError) {
 
 TEST(Tokenizer, UnknownIdIsAnError) {
   Tokenizer tok(synth_tokenizer(2000));
-  EXPECT_EQ(error_of([&] { tok.decode(Ids{1, 2000}); }), "token id 2000 is outside the vocabulary (size 2000)");
+  EXPECT_EQ(error_of([&] {
+              tok.decode(Ids{1, 2000});
+            }),
+            "token id 2000 is outside the vocabulary (size 2000)");
   EXPECT_EQ(error_of([&] { tok.token_bytes(-1); }), "token id -1 is outside the vocabulary (size 2000)");
   EXPECT_EQ(tok.vocab_size(), 2000);
 }
@@ -269,7 +273,8 @@ TEST(Tokenizer, SynthTokenizerShape) {
     EXPECT_EQ(d.tokens[d.eos], "<|end_of_text|>");
     EXPECT_EQ(d.tokens[d.eot], "<|eot_id|>");
     EXPECT_EQ(d.token_types[d.bos], 3);
-    EXPECT_EQ(std::set<std::string>(d.tokens.begin(), d.tokens.end()).size(), d.tokens.size()) << "unique tokens";
+    EXPECT_EQ(std::set<std::string>(d.tokens.begin(), d.tokens.end()).size(), d.tokens.size())
+        << "unique tokens";
     EXPECT_GE(d.merges.size(), size_t(d.bos - 256));
   }
   EXPECT_EQ(synth_tokenizer(260).tokens.back(), "<|eot_id|>");
@@ -358,18 +363,22 @@ TEST(Tokenizer, TokenizerJsonErrorsNameFileAndField) {
   };
   EXPECT_NE(load_error("{\"model\": ").find("invalid JSON"), std::string::npos);
   EXPECT_NE(load_error(R"({"version": "1.0"})").find("\"model\""), std::string::npos);
-  EXPECT_NE(load_error(R"({"model": {"type": "WordPiece", "vocab": {}}})").find("model.type"), std::string::npos);
+  EXPECT_NE(load_error(R"({"model": {"type": "WordPiece", "vocab": {}}})").find("model.type"),
+            std::string::npos);
   EXPECT_NE(load_error(R"({"model": {"type": "BPE"}})").find("model.vocab"), std::string::npos);
   EXPECT_NE(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 2, "c": 3}}})").find("dense"),
             std::string::npos);
   EXPECT_NE(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 2, "c": 3}},
-                          "added_tokens": [{"id": 3, "content": "c"}]})").find("no token has id 1"),
+                          "added_tokens": [{"id": 3, "content": "c"}]})")
+                .find("no token has id 1"),
             std::string::npos);
   EXPECT_NE(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}},
-                          "added_tokens": [{"id": 1, "content": "<s>"}]})").find("used twice"),
+                          "added_tokens": [{"id": 1, "content": "<s>"}]})")
+                .find("used twice"),
             std::string::npos);
-  EXPECT_NE(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [3]}})").find("model.merges[0]"),
-            std::string::npos);
+  EXPECT_NE(
+      load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [3]}})").find("model.merges[0]"),
+      std::string::npos);
   EXPECT_NE(error_of([&] { load_tokenizer_json((dir.path / "missing.json").string()); }).find("missing.json"),
             std::string::npos);
 
