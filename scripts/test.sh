@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+bash scripts/fetch-tokenizer.sh
 bash scripts/build.sh
 (cd build && ctest --output-on-failure -j "$(nproc)")
 FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash scripts/fuzz.sh

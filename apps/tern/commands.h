@@ -13,5 +13,10 @@ Action add_convert(CLI::App& app);
 Action add_synth(CLI::App& app);
 Action add_logits(CLI::App& app);
 Action add_bench(CLI::App& app);
+Action add_tokenize(CLI::App& app);
+Action add_detokenize(CLI::App& app);
+Action add_generate(CLI::App& app);
+Action add_chat(CLI::App& app);
+Action add_perplexity(CLI::App& app);
 
 }  // namespace tern::cli

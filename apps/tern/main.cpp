@@ -20,6 +20,11 @@ int main(int argc, char** argv) {
   add("convert", "Convert a model (HF dir or GGUF) to GGUF i2_s / tq2_0 / tq1_0", tern::cli::add_convert);
   add("synth", "Write a random-weight model of a given shape", tern::cli::add_synth);
   add("logits", "Write the logits of every position as float32 .npy", tern::cli::add_logits);
+  add("tokenize", "Text on stdin -> token ids", tern::cli::add_tokenize);
+  add("detokenize", "Token ids on stdin -> text", tern::cli::add_detokenize);
+  add("generate", "Generate text from a prompt, streaming", tern::cli::add_generate);
+  add("chat", "Interactive multi-turn chat", tern::cli::add_chat);
+  add("perplexity", "Perplexity of a text file (llama-perplexity / HF sliding window)", tern::cli::add_perplexity);
   add("bench", "Prompt-processing and generation speed (like llama-bench)", tern::cli::add_bench);
   try {
     app.parse(argc, argv);

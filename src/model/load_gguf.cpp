@@ -107,7 +107,9 @@ struct GgufLoader {
   }
 };
 
-TokenizerData read_tokenizer(const gguf::Reader& r) {
+}  // namespace
+
+TokenizerData read_gguf_tokenizer(const gguf::Reader& r) {
   TokenizerData t;
   if (r.find("tokenizer.ggml.tokens") == nullptr) return t;
   auto strs = [&](const char* k) -> std::vector<std::string> {
@@ -147,7 +149,6 @@ TokenizerData read_tokenizer(const gguf::Reader& r) {
   return t;
 }
 
-}  // namespace
 
 Model load_gguf(const std::string& path, const LoadOptions& opts) {
   gguf::Reader r = gguf::Reader::open(path);
@@ -226,11 +227,12 @@ Model load_gguf(const std::string& path, const LoadOptions& opts) {
     std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
     m.tensors.push_back({t.name, gguf::type_name(t.type), shape, t.nbytes});
   }
-  m.tokenizer = read_tokenizer(r);
+  m.tokenizer = read_gguf_tokenizer(r);
   if (!m.tokenizer.empty() && static_cast<int64_t>(m.tokenizer.tokens.size()) > c.vocab) {
     fail("{}: metadata key tokenizer.ggml.tokens: {} tokens but the vocabulary has {} rows", path, m.tokenizer.tokens.size(), c.vocab);
   }
   m.source_format = "gguf v" + std::to_string(r.version()) + " (" + linear_type + ")";
+  m.weight_type = linear_type;
   check_model_shapes(m, path);
   return m;
 }

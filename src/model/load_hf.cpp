@@ -217,6 +217,7 @@ Model load_hf(const std::string& dir, const LoadOptions& opts) {
       fail("{}: {} tokens but config.json vocab_size is {}", tok, m.tokenizer.tokens.size(), c.vocab);
     }
   }
+  m.weight_type = hc.packed ? "hf packed" : float_type_name(float_type_of(r.get("model.layers.0.self_attn.q_proj.weight", dir)));
   m.source_format = hc.packed ? "hf safetensors (packed uint8, " + hc.linear_class + ")"
                               : "hf safetensors (float master weights, ternarized at load)";
   check_model_shapes(m, dir);

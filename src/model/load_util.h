@@ -9,6 +9,12 @@
 
 namespace tern {
 
+namespace gguf {
+class Reader;
+}
+// The tokenizer.* metadata of a GGUF (empty TokenizerData if it has none).
+TokenizerData read_gguf_tokenizer(const gguf::Reader& r);
+
 // Widens F32/F16/BF16 elements to float.
 std::vector<float> to_f32(FloatType type, const uint8_t* data, int64_t n);
 

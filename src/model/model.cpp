@@ -17,8 +17,8 @@ namespace tern {
 
 const char* const kBitNetChatTemplate =
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = message['role'] | capitalize + "
-    "': '+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
-    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
+    "': '+ message['content'] | trim + '<|eot_id|>' %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ 'Assistant: ' }}{% endif %}";
 
 std::string activation_name(Activation a) {
   switch (a) {

@@ -68,8 +68,9 @@ struct TokenizerData {
 };
 
 // microsoft/bitnet-b1.58-2B-4T's chat template (tokenizer_config.json): "Role: content<|eot_id|>"
-// per message, BOS before the first, "Assistant: " as the generation prompt. Used for
-// synthetic models and as the fallback when a checkpoint carries none.
+// per message and "Assistant: " as the generation prompt. It renders no BOS: HF adds it
+// when tokenizing the rendered text, and so do we. Used for synthetic models and as the
+// fallback when a checkpoint carries none.
 extern const char* const kBitNetChatTemplate;
 
 struct TensorSummary {
@@ -92,6 +93,7 @@ struct Model {
   TokenizerData tokenizer;
   std::string path;
   std::string source_format;  // "gguf v3 (i2_s)", "hf safetensors (packed, autobitlinear)", ...
+  std::string weight_type;    // how the linears were stored: "i2_s", "tq2_0", "hf packed", "bf16", ...
   std::vector<TensorSummary> tensors;
   uint64_t file_bytes = 0;
 };
@@ -104,6 +106,11 @@ struct LoadOptions {
 Model load_model(const std::string& path, const LoadOptions& opts = {});
 Model load_gguf(const std::string& path, const LoadOptions& opts);
 Model load_hf(const std::string& dir, const LoadOptions& opts);
+
+// Just the tokenizer of a GGUF file, an HF directory, or a tokenizer.json (no weights).
+TokenizerData load_tokenizer_data(const std::string& path);
+// "BitNet b1.58 2B (30 layers, 2560 dim, i2_s ternary weights)"
+std::string describe_model(const Model& m);
 
 enum class SaveType { I2_S, TQ2_0, TQ1_0 };
 SaveType parse_save_type(const std::string& s);  // "i2_s", "tq2_0", "tq1_0"; throws

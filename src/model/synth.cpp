@@ -84,6 +84,7 @@ Model synth_model(const ModelConfig& cfg, uint64_t seed) {
   m.config = cfg;
   m.path = "(synthetic)";
   m.source_format = "synthetic (seed " + std::to_string(seed) + ")";
+  m.weight_type = "synthetic";
   auto emb = std::make_shared<std::vector<uint16_t>>(cfg.vocab * cfg.hidden);
   for (auto& h : *emb) h = f32_to_f16(rng.normal());
   m.embedding = {FloatType::F16, cfg.vocab, cfg.hidden, emb->data(), emb};

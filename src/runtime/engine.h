@@ -29,6 +29,9 @@ class Engine {
   // id is out of range or the context would overflow; the cache is then unchanged.
   virtual void forward(std::span<const int32_t> tokens, float* logits, Logits which) = 0;
   virtual void reset() = 0;  // empties the cache
+  // Keeps the first n cached positions and drops the rest (n >= position() is a no-op),
+  // so a chat can reuse the prompt prefix it shares with the previous turn.
+  virtual void truncate(int64_t n) = 0;
   virtual int64_t position() const = 0;
   virtual int64_t context_length() const = 0;
 };

@@ -66,6 +66,7 @@ class CpuEngine final : public Engine {
   int64_t position() const override { return pos_; }
   int64_t context_length() const override { return ctx_; }
   void reset() override { pos_ = 0; }
+  void truncate(int64_t n) override { pos_ = std::clamp<int64_t>(n, 0, pos_); }
 
   void forward(std::span<const int32_t> tokens, float* logits, Logits which) override {
     const int64_t n = static_cast<int64_t>(tokens.size());

@@ -1,0 +1,83 @@
+// Device-side helpers shared by the CUDA kernels: warp/block reductions, the int8
+// tensor-core instruction, cp.async and streaming loads.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace tern::cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+// Reduces v over the NT threads of the block; every thread gets the result. The
+// order is fixed (xor tree in each warp, then warps in order), so it is deterministic.
+// `sh` holds at least NT/32 values. Ends with a barrier so `sh` can be reused.
+template <int NT, class T, class Op>
+__device__ __forceinline__ T block_reduce(T v, T* sh, Op op) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFullMask, v, o));
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+  __syncthreads();
+  T r = sh[0];
+#pragma unroll
+  for (int i = 1; i < NT / 32; ++i) r = op(r, sh[i]);
+  __syncthreads();
+  return r;
+}
+
+struct SumOp {
+  template <class T>
+  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Weights are read once per token and the model is far larger than L2: stream them.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) { return __ldcs(p); }
+
+// D[16x8] += A[16x32] * B[32x8], int8 in, int32 accumulate (sm_80+ mma.sync).
+__device__ __forceinline__ void mma_s8_16832(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                             uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// 16-byte async copy global -> shared; src_bytes = 0 writes zeros (out-of-range rows).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Gated FFN activation, CPU reference: cpu::gated_activation (backend/cpu/kernels.cpp).
+// act: 0 relu^2, 1 silu, 2 gelu (erf).
+__device__ __forceinline__ float gated(float g, float u, int act) {
+  if (act == 0) {
+    const float r = fmaxf(g, 0.0f);
+    return r * r * u;
+  }
+  if (act == 1) return g / (1.0f + expf(-g)) * u;
+  return 0.5f * g * (1.0f + erff(g * 0.70710678f)) * u;
+}
+
+}  // namespace tern::cuda

@@ -1,0 +1,164 @@
+// Decode (M = 1) ternary GEMV on 2-bit weights x int8 activations with __dp4a.
+// CPU reference: ternary_linear in backend/cpu/cpu_engine.cpp (cpu::quantize_row_i8,
+// cpu::ternary_dot, y = dot / s * m) and cpu::gated_activation for the gate/up epilogue.
+//
+// A block owns TPB 16-row tiles (tern2-mma layout, kernels.h). Its prologue RMSNorms and
+// quantizes the float input into shared memory (every block redoes this small step:
+// it saves a launch and a round trip), while the first weight loads are already in
+// flight. The 8 warps split K: warp w takes 128-blocks w, w+8, ...; each lane loads 16
+// bytes (rows g and g+8 of the tile, 4 words) per block, 32 lanes = 512 contiguous bytes.
+// Per word and shift s, (word >> (6-2s)) & 0x03030303 holds 4 codes (w+1) that __dp4a
+// multiplies with 4 int8 activations; sum(q) is subtracted at the end (code = w + 1).
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/norm_quant.cuh"
+
+namespace tern::cuda {
+
+namespace {
+
+constexpr int kThreads = 256, kWarps = 8, kPre = 4;
+constexpr uint32_t kMask = 0x03030303u;
+
+// Accumulates one 512-byte block of a tile: rows g (accA) and g+8 (accB).
+// a: this lane's 8 permuted activation words of the block (t = lane % 4).
+__device__ __forceinline__ void dot_block(const uint4 w, const uint32_t* a, int& accA, int& accB) {
+  const uint4 a0 = *reinterpret_cast<const uint4*>(a);      // (s0,h0) (s0,h1) (s1,h0) (s1,h1)
+  const uint4 a1 = *reinterpret_cast<const uint4*>(a + 4);  // (s2,h0) (s2,h1) (s3,h0) (s3,h1)
+  accA = __dp4a(static_cast<int>((w.x >> 6) & kMask), static_cast<int>(a0.x), accA);
+  accA = __dp4a(static_cast<int>((w.z >> 6) & kMask), static_cast<int>(a0.y), accA);
+  accB = __dp4a(static_cast<int>((w.y >> 6) & kMask), static_cast<int>(a0.x), accB);
+  accB = __dp4a(static_cast<int>((w.w >> 6) & kMask), static_cast<int>(a0.y), accB);
+  accA = __dp4a(static_cast<int>((w.x >> 4) & kMask), static_cast<int>(a0.z), accA);
+  accA = __dp4a(static_cast<int>((w.z >> 4) & kMask), static_cast<int>(a0.w), accA);
+  accB = __dp4a(static_cast<int>((w.y >> 4) & kMask), static_cast<int>(a0.z), accB);
+  accB = __dp4a(static_cast<int>((w.w >> 4) & kMask), static_cast<int>(a0.w), accB);
+  accA = __dp4a(static_cast<int>((w.x >> 2) & kMask), static_cast<int>(a1.x), accA);
+  accA = __dp4a(static_cast<int>((w.z >> 2) & kMask), static_cast<int>(a1.y), accA);
+  accB = __dp4a(static_cast<int>((w.y >> 2) & kMask), static_cast<int>(a1.x), accB);
+  accB = __dp4a(static_cast<int>((w.w >> 2) & kMask), static_cast<int>(a1.y), accB);
+  accA = __dp4a(static_cast<int>(w.x & kMask), static_cast<int>(a1.z), accA);
+  accA = __dp4a(static_cast<int>(w.z & kMask), static_cast<int>(a1.w), accA);
+  accB = __dp4a(static_cast<int>(w.y & kMask), static_cast<int>(a1.z), accB);
+  accB = __dp4a(static_cast<int>(w.w & kMask), static_cast<int>(a1.w), accB);
+}
+
+template <int TPB, int EPI>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs p) {
+  extern __shared__ uint4 smem_dyn[];
+  uint32_t* act = reinterpret_cast<uint32_t*>(smem_dyn);  // kwords permuted int8x4 words
+  __shared__ NormScratch sc;
+  __shared__ int part[kWarps][TPB][16];
+  __shared__ float ys[TPB * 16];
+  __shared__ float s_scale;
+  __shared__ int32_t s_qsum;
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int nblk = p.w.nblk, kwords = nblk * 32;
+  const int tile0 = blockIdx.x * TPB;
+
+  // Weight prefetch: issued before the prologue so its latency overlaps the norm.
+  uint4 pre[TPB][kPre];
+#pragma unroll
+  for (int j = 0; j < TPB; ++j) {
+    const uint4* base = p.w.data + static_cast<int64_t>(tile0 + j) * nblk * 32 + lane;
+#pragma unroll
+    for (int i = 0; i < kPre; ++i) {
+      const int b = warp + kWarps * i;
+      pre[j][i] = (b < nblk && tile0 + j < p.w.ntiles) ? ld_stream(base + b * 32) : make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  if (p.preq != nullptr) {
+    for (int i = threadIdx.x; i < kwords; i += kThreads) act[i] = p.preq[i];
+    if (threadIdx.x == 0) {
+      s_scale = p.pre_s;
+      s_qsum = p.pre_qsum;
+    }
+  } else {
+    const float* in = p.in;
+    block_norm_quant<kThreads>([in](int i) { return in[i]; }, p.normw, p.n, kwords, p.eps, act, &s_scale, &s_qsum, sc);
+  }
+  __syncthreads();
+
+  const int t = lane & 3, g = lane >> 2;
+#pragma unroll
+  for (int j = 0; j < TPB; ++j) {
+    int accA = 0, accB = 0;
+    if (tile0 + j < p.w.ntiles) {
+#pragma unroll
+      for (int i = 0; i < kPre; ++i) {
+        const int b = warp + kWarps * i;
+        if (b < nblk) dot_block(pre[j][i], act + b * 32 + t * 8, accA, accB);
+      }
+      const uint4* base = p.w.data + static_cast<int64_t>(tile0 + j) * nblk * 32 + lane;
+#pragma unroll 4
+      for (int b = warp + kWarps * kPre; b < nblk; b += kWarps) dot_block(ld_stream(base + b * 32), act + b * 32 + t * 8, accA, accB);
+    }
+    accA += __shfl_xor_sync(kFullMask, accA, 1);
+    accA += __shfl_xor_sync(kFullMask, accA, 2);
+    accB += __shfl_xor_sync(kFullMask, accB, 1);
+    accB += __shfl_xor_sync(kFullMask, accB, 2);
+    if (t == 0) {
+      part[warp][j][g] = accA;
+      part[warp][j][g + 8] = accB;
+    }
+  }
+  __syncthreads();
+
+  if (threadIdx.x < TPB * 16) {
+    const int j = threadIdx.x >> 4, r = threadIdx.x & 15;
+    if (tile0 + j < p.w.ntiles) {
+      int d = 0;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) d += part[w][j][r];
+      d -= s_qsum;
+      const TileMeta m = p.w.meta[tile0 + j];
+      const float y = static_cast<float>(d) / s_scale * m.scale;
+      if constexpr (EPI == kEpiStore) {
+        if (r < m.valid) p.out[m.out_row0 + r] = y;
+      } else if constexpr (EPI == kEpiAdd) {
+        if (r < m.valid) p.out[m.out_row0 + r] += y;
+      } else if constexpr (EPI == kEpiRaw) {
+        if (r < m.valid) p.raw[m.out_row0 + r] = d;
+      } else {
+        ys[threadIdx.x] = y;
+      }
+    }
+  }
+  if constexpr (EPI == kEpiGateUp) {
+    __syncthreads();
+    if (threadIdx.x < 16) {
+      const TileMeta m = p.w.meta[tile0];
+      if (static_cast<int>(threadIdx.x) < m.valid) p.out[m.out_row0 + threadIdx.x] = gated(ys[threadIdx.x], ys[16 + threadIdx.x], p.act);
+    }
+  }
+}
+
+template <int TPB, int EPI>
+void launch(const GemvArgs& a, cudaStream_t st) {
+  const int blocks = (a.w.ntiles + TPB - 1) / TPB;
+  const size_t smem = static_cast<size_t>(a.w.kwords()) * 4;
+  if (smem > 48 * 1024) {
+    TERN_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<TPB, EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  gemv_kernel<TPB, EPI><<<blocks, kThreads, smem, st>>>(a);
+  TERN_CUDA_LAUNCHED("gemv_kernel");
+}
+
+}  // namespace
+
+void launch_gemv(int epi, const GemvArgs& a, cudaStream_t st) {
+  if (a.w.ntiles == 0) return;
+  switch (epi) {
+    case kEpiStore: return launch<1, kEpiStore>(a, st);
+    case kEpiAdd: return launch<1, kEpiAdd>(a, st);
+    case kEpiRaw: return launch<1, kEpiRaw>(a, st);
+    case kEpiGateUp:
+      if (a.w.ntiles % 2 != 0) throw Error("launch_gemv: gate/up needs an even number of tiles");
+      return launch<2, kEpiGateUp>(a, st);
+  }
+  throw Error("launch_gemv: unknown epilogue");
+}
+
+}  // namespace tern::cuda
