@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "gen_flags.h"
 #include "model_flags.h"
+#include "runtime/chat_prompt.h"
 #include "runtime/generate.h"
 #include "tern/error.h"
 #include "tokenizer/chat_template.h"
@@ -24,8 +25,6 @@ void print_text(std::string_view s) {
   std::fwrite(s.data(), 1, s.size(), stdout);
   std::fflush(stdout);
 }
-
-std::string token_text(const TokenizerData& t, int32_t id) { return id >= 0 && id < (int32_t)t.tokens.size() ? t.tokens[id] : ""; }
 
 void print_stats(const Model& m, const GenerateResult& r) {
   const double n = static_cast<double>(r.tokens.size());
@@ -63,13 +62,10 @@ Action add_generate(CLI::App& app) {
     Tokenizer tok(m.tokenizer);
     std::vector<int32_t> ids;
     if (o->chat) {
-      ChatTemplateInputs in;
-      if (!o->system.empty()) in.messages.push_back({"system", o->system});
-      in.messages.push_back({"user", o->prompt});
-      in.bos_token = token_text(m.tokenizer, m.tokenizer.bos);
-      in.eos_token = token_text(m.tokenizer, m.tokenizer.eos);
-      ChatTemplate tmpl(chat_template_or_default(m.tokenizer.chat_template));
-      ids = tok.encode(tmpl.render(in), false, true);
+      std::vector<ChatMessage> msgs;
+      if (!o->system.empty()) msgs.push_back({"system", o->system});
+      msgs.push_back({"user", o->prompt});
+      ids = ChatPrompter(m.tokenizer).encode(tok, msgs);
     } else {
       ids = tok.encode(o->prompt, m.tokenizer.add_bos && !o->no_bos);
     }
@@ -104,7 +100,7 @@ Action add_chat(CLI::App& app) {
     Model m = o->model.load();
     if (m.tokenizer.empty()) fail("{}: the model has no tokenizer", m.path);
     Tokenizer tok(m.tokenizer);
-    ChatTemplate tmpl(chat_template_or_default(m.tokenizer.chat_template));
+    ChatPrompter prompter(m.tokenizer);
     auto engine = make_engine(m, o->gen.engine_options(m.config));
     const int64_t ctx = engine->context_length();
     // Room kept for the reply: the whole request when -n is set, else a quarter of the context.
@@ -130,12 +126,10 @@ Action add_chat(CLI::App& app) {
       // Render; drop the oldest exchanges until the prompt leaves room for a reply.
       std::vector<int32_t> ids;
       for (;;) {
-        ChatTemplateInputs in;
-        if (!o->system.empty()) in.messages.push_back({"system", o->system});
-        in.messages.insert(in.messages.end(), history.begin(), history.end());
-        in.bos_token = token_text(m.tokenizer, m.tokenizer.bos);
-        in.eos_token = token_text(m.tokenizer, m.tokenizer.eos);
-        ids = tok.encode(tmpl.render(in), false, true);
+        std::vector<ChatMessage> msgs;
+        if (!o->system.empty()) msgs.push_back({"system", o->system});
+        msgs.insert(msgs.end(), history.begin(), history.end());
+        ids = prompter.encode(tok, msgs);
         if (static_cast<int64_t>(ids.size()) + reserve <= ctx || history.size() <= 1) break;
         history.erase(history.begin(), history.begin() + std::min<size_t>(2, history.size() - 1));
         fmt::print(stderr, "[context full: dropped the oldest exchange]\n");

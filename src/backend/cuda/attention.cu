@@ -8,6 +8,8 @@
 // for the whole GQA group. Decode splits the context over gridDim.y blocks
 // (flash-decoding); the last block of a head group to finish merges the parts.
 #include <algorithm>
+#include <string>
+#include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
