@@ -6,33 +6,16 @@
 #include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "commands.h"
 #include "model_flags.h"
 #include "runtime/engine.h"
 #include "tern/error.h"
+#include "util/parse.h"
 
 namespace tern::cli {
 
 namespace {
-
-std::vector<int64_t> parse_list(const std::string& s, const char* flag) {
-  std::vector<int64_t> v;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    try {
-      size_t used = 0;
-      long long x = std::stoll(part, &used);
-      if (used != part.size() || x < 0) throw std::invalid_argument(part);
-      v.push_back(x);
-    } catch (const std::exception&) {
-      fail("{}: '{}' is not a non-negative number", flag, part);
-    }
-  }
-  return v;
-}
 
 struct Result {
   std::string test;
@@ -69,7 +52,7 @@ Action add_bench(CLI::App& app) {
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   app.add_flag("--json", o->json, "Print results as JSON");
   return [o] {
-    std::vector<int64_t> pps = parse_list(o->p, "-p"), tgs = parse_list(o->n, "-n");
+    std::vector<int64_t> pps = parse_int_list(o->p, "-p", 0, 1 << 20), tgs = parse_int_list(o->n, "-n", 0, 1 << 20);
     Model m = o->model.load();
     int64_t longest = 1;
     for (int64_t x : pps) longest = std::max(longest, x);

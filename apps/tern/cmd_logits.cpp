@@ -1,7 +1,6 @@
 // tern logits -m MODEL (--tokens 1,2,3 | -p TEXT) -o OUT.npy [--backend cpu] [--batch N]
 #include <fmt/core.h>
 
-#include <sstream>
 
 #include "commands.h"
 #include "model_flags.h"
@@ -9,30 +8,9 @@
 #include "tern/error.h"
 #include "tokenizer/tokenizer.h"
 #include "util/npy.h"
+#include "util/parse.h"
 
 namespace tern::cli {
-
-namespace {
-std::vector<int32_t> parse_ids(const std::string& s) {
-  std::vector<int32_t> ids;
-  std::string tok;
-  std::stringstream ss(s);
-  while (std::getline(ss, tok, ',')) {
-    size_t b = tok.find_first_not_of(' '), e = tok.find_last_not_of(' ');
-    if (b == std::string::npos) fail("--tokens: empty entry in '{}'", s);
-    tok = tok.substr(b, e - b + 1);
-    try {
-      size_t used = 0;
-      long long v = std::stoll(tok, &used);
-      if (used != tok.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(tok);
-      ids.push_back(static_cast<int32_t>(v));
-    } catch (const std::exception&) {
-      fail("--tokens: '{}' is not a token id", tok);
-    }
-  }
-  return ids;
-}
-}  // namespace
 
 Action add_logits(CLI::App& app) {
   struct Opts {
@@ -57,7 +35,7 @@ Action add_logits(CLI::App& app) {
     Model m = o->model.load();
     std::vector<int32_t> ids;
     if (!o->tokens.empty()) {
-      ids = parse_ids(o->tokens);
+      for (int64_t id : parse_int_list(o->tokens, "--tokens", 0, INT32_MAX)) ids.push_back(static_cast<int32_t>(id));
     } else {
       if (m.tokenizer.empty()) fail("{}: the model has no tokenizer; pass --tokens instead of -p", m.path);
       Tokenizer tok(m.tokenizer);

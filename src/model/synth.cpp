@@ -1,13 +1,13 @@
 // Random-weight models of any shape (tern synth): lets anyone test and benchmark
 // without downloading a checkpoint.
 #include <cmath>
-#include <sstream>
 
 #include "model/load_util.h"
 #include "model/model.h"
 #include "tern/error.h"
 #include "tokenizer/tokenizer.h"
 #include "util/half.h"
+#include "util/parse.h"
 
 namespace tern {
 
@@ -54,18 +54,7 @@ ModelConfig parse_shape(const std::string& s) {
   } else if (s == "tiny") {
     c.hidden = 256, c.ffn = 512, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab = 512;
   } else {
-    std::vector<int64_t> v;
-    std::stringstream ss(s);
-    std::string part;
-    while (std::getline(ss, part, ',')) {
-      try {
-        size_t used = 0;
-        v.push_back(std::stoll(part, &used));
-        if (used != part.size()) throw std::invalid_argument(part);
-      } catch (const std::exception&) {
-        fail("--shape: '{}' is not a number (expected 2b-4t, tiny or H,FF,L,NH,NKV,V)", part);
-      }
-    }
+    std::vector<int64_t> v = parse_int_list(s, "--shape (2b-4t, tiny or H,FF,L,NH,NKV,V)", 1, int64_t{1} << 24);
     if (v.size() != 6) fail("--shape: expected 2b-4t, tiny or six numbers H,FF,L,NH,NKV,V; got '{}'", s);
     c.hidden = v[0], c.ffn = v[1], c.n_layers = v[2], c.n_heads = v[3], c.n_kv_heads = v[4], c.vocab = v[5];
     if (c.n_heads <= 0 || c.hidden % c.n_heads != 0) fail("--shape: heads {} must divide hidden {}", c.n_heads, c.hidden);

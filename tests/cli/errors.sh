@@ -22,7 +22,7 @@ for off in 8 16 24 40 64; do
 done
 
 expect_fail "outside the vocabulary" "$TERN" logits -m "$WORK/t.gguf" --tokens 1,99999 -o "$WORK/x.npy"
-expect_fail "not a token id" "$TERN" logits -m "$WORK/t.gguf" --tokens 1,abc -o "$WORK/x.npy"
+expect_fail "--tokens" "$TERN" logits -m "$WORK/t.gguf" --tokens 1,abc -o "$WORK/x.npy"
 long=$(seq -s, 1 5000)
 expect_fail "context length" "$TERN" logits -m "$WORK/t.gguf" --tokens "$long" -o "$WORK/x.npy"
 [ ! -e "$WORK/x.npy" ] && ok || bad "a failed logits run left $WORK/x.npy"

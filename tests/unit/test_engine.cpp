@@ -5,6 +5,7 @@
 #include "model/model.h"
 #include "runtime/engine.h"
 #include "tern/error.h"
+#include "engine_util.h"
 #include "test_util.h"
 
 namespace tern {
@@ -20,17 +21,7 @@ std::vector<int32_t> some_tokens(int64_t n, int64_t vocab, uint32_t seed) {
 }
 
 std::vector<float> run(const Model& m, const std::vector<int32_t>& toks, int64_t step, int threads = 2) {
-  EngineOptions eo;
-  eo.threads = threads;
-  eo.ctx = static_cast<int64_t>(toks.size());
-  auto e = make_cpu_engine(m, eo);
-  const int64_t V = m.config.vocab;
-  std::vector<float> out(toks.size() * V);
-  for (size_t i = 0; i < toks.size(); i += step) {
-    size_t len = std::min<size_t>(step, toks.size() - i);
-    e->forward(std::span<const int32_t>(toks.data() + i, len), out.data() + i * V, Logits::All);
-  }
-  return out;
+  return test::cpu_logits(m, toks, step, threads);
 }
 
 TEST(Engine, PrefillEqualsDecodeAndChunks) {

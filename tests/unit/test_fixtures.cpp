@@ -9,6 +9,7 @@
 
 #include "model/model.h"
 #include "runtime/engine.h"
+#include "engine_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/atomic_file.h"
@@ -28,20 +29,7 @@ std::vector<int32_t> fixture_tokens() {
   return ids;
 }
 
-std::vector<float> tern_logits(const Model& m, int64_t step) {
-  auto toks = fixture_tokens();
-  EngineOptions eo;
-  eo.ctx = static_cast<int64_t>(toks.size());
-  eo.threads = 2;
-  auto e = make_cpu_engine(m, eo);
-  const int64_t V = m.config.vocab;
-  std::vector<float> out(toks.size() * V);
-  for (size_t i = 0; i < toks.size(); i += step) {
-    size_t len = std::min<size_t>(step, toks.size() - i);
-    e->forward(std::span<const int32_t>(toks.data() + i, len), out.data() + i * V, Logits::All);
-  }
-  return out;
-}
+std::vector<float> tern_logits(const Model& m, int64_t step) { return test::cpu_logits(m, fixture_tokens(), step); }
 
 void check(const std::string& model, const std::string& reference) {
   SCOPED_TRACE(model);

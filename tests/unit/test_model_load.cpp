@@ -205,3 +205,36 @@ TEST(ModelLoad, BitlinearScaleDivides) {
 
 }  // namespace
 }  // namespace tern
+
+namespace tern {
+namespace {
+
+// A sharded HF checkpoint (model.safetensors.index.json + two shards) loads to the same model.
+TEST(ModelLoad, ShardedSafetensors) {
+  test::TempDir dir;
+  Model m = tiny();
+  const std::string hf = dir.file("hf");
+  save_hf_packed(m, hf);
+  st::Reader r = st::Reader::open_dir(hf);
+  st::Writer a, b;
+  json index = {{"metadata", json::object()}, {"weight_map", json::object()}};
+  size_t i = 0;
+  for (const auto& t : r.tensors()) {
+    bool first = (i++ % 2) == 0;
+    (first ? a : b).add(t.name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes));
+    index["weight_map"][t.name] = first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  const std::string sh = dir.file("sharded");
+  std::filesystem::create_directories(sh);
+  a.write(sh + "/model-00001-of-00002.safetensors");
+  b.write(sh + "/model-00002-of-00002.safetensors");
+  write_file_atomic(sh + "/model.safetensors.index.json", index.dump());
+  std::filesystem::copy_file(hf + "/config.json", sh + "/config.json");
+  Model s = load_model(sh);
+  EXPECT_EQ(logits_of(s), logits_of(m));
+  std::filesystem::remove(sh + "/model-00002-of-00002.safetensors");
+  expect_load_error(sh, {"model-00002-of-00002.safetensors"});
+}
+
+}  // namespace
+}  // namespace tern

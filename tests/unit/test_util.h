@@ -2,8 +2,14 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,8 +20,10 @@ namespace tern::test {
 struct TempDir {
   std::filesystem::path path;
   TempDir() {
-    static std::random_device rd;
-    path = std::filesystem::temp_directory_path() / ("tern_test_" + std::to_string(rd()) + std::to_string(rd()));
+    static std::atomic<int> counter{0};
+    path = std::filesystem::temp_directory_path() /
+           ("tern_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
     std::filesystem::create_directories(path);
   }
   ~TempDir() {
@@ -24,6 +32,16 @@ struct TempDir {
   }
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
+
+inline std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+inline void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
 
 // ||a - b|| / ||b||; NaN anywhere gives +inf so it never passes a threshold.
 inline double rel_l2(const float* a, const float* b, size_t n) {
