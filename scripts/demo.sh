@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # No-download demo: installs dependencies, builds, writes a small random-weight BitNet
-# model and runs it (model summary, logits, speed). Pass a real model with MODEL=path.
+# model and generates text with it (random weights: expect gibberish, at real speed).
+# Pass a real model with MODEL=path (a GGUF or HF directory) for real text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -11,5 +12,4 @@ if [ -z "$MODEL" ]; then
   ./build/tern synth --shape 1024,2816,8,16,4,32000 -o "$MODEL" --seed 1
 fi
 ./build/tern info -m "$MODEL"
-./build/tern logits -m "$MODEL" -p "The capital of France is" -o /tmp/tern-demo-logits.npy
-./build/tern bench -m "$MODEL" -p 64 -n 16 -r 2
+./build/tern generate -m "$MODEL" -p "The capital of France is" -n 32 --stats

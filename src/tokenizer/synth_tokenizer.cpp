@@ -87,6 +87,42 @@ void train(TokenizerData& t, std::set<std::string>& known, size_t max_new) {
   }
 }
 
+bool is_vowel(char c) { return c == 'a' || c == 'e' || c == 'i' || c == 'o' || c == 'u'; }
+
+// Letters only, optionally after the byte-level space mark "Ġ" (U+0120).
+bool wordish(const std::string& tok) {
+  size_t i = tok.rfind("\xC4\xA0", 0) == 0 ? 2 : 0;
+  if (i == tok.size()) return false;
+  for (; i < tok.size(); ++i) {
+    if (tok[i] < 'a' || tok[i] > 'z') return false;
+  }
+  return true;
+}
+
+// Fills the vocabulary up to `target` tokens with syllable merges (a word-ish token +
+// a one- or two-letter piece, alternating consonants and vowels), in a fixed order.
+// A model with a large synthetic vocabulary then samples pronounceable pseudo-words
+// rather than thousands of reserved special tokens.
+void fill_with_syllables(TokenizerData& t, std::set<std::string>& known, size_t target) {
+  std::vector<std::string> pool, pieces;
+  for (const std::string& tok : t.tokens) {
+    if (wordish(tok)) pool.push_back(tok);
+    if (wordish(tok) && tok.size() <= 2 && tok.rfind("\xC4\xA0", 0) != 0) pieces.push_back(tok);
+  }
+  for (size_t i = 0; i < pool.size() && t.tokens.size() < target; ++i) {
+    const std::string base = pool[i];  // copy: pool grows below
+    for (const std::string& p : pieces) {
+      if (t.tokens.size() >= target) break;
+      if (is_vowel(base.back()) == is_vowel(p.front())) continue;
+      std::string joined = base + p;
+      if (joined.size() > 16 || !known.insert(joined).second) continue;
+      t.merges.push_back(base + " " + p);
+      t.tokens.push_back(joined);
+      pool.push_back(std::move(joined));
+    }
+  }
+}
+
 }  // namespace
 
 TokenizerData synth_tokenizer(int64_t vocab) {
@@ -106,6 +142,9 @@ TokenizerData synth_tokenizer(int64_t vocab) {
     known.insert(t.tokens.back());
   }
   train(t, known, size_t(vocab - 256 - kSpecials));
+  // Like LLaMA-3, keep the last 256 ids for special tokens when the vocabulary is large.
+  const int64_t n_special = vocab >= 4096 ? 256 : kSpecials;
+  fill_with_syllables(t, known, size_t(vocab - n_special));
   t.token_types.assign(t.tokens.size(), kTokenNormal);
 
   auto add_special = [&](std::string s) {
