@@ -1,5 +1,6 @@
 // A small but real byte-level BPE tokenizer for synthetic models, so that tests and
 // benchmarks exercise genuine merges without shipping a 9 MB vocabulary.
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -142,8 +143,8 @@ TokenizerData synth_tokenizer(int64_t vocab) {
     known.insert(t.tokens.back());
   }
   train(t, known, size_t(vocab - 256 - kSpecials));
-  // Like LLaMA-3, keep the last 256 ids for special tokens when the vocabulary is large.
-  const int64_t n_special = vocab >= 4096 ? 256 : kSpecials;
+  // Like LLaMA-3, keep the last ids (256 of a large vocabulary) for special tokens.
+  const int64_t n_special = std::clamp<int64_t>(vocab / 16, kSpecials, 256);
   fill_with_syllables(t, known, size_t(vocab - n_special));
   t.token_types.assign(t.tokens.size(), kTokenNormal);
 
