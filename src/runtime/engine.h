@@ -37,6 +37,11 @@ class Engine {
 };
 
 std::unique_ptr<Engine> make_cpu_engine(const Model& model, const EngineOptions& opts);
+// The CUDA backend (backend/cuda/cuda_engine.cu): defined only in builds with
+// TERN_HAVE_CUDA. make_cuda_engine throws tern::Error when no device is usable;
+// cuda_available() is false when the driver finds no device.
+std::unique_ptr<Engine> make_cuda_engine(const Model& model, const EngineOptions& opts);
+bool cuda_available();
 // Picks the backend named in opts ("auto" = CUDA when built and a GPU is present).
 std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts);
 

@@ -8,18 +8,28 @@
 // for the whole GQA group. Decode splits the context over gridDim.y blocks
 // (flash-decoding); the last block of a head group to finish merges the parts.
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <type_traits>
 
+#include "backend/cpu/kernels.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.h"
 
 namespace tern::cuda {
 
 namespace {
 
 constexpr int kThreads = 256, kWarps = 8;
+
+// cpu::rope_neox's pair update without FMA contraction (matches the CPU bit for bit
+// when the CPU build does not contract either).
+__device__ __forceinline__ void rope_pair(float x0, float x1, float2 cs, float& y0, float& y1) {
+  y0 = __fsub_rn(__fmul_rn(x0, cs.x), __fmul_rn(x1, cs.y));
+  y1 = __fadd_rn(__fmul_rn(x1, cs.x), __fmul_rn(x0, cs.y));
+}
 
 template <int EPL, int GB>
 struct SoftmaxState {
@@ -113,7 +123,7 @@ struct DecodeArgs {
   const float* qkv;
   float* kc;
   float* vc;
-  const float* inv_freq;
+  const float2* rope;
   const int32_t* d_pos;
   float* partial;
   int32_t* counters;
@@ -133,8 +143,12 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int G = a.sh.n_heads / a.sh.n_kv;
   const int h0 = blockIdx.x * GB, kvh = h0 / G;
-  const int split = blockIdx.y, splits = gridDim.y;
+  pdl_trigger();
+  pdl_wait();
   const int pos = *a.d_pos, n_ctx = pos + 1;
+  // Splits of at least 32 positions: short contexts skip the cross-block merge.
+  const int splits = min(static_cast<int>(gridDim.y), (n_ctx + 31) / 32), split = blockIdx.y;
+  if (split >= splits) return;
   const int kv_dim = a.sh.kv_dim;
   const float* qraw = a.qkv + h0 * hd;
   const float* kraw = a.qkv + a.sh.qd + kvh * hd;
@@ -142,13 +156,10 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
 
   for (int idx = threadIdx.x; idx < (GB + 1) * half; idx += kThreads) {
     const int gi = idx / half, i = idx % half;
-    float sn, cs;
-    sincosf(static_cast<float>(pos) * a.inv_freq[i], &sn, &cs);
+    const float2 cs = a.rope[static_cast<int64_t>(pos) * half + i];
     const float* src = gi < GB ? qraw + gi * hd : kraw;
     float* dst = gi < GB ? sq + gi * hd : sk;
-    const float x0 = src[i], x1 = src[i + half];
-    dst[i] = x0 * cs - x1 * sn;
-    dst[i + half] = x1 * cs + x0 * sn;
+    rope_pair(src[i], src[i + half], cs, dst[i], dst[i + half]);
   }
   for (int d = threadIdx.x; d < hd; d += kThreads) sv[d] = vraw[d];
   __syncthreads();
@@ -195,7 +206,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
   }
   __syncthreads();
 
-  float* part = a.partial + (static_cast<int64_t>(blockIdx.x) * splits + split) * GB * SW;
+  float* part = a.partial + (static_cast<int64_t>(blockIdx.x) * gridDim.y + split) * GB * SW;
   for (int idx = threadIdx.x; idx < GB * hd; idx += kThreads) {
     const int gi = idx / hd, d = idx % hd;
     float M = -INFINITY;
@@ -227,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  const float* parts = a.partial + static_cast<int64_t>(blockIdx.x) * splits * GB * SW;
+  const float* parts = a.partial + static_cast<int64_t>(blockIdx.x) * gridDim.y * GB * SW;
   for (int idx = threadIdx.x; idx < GB * hd; idx += kThreads) {
     const int gi = idx / hd, d = idx % hd;
     float M = -INFINITY;
@@ -257,13 +268,15 @@ struct PrefillArgs {
   int ldo;
 };
 
-// One warp per query token (8 tokens per block), all GB heads of the block's group.
+// One block per (query token, head group): the 8 warps split the keys 0..pos0+i
+// (warp w takes w, w+8, ...) and merge in shared memory, so a long prompt's last rows
+// are not one warp's serial walk over every key.
 template <int EPL, int GB>
 __global__ void __launch_bounds__(kThreads) attn_prefill_kernel(const PrefillArgs a) {
-  constexpr int hd = EPL * 32;
+  constexpr int hd = EPL * 32, SW = hd + 2;
+  extern __shared__ float ws[];  // kWarps x GB x (hd + 2)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int i = blockIdx.y * kWarps + warp;
-  if (i >= a.M) return;
+  const int i = blockIdx.y;
   const int G = a.sh.n_heads / a.sh.n_kv;
   const int h0 = blockIdx.x * GB, kvh = h0 / G;
   const int n_ctx = a.pos0 + i + 1;
@@ -281,44 +294,58 @@ __global__ void __launch_bounds__(kThreads) attn_prefill_kernel(const PrefillArg
   const float* kc = a.kc + kvh * hd;
   const float* vc = a.vc + kvh * hd;
   attend_range<EPL, GB>(
-      st, q, 0, n_ctx, 1,
+      st, q, warp, n_ctx, kWarps,
       [&](int t, const float*& kr, const float*& vr) {
         kr = kc + static_cast<int64_t>(t) * kv_dim;
         vr = vc + static_cast<int64_t>(t) * kv_dim;
       },
       lane, scale);
-  float* orow = a.out + static_cast<int64_t>(i) * a.ldo + h0 * hd;
 #pragma unroll
   for (int gi = 0; gi < GB; ++gi) {
-    const float inv = 1.0f / st.l[gi];
+    float* w = ws + (warp * GB + gi) * SW;
 #pragma unroll
-    for (int j = 0; j < EPL; ++j) orow[gi * hd + lane * EPL + j] = st.acc[gi][j] * inv;
+    for (int j = 0; j < EPL; ++j) w[lane * EPL + j] = st.acc[gi][j];
+    if (lane == 0) {
+      w[hd] = st.m[gi];
+      w[hd + 1] = st.l[gi];
+    }
+  }
+  __syncthreads();
+  float* orow = a.out + static_cast<int64_t>(i) * a.ldo + h0 * hd;
+  for (int idx = threadIdx.x; idx < GB * hd; idx += kThreads) {
+    const int gi = idx / hd, d = idx % hd;
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, ws[(w * GB + gi) * SW + hd]);
+    float L = 0.0f, A = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float* sw = ws + (w * GB + gi) * SW;
+      if (sw[hd] == -INFINITY) continue;
+      const float e = expf(sw[hd] - M);
+      L += sw[hd + 1] * e;
+      A += sw[d] * e;
+    }
+    orow[gi * hd + d] = A / L;
   }
 }
 
 // Prefill RoPE + cache write, one block per token. CPU reference: cpu::rope_neox and
 // the cache copy in CpuEngine::layer.
 __global__ void __launch_bounds__(kThreads) rope_kv_kernel(const AttnShape sh, float* qkv, int ldq, int pos0,
-                                                           const float* __restrict__ inv_freq, float* kc, float* vc) {
+                                                           const float2* __restrict__ rope, float* kc, float* vc) {
   const int i = blockIdx.x, pos = pos0 + i, hd = sh.hd, half = hd / 2;
   float* row = qkv + static_cast<int64_t>(i) * ldq;
   float* kd = kc + static_cast<int64_t>(pos) * sh.kv_dim;
   float* vd = vc + static_cast<int64_t>(pos) * sh.kv_dim;
   for (int idx = threadIdx.x; idx < (sh.n_heads + sh.n_kv) * half; idx += kThreads) {
     const int h = idx / half, j = idx % half;
-    float sn, cs;
-    sincosf(static_cast<float>(pos) * inv_freq[j], &sn, &cs);
+    const float2 cs = rope[static_cast<int64_t>(pos) * half + j];
     if (h < sh.n_heads) {
       float* v = row + h * hd;
-      const float x0 = v[j], x1 = v[j + half];
-      v[j] = x0 * cs - x1 * sn;
-      v[j + half] = x1 * cs + x0 * sn;
+      rope_pair(v[j], v[j + half], cs, v[j], v[j + half]);
     } else {
       const int kh = h - sh.n_heads;
       const float* v = row + sh.qd + kh * hd;
-      const float x0 = v[j], x1 = v[j + half];
-      kd[kh * hd + j] = x0 * cs - x1 * sn;
-      kd[kh * hd + j + half] = x1 * cs + x0 * sn;
+      rope_pair(v[j], v[j + half], cs, kd[kh * hd + j], kd[kh * hd + j + half]);
     }
   }
   for (int d = threadIdx.x; d < sh.kv_dim; d += kThreads) vd[d] = row[sh.qd + sh.kv_dim + d];
@@ -335,7 +362,7 @@ void dispatch(const AttnShape& sh, Args&&... args) {
       case 4: return F<E, 4>::run(args...);
       case 8: return F<E, 8>::run(args...);
     }
-    throw Error("attention: unsupported heads per block " + std::to_string(sh.gb));
+    throw_error("attention: unsupported heads per block " + std::to_string(sh.gb));
   };
   switch (epl) {
     case 1: return by_gb(std::integral_constant<int, 1>{});
@@ -343,12 +370,12 @@ void dispatch(const AttnShape& sh, Args&&... args) {
     case 4: return by_gb(std::integral_constant<int, 4>{});
     case 8: return by_gb(std::integral_constant<int, 8>{});
   }
-  throw Error("attention: unsupported head_dim " + std::to_string(sh.hd) + " (CUDA backend supports 32, 64, 128, 256)");
+  throw_error("attention: unsupported head_dim " + std::to_string(sh.hd) + " (CUDA backend supports 32, 64, 128, 256)");
 }
 
 template <int EPL, int GB>
 struct DecodeLaunch {
-  static void run(const DecodeArgs& a, int splits, cudaStream_t st) {
+  static void run(const DecodeArgs& a, int splits, cudaStream_t st, bool pdl) {
     constexpr int hd = EPL * 32;
     const size_t smem = sizeof(float) * (GB * hd + 2 * hd + kWarps * GB * (hd + 2));
     if (smem > 48 * 1024) {
@@ -356,16 +383,21 @@ struct DecodeLaunch {
                                            static_cast<int>(smem)));
     }
     const dim3 grid(a.sh.n_heads / GB, splits);
-    attn_decode_kernel<EPL, GB><<<grid, kThreads, smem, st>>>(a);
-    TERN_CUDA_LAUNCHED("attn_decode_kernel");
+    launch_kernel("attn_decode_kernel", attn_decode_kernel<EPL, GB>, grid, dim3(kThreads), smem, st, pdl, a);
   }
 };
 
 template <int EPL, int GB>
 struct PrefillLaunch {
   static void run(const PrefillArgs& a, cudaStream_t st) {
-    const dim3 grid(a.sh.n_heads / GB, (a.M + kWarps - 1) / kWarps);
-    attn_prefill_kernel<EPL, GB><<<grid, kThreads, 0, st>>>(a);
+    constexpr int hd = EPL * 32;
+    const size_t smem = sizeof(float) * kWarps * GB * (hd + 2);
+    if (smem > 48 * 1024) {
+      TERN_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<EPL, GB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+    }
+    const dim3 grid(a.sh.n_heads / GB, a.M);
+    attn_prefill_kernel<EPL, GB><<<grid, kThreads, smem, st>>>(a);
     TERN_CUDA_LAUNCHED("attn_prefill_kernel");
   }
 };
@@ -382,16 +414,31 @@ int attn_heads_per_block(int n_heads, int n_kv) {
 
 bool attn_head_dim_supported(int hd) { return hd == 32 || hd == 64 || hd == 128 || hd == 256; }
 
-void launch_attn_decode(const AttnShape& sh, const float* qkv, float* kc, float* vc, const float* inv_freq,
-                        const int32_t* d_pos, int splits, float* partial, int32_t* counters, float* out, cudaStream_t st) {
-  const DecodeArgs a{sh, qkv, kc, vc, inv_freq, d_pos, partial, counters, out};
-  dispatch<DecodeLaunch>(sh, a, splits, st);
+std::vector<float> rope_table(float theta, int hd, int npos) {
+  const int half = hd / 2;
+  std::vector<float> inv(half);
+  cpu::rope_inv_freq(theta, hd, inv.data());
+  std::vector<float> t(static_cast<size_t>(npos) * half * 2);
+  for (int p = 0; p < npos; ++p) {
+    for (int i = 0; i < half; ++i) {  // cpu::rope_neox
+      const float angle = static_cast<float>(p) * inv[i];
+      t[(static_cast<size_t>(p) * half + i) * 2] = std::cos(angle);
+      t[(static_cast<size_t>(p) * half + i) * 2 + 1] = std::sin(angle);
+    }
+  }
+  return t;
 }
 
-void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, int pos0, const float* inv_freq, float* kc, float* vc,
+void launch_attn_decode(const AttnShape& sh, const float* qkv, float* kc, float* vc, const float* rope, const int32_t* d_pos,
+                        int splits, float* partial, int32_t* counters, float* out, cudaStream_t st, bool pdl) {
+  const DecodeArgs a{sh, qkv, kc, vc, reinterpret_cast<const float2*>(rope), d_pos, partial, counters, out};
+  dispatch<DecodeLaunch>(sh, a, splits, st, pdl);
+}
+
+void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, int pos0, const float* rope, float* kc, float* vc,
                     cudaStream_t st) {
   if (M <= 0) return;
-  rope_kv_kernel<<<M, kThreads, 0, st>>>(sh, qkv, ldq, pos0, inv_freq, kc, vc);
+  rope_kv_kernel<<<M, kThreads, 0, st>>>(sh, qkv, ldq, pos0, reinterpret_cast<const float2*>(rope), kc, vc);
   TERN_CUDA_LAUNCHED("rope_kv_kernel");
 }
 

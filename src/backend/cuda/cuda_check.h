@@ -1,12 +1,12 @@
 // CUDA error handling for the CUDA backend: every runtime call is checked and a
 // failure becomes a tern::Error carrying the CUDA error string (never an abort).
-// No fmt here: nvcc's front end rejects fmt's consteval format strings.
+// No fmt here (see cuda_error.h).
 #pragma once
 #include <cuda_runtime.h>
 
 #include <string>
 
-#include "tern/error.h"
+#include "backend/cuda/cuda_error.h"
 
 namespace tern::cuda {
 
@@ -14,7 +14,7 @@ namespace tern::cuda {
   std::string f = file;
   const size_t slash = f.find_last_of('/');
   if (slash != std::string::npos) f = f.substr(slash + 1);
-  throw Error(std::string("CUDA error: ") + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ") in " + what + " [" + f +
+  throw_error(std::string("CUDA error: ") + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ") in " + what + " [" + f +
               ":" + std::to_string(line) + "]");
 }
 

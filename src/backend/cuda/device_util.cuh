@@ -69,6 +69,12 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// Programmatic dependent launch (sm_90): let the next kernel in the stream start its
+// independent prologue (weight prefetch) now; wait until the previous kernel's writes
+// are visible before touching its outputs. Both are no-ops for a normal launch.
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
 // Gated FFN activation, CPU reference: cpu::gated_activation (backend/cpu/kernels.cpp).
 // act: 0 relu^2, 1 silu, 2 gelu (erf).
 __device__ __forceinline__ float gated(float g, float u, int act) {

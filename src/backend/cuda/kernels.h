@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace tern::cuda {
 
@@ -71,7 +72,7 @@ struct GemvArgs {
   int32_t* raw = nullptr;
   int act = 0;  // kEpiGateUp activation: 0 relu2, 1 silu, 2 gelu
 };
-void launch_gemv(int epi, const GemvArgs& a, cudaStream_t st);
+void launch_gemv(int epi, const GemvArgs& a, cudaStream_t st, bool pdl = false);
 
 // ---- ternary_gemm.cu (M > 1, prefill; int8 tensor cores) ----
 struct GemmArgs {
@@ -93,14 +94,17 @@ struct AttnShape {
 };
 int attn_heads_per_block(int n_heads, int n_kv);
 bool attn_head_dim_supported(int hd);  // 32, 64, 128, 256
+// RoPE table [npos][hd/2] of (cos, sin) pairs, computed on the host exactly as
+// cpu::rope_neox does (angle = float(pos) * inv_freq[i], std::cos / std::sin).
+std::vector<float> rope_table(float theta, int hd, int npos);
 // Decode, one token at position *d_pos: ropes q and the new k (raw from qkv = [qd + 2 kv_dim]),
-// writes k/v to the cache at *d_pos, attends over 0..*d_pos split in `splits` parts
-// (flash-decoding; the last block of each head group merges). out = [qd].
+// writes k/v to the cache at *d_pos, attends over 0..*d_pos split in up to `splits` parts
+// of >= 32 positions (flash-decoding; the last block of each head group merges). out = [qd].
 // partial: (n_heads / gb) * splits * gb * (hd + 2) floats; counters: n_heads / gb ints, zeroed once.
-void launch_attn_decode(const AttnShape& sh, const float* qkv, float* kc, float* vc, const float* inv_freq,
-                        const int32_t* d_pos, int splits, float* partial, int32_t* counters, float* out, cudaStream_t st);
+void launch_attn_decode(const AttnShape& sh, const float* qkv, float* kc, float* vc, const float* rope, const int32_t* d_pos,
+                        int splits, float* partial, int32_t* counters, float* out, cudaStream_t st, bool pdl = false);
 // Prefill: rope q in place and k, write k/v of tokens 0..M-1 (positions pos0..) to the cache.
-void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, int pos0, const float* inv_freq, float* kc, float* vc,
+void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, int pos0, const float* rope, float* kc, float* vc,
                     cudaStream_t st);
 // Prefill causal attention of M query tokens (positions pos0..pos0+M-1) over the cache.
 void launch_attn_prefill(const AttnShape& sh, const float* q, int ldq, const float* kc, const float* vc, int M, int pos0,
@@ -112,6 +116,6 @@ void launch_attn_prefill(const AttnShape& sh, const float* q, int ldq, const flo
 void launch_embed(const void* emb, int type, int H, const int32_t* tokens, int M, float* x, cudaStream_t st);
 // logits[m][v] = dot(embedding[v], RMSNorm(x_m) * normw) for m < ntok (x rows of length H).
 void launch_lm_head(const void* emb, int type, int V, int H, const float* x, int ntok, const float* normw, float eps,
-                    float* logits, cudaStream_t st);
+                    float* logits, cudaStream_t st, bool pdl = false);
 
 }  // namespace tern::cuda

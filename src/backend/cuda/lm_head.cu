@@ -9,6 +9,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.h"
 #include "backend/cuda/norm_quant.cuh"
 
 namespace tern::cuda {
@@ -80,10 +81,12 @@ __global__ void __launch_bounds__(kThreads) lm_head_kernel(const void* emb, int 
   extern __shared__ uint4 smem_dyn[];
   float* xn = reinterpret_cast<float*>(smem_dyn);  // T x H
   __shared__ NormScratch sc;
+  pdl_trigger();
+  pdl_wait();
   for (int tt = 0; tt < T; ++tt) {
     if (tt < ntok) {
       const float* xr = x + static_cast<int64_t>(tt) * H;
-      const float r = block_rms_inv<kThreads>([xr](int i) { return xr[i]; }, H, eps, sc);
+      const float r = block_rms_inv<kThreads>(xr, H, eps, sc);
       for (int i = threadIdx.x; i < H; i += kThreads) xn[tt * H + i] = normw[i] * (xr[i] * r);
     } else {
       for (int i = threadIdx.x; i < H; i += kThreads) xn[tt * H + i] = 0.0f;
@@ -143,19 +146,19 @@ int num_sms() {
 
 template <int TYPE, int T>
 void head_launch(const void* emb, int V, int H, const float* x, int ntok, const float* normw, float eps, float* logits,
-                 cudaStream_t st) {
+                 cudaStream_t st, bool pdl) {
   const size_t smem = sizeof(float) * T * H;
   if (smem > 48 * 1024) {
     TERN_CUDA_CHECK(cudaFuncSetAttribute(lm_head_kernel<TYPE, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
   const int blocks = std::max(1, std::min((V + kWarps - 1) / kWarps, num_sms() * 8));
-  lm_head_kernel<TYPE, T><<<blocks, kThreads, smem, st>>>(emb, V, H, x, ntok, normw, eps, logits);
-  TERN_CUDA_LAUNCHED("lm_head_kernel");
+  launch_kernel("lm_head_kernel", lm_head_kernel<TYPE, T>, dim3(blocks), dim3(kThreads), smem, st, pdl, emb, V, H, x, ntok,
+                normw, eps, logits);
 }
 
 template <int TYPE>
 void head_type(const void* emb, int V, int H, const float* x, int ntok, const float* normw, float eps, float* logits,
-               cudaStream_t st) {
+               cudaStream_t st, bool pdl) {
   // Up to 4 tokens per pass over the head (prefill with all logits); the pass count is
   // ceil(ntok / 4).
   for (int m = 0; m < ntok;) {
@@ -163,14 +166,14 @@ void head_type(const void* emb, int V, int H, const float* x, int ntok, const fl
     const float* xm = x + static_cast<int64_t>(m) * H;
     float* lm = logits + static_cast<int64_t>(m) * V;
     if (left == 1) {
-      head_launch<TYPE, 1>(emb, V, H, xm, 1, normw, eps, lm, st);
+      head_launch<TYPE, 1>(emb, V, H, xm, 1, normw, eps, lm, st, pdl);
       m += 1;
     } else if (left == 2) {
-      head_launch<TYPE, 2>(emb, V, H, xm, 2, normw, eps, lm, st);
+      head_launch<TYPE, 2>(emb, V, H, xm, 2, normw, eps, lm, st, pdl);
       m += 2;
     } else {
       const int n = std::min(left, 4);
-      head_launch<TYPE, 4>(emb, V, H, xm, n, normw, eps, lm, st);
+      head_launch<TYPE, 4>(emb, V, H, xm, n, normw, eps, lm, st, pdl);
       m += n;
     }
   }
@@ -184,20 +187,20 @@ void launch_embed(const void* emb, int type, int H, const int32_t* tokens, int M
     case 0: embed_kernel<0><<<M, kThreads, 0, st>>>(emb, H, tokens, x); break;
     case 1: embed_kernel<1><<<M, kThreads, 0, st>>>(emb, H, tokens, x); break;
     case 2: embed_kernel<2><<<M, kThreads, 0, st>>>(emb, H, tokens, x); break;
-    default: throw Error("embed: unknown float type");
+    default: throw_error("embed: unknown float type");
   }
   TERN_CUDA_LAUNCHED("embed_kernel");
 }
 
 void launch_lm_head(const void* emb, int type, int V, int H, const float* x, int ntok, const float* normw, float eps,
-                    float* logits, cudaStream_t st) {
+                    float* logits, cudaStream_t st, bool pdl) {
   if (ntok <= 0) return;
   switch (type) {
-    case 0: return head_type<0>(emb, V, H, x, ntok, normw, eps, logits, st);
-    case 1: return head_type<1>(emb, V, H, x, ntok, normw, eps, logits, st);
-    case 2: return head_type<2>(emb, V, H, x, ntok, normw, eps, logits, st);
+    case 0: return head_type<0>(emb, V, H, x, ntok, normw, eps, logits, st, pdl);
+    case 1: return head_type<1>(emb, V, H, x, ntok, normw, eps, logits, st, pdl);
+    case 2: return head_type<2>(emb, V, H, x, ntok, normw, eps, logits, st, pdl);
   }
-  throw Error("lm_head: unknown float type");
+  throw_error("lm_head: unknown float type");
 }
 
 }  // namespace tern::cuda

@@ -17,8 +17,7 @@ __global__ void __launch_bounds__(kThreads) norm_quant_kernel(const float* __res
   __shared__ NormScratch sc;
   const int m = blockIdx.x;
   const float* row = x + static_cast<int64_t>(m) * ldx;
-  block_norm_quant<kThreads>([row](int i) { return row[i]; }, w, n, kwords, eps, act + static_cast<int64_t>(m) * kwords,
-                             s + m, qsum + m, sc);
+  block_norm_quant<kThreads>(PlainRow{row, n}, w, n, kwords, eps, act + static_cast<int64_t>(m) * kwords, s + m, qsum + m, sc);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -28,8 +27,8 @@ __global__ void __launch_bounds__(kThreads)
   const int m = blockIdx.x;
   const float* g = gu + static_cast<int64_t>(m) * 2 * F;
   const float* u = g + F;
-  block_norm_quant<kThreads>([g, u, act_kind](int i) { return gated(g[i], u[i], act_kind); }, w, F, kwords, eps,
-                             act + static_cast<int64_t>(m) * kwords, s + m, qsum + m, sc);
+  block_norm_quant<kThreads>(GatedRow{g, u, F, act_kind}, w, F, kwords, eps, act + static_cast<int64_t>(m) * kwords, s + m,
+                             qsum + m, sc);
 }
 
 }  // namespace

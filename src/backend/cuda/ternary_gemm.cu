@@ -97,9 +97,10 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmArgs p) {
       if constexpr (EPI == kEpiRaw) {
         p.raw[o] = d;
       } else {
-        const float y = static_cast<float>(d) / p.s[tok] * m.scale;
+        // Explicit roundings, no fma contraction (see ternary_gemv.cu).
+        const float y = __fmul_rn(__fdiv_rn(static_cast<float>(d), p.s[tok]), m.scale);
         if constexpr (EPI == kEpiAdd) {
-          p.out[o] += y;
+          p.out[o] = __fadd_rn(p.out[o], y);
         } else {
           p.out[o] = y;
         }
@@ -124,7 +125,7 @@ void launch_gemm(int epi, const GemmArgs& a, cudaStream_t st) {
     case kEpiAdd: return launch<kEpiAdd>(a, st);
     case kEpiRaw: return launch<kEpiRaw>(a, st);
   }
-  throw Error("launch_gemm: unsupported epilogue");
+  throw_error("launch_gemm: unsupported epilogue");
 }
 
 }  // namespace tern::cuda

@@ -11,13 +11,17 @@
 // multiplies with 4 int8 activations; sum(q) is subtracted at the end (code = w + 1).
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.h"
 #include "backend/cuda/norm_quant.cuh"
 
 namespace tern::cuda {
 
 namespace {
 
-constexpr int kThreads = 256, kWarps = 8, kPre = 4;
+constexpr int kThreads = 256, kWarps = 8;
+// Weight blocks per tile prefetched before the prologue: 32 registers of uint4 in all.
+template <int TPB>
+constexpr int kPre = 8 / TPB;
 constexpr uint32_t kMask = 0x03030303u;
 
 // Accumulates one 512-byte block of a tile: rows g (accA) and g+8 (accB).
@@ -43,8 +47,10 @@ __device__ __forceinline__ void dot_block(const uint4 w, const uint32_t* a, int&
   accB = __dp4a(static_cast<int>(w.w & kMask), static_cast<int>(a1.w), accB);
 }
 
-template <int TPB, int EPI>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs p) {
+// PER: register slots per thread of the norm+quant prologue (n <= 1024 * PER; 0 = loop
+// over any n). Small PER keeps the kernel under ~80 registers: 3 blocks per SM.
+template <int TPB, int EPI, int PER>
+__global__ void __launch_bounds__(kThreads, PER <= 3 ? 3 : 2) gemv_kernel(const GemvArgs p) {
   extern __shared__ uint4 smem_dyn[];
   uint32_t* act = reinterpret_cast<uint32_t*>(smem_dyn);  // kwords permuted int8x4 words
   __shared__ NormScratch sc;
@@ -57,18 +63,21 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs p) {
   const int nblk = p.w.nblk, kwords = nblk * 32;
   const int tile0 = blockIdx.x * TPB;
 
-  // Weight prefetch: issued before the prologue so its latency overlaps the norm.
-  uint4 pre[TPB][kPre];
+  pdl_trigger();
+  // Weight prefetch: issued before the prologue (and, with PDL, while the previous
+  // kernel still runs) so its latency overlaps the wait and the norm.
+  uint4 pre[TPB][kPre<TPB>];
 #pragma unroll
   for (int j = 0; j < TPB; ++j) {
     const uint4* base = p.w.data + static_cast<int64_t>(tile0 + j) * nblk * 32 + lane;
 #pragma unroll
-    for (int i = 0; i < kPre; ++i) {
+    for (int i = 0; i < kPre<TPB>; ++i) {
       const int b = warp + kWarps * i;
       pre[j][i] = (b < nblk && tile0 + j < p.w.ntiles) ? ld_stream(base + b * 32) : make_uint4(0, 0, 0, 0);
     }
   }
 
+  pdl_wait();
   if (p.preq != nullptr) {
     for (int i = threadIdx.x; i < kwords; i += kThreads) act[i] = p.preq[i];
     if (threadIdx.x == 0) {
@@ -76,8 +85,11 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs p) {
       s_qsum = p.pre_qsum;
     }
   } else {
-    const float* in = p.in;
-    block_norm_quant<kThreads>([in](int i) { return in[i]; }, p.normw, p.n, kwords, p.eps, act, &s_scale, &s_qsum, sc);
+    if constexpr (PER > 0) {
+      norm_quant_regs<kThreads, PER>(PlainRow{p.in, p.n}, p.normw, p.n, kwords, p.eps, act, &s_scale, &s_qsum, sc);
+    } else {
+      norm_quant_loop<kThreads>(PlainRow{p.in, p.n}, p.normw, p.n, kwords, p.eps, act, &s_scale, &s_qsum, sc);
+    }
   }
   __syncthreads();
 
@@ -87,13 +99,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs p) {
     int accA = 0, accB = 0;
     if (tile0 + j < p.w.ntiles) {
 #pragma unroll
-      for (int i = 0; i < kPre; ++i) {
+      for (int i = 0; i < kPre<TPB>; ++i) {
         const int b = warp + kWarps * i;
         if (b < nblk) dot_block(pre[j][i], act + b * 32 + t * 8, accA, accB);
       }
       const uint4* base = p.w.data + static_cast<int64_t>(tile0 + j) * nblk * 32 + lane;
 #pragma unroll 4
-      for (int b = warp + kWarps * kPre; b < nblk; b += kWarps) dot_block(ld_stream(base + b * 32), act + b * 32 + t * 8, accA, accB);
+      for (int b = warp + kWarps * kPre<TPB>; b < nblk; b += kWarps) dot_block(ld_stream(base + b * 32), act + b * 32 + t * 8, accA, accB);
     }
     accA += __shfl_xor_sync(kFullMask, accA, 1);
     accA += __shfl_xor_sync(kFullMask, accA, 2);
@@ -114,11 +126,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs p) {
       for (int w = 0; w < kWarps; ++w) d += part[w][j][r];
       d -= s_qsum;
       const TileMeta m = p.w.meta[tile0 + j];
-      const float y = static_cast<float>(d) / s_scale * m.scale;
+      // Explicit roundings: a contracted fma(d/s, m, x) in the residual add would differ
+      // from the CPU's two roundings by an ulp, and int8 rounding ties amplify that.
+      const float y = __fmul_rn(__fdiv_rn(static_cast<float>(d), s_scale), m.scale);
       if constexpr (EPI == kEpiStore) {
         if (r < m.valid) p.out[m.out_row0 + r] = y;
       } else if constexpr (EPI == kEpiAdd) {
-        if (r < m.valid) p.out[m.out_row0 + r] += y;
+        if (r < m.valid) p.out[m.out_row0 + r] = __fadd_rn(p.out[m.out_row0 + r], y);
       } else if constexpr (EPI == kEpiRaw) {
         if (r < m.valid) p.raw[m.out_row0 + r] = d;
       } else {
@@ -127,38 +141,50 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs p) {
     }
   }
   if constexpr (EPI == kEpiGateUp) {
+    // Tiles (2p, 2p+1) of the block are (gate j, up j).
     __syncthreads();
-    if (threadIdx.x < 16) {
-      const TileMeta m = p.w.meta[tile0];
-      if (static_cast<int>(threadIdx.x) < m.valid) p.out[m.out_row0 + threadIdx.x] = gated(ys[threadIdx.x], ys[16 + threadIdx.x], p.act);
+    if (threadIdx.x < TPB * 8) {
+      const int pr = threadIdx.x >> 4, r = threadIdx.x & 15;
+      if (tile0 + 2 * pr < p.w.ntiles) {
+        const TileMeta m = p.w.meta[tile0 + 2 * pr];
+        if (r < m.valid) p.out[m.out_row0 + r] = gated(ys[2 * pr * 16 + r], ys[(2 * pr + 1) * 16 + r], p.act);
+      }
     }
   }
 }
 
-template <int TPB, int EPI>
-void launch(const GemvArgs& a, cudaStream_t st) {
+template <int TPB, int EPI, int PER>
+void launch_per(const GemvArgs& a, cudaStream_t st, bool pdl) {
   const int blocks = (a.w.ntiles + TPB - 1) / TPB;
   const size_t smem = static_cast<size_t>(a.w.kwords()) * 4;
   if (smem > 48 * 1024) {
-    TERN_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<TPB, EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    TERN_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<TPB, EPI, PER>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  gemv_kernel<TPB, EPI><<<blocks, kThreads, smem, st>>>(a);
-  TERN_CUDA_LAUNCHED("gemv_kernel");
+  launch_kernel("gemv_kernel", gemv_kernel<TPB, EPI, PER>, dim3(blocks), dim3(kThreads), smem, st, pdl, a);
+}
+
+template <int TPB, int EPI>
+void launch(const GemvArgs& a, cudaStream_t st, bool pdl) {
+  // The pre-quantized test path needs no prologue registers.
+  if (a.preq != nullptr || a.n <= 4 * kThreads) return launch_per<TPB, EPI, 1>(a, st, pdl);
+  if (a.n <= 12 * kThreads) return launch_per<TPB, EPI, 3>(a, st, pdl);
+  if (a.n <= 28 * kThreads) return launch_per<TPB, EPI, 7>(a, st, pdl);
+  return launch_per<TPB, EPI, 0>(a, st, pdl);
 }
 
 }  // namespace
 
-void launch_gemv(int epi, const GemvArgs& a, cudaStream_t st) {
+void launch_gemv(int epi, const GemvArgs& a, cudaStream_t st, bool pdl) {
   if (a.w.ntiles == 0) return;
   switch (epi) {
-    case kEpiStore: return launch<1, kEpiStore>(a, st);
-    case kEpiAdd: return launch<1, kEpiAdd>(a, st);
-    case kEpiRaw: return launch<1, kEpiRaw>(a, st);
+    case kEpiStore: return launch<1, kEpiStore>(a, st, pdl);
+    case kEpiAdd: return launch<1, kEpiAdd>(a, st, pdl);
+    case kEpiRaw: return launch<1, kEpiRaw>(a, st, pdl);
     case kEpiGateUp:
-      if (a.w.ntiles % 2 != 0) throw Error("launch_gemv: gate/up needs an even number of tiles");
-      return launch<2, kEpiGateUp>(a, st);
+      if (a.w.ntiles % 2 != 0) throw_error("launch_gemv: gate/up needs an even number of tiles");
+      return launch<4, kEpiGateUp>(a, st, pdl);
   }
-  throw Error("launch_gemv: unknown epilogue");
+  throw_error("launch_gemv: unknown epilogue");
 }
 
 }  // namespace tern::cuda

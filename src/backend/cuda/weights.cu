@@ -32,16 +32,16 @@ DevBuf upload_bytes(const void* src, size_t bytes) {
 
 DevTernary upload_ternary(const std::vector<const TernaryMatrix*>& parts, const std::vector<int>& out_offsets,
                           bool interleave, cudaStream_t st) {
-  if (parts.empty() || parts.size() != out_offsets.size()) throw Error("upload_ternary: bad arguments");
+  if (parts.empty() || parts.size() != out_offsets.size()) throw_error("upload_ternary: bad arguments");
   const int64_t row_bytes = parts[0]->row_bytes;
-  if (row_bytes <= 0 || row_bytes % 32 != 0) throw Error("upload_ternary: row bytes " + std::to_string(row_bytes) + " not a multiple of 32");
+  if (row_bytes <= 0 || row_bytes % 32 != 0) throw_error("upload_ternary: row bytes " + std::to_string(row_bytes) + " not a multiple of 32");
   for (const TernaryMatrix* m : parts) {
     if (m->row_bytes != row_bytes)
-      throw Error("upload_ternary: matrices of one fused group have different widths (" + std::to_string(m->cols) + " vs " +
+      throw_error("upload_ternary: matrices of one fused group have different widths (" + std::to_string(m->cols) + " vs " +
                   std::to_string(parts[0]->cols) + ")");
   }
   if (interleave && (parts.size() != 2 || parts[0]->rows != parts[1]->rows))
-    throw Error("upload_ternary: interleaving needs two matrices of equal rows");
+    throw_error("upload_ternary: interleaving needs two matrices of equal rows");
   const int nblk = static_cast<int>(row_bytes / 32);
   std::vector<int> tiles(parts.size()), base(parts.size());
   int ntiles = 0;

@@ -1,0 +1,216 @@
+// Single-kernel wrappers for tests/cuda (see testing.h).
+#include <algorithm>
+#include <cstring>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/norm_quant.cuh"
+#include "backend/cuda/testing.h"
+#include "backend/cuda/weights.h"
+
+namespace tern::cuda::testing {
+
+namespace {
+
+template <class T>
+DevBuf poisoned(size_t n) {
+  DevBuf b(std::max<size_t>(n, 1) * sizeof(T));
+  TERN_CUDA_CHECK(cudaMemset(b.as<void>(), 0x7f, b.size()));  // floats: 3.4e38-ish; ints: 0x7f7f7f7f
+  return b;
+}
+
+DevBuf nan_buf(size_t n) {
+  DevBuf b(std::max<size_t>(n, 1) * sizeof(float));
+  TERN_CUDA_CHECK(cudaMemset(b.as<void>(), 0xff, b.size()));  // 0xffffffff is a NaN
+  return b;
+}
+
+template <class T>
+std::vector<T> download(const DevBuf& b, size_t n) {
+  std::vector<T> v(n);
+  TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  if (n > 0) TERN_CUDA_CHECK(cudaMemcpy(v.data(), b.as<void>(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  return v;
+}
+
+// Natural-order int8 rows [M][padded] -> permuted words [M][padded/4].
+std::vector<uint32_t> permute(const int8_t* q, int64_t M, int64_t padded) {
+  const int64_t kw = padded / 4;
+  std::vector<uint32_t> out(M * kw);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t i = 0; i < kw; ++i) {
+      uint32_t w;
+      std::memcpy(&w, q + m * padded + 4 * i, 4);
+      out[m * kw + perm_word(static_cast<int>(i))] = w;
+    }
+  }
+  return out;
+}
+
+std::vector<int8_t> unpermute(const std::vector<uint32_t>& words, int64_t M, int64_t padded) {
+  const int64_t kw = padded / 4;
+  std::vector<int8_t> q(M * padded);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t i = 0; i < kw; ++i) std::memcpy(q.data() + m * padded + 4 * i, &words[m * kw + perm_word(static_cast<int>(i))], 4);
+  }
+  return q;
+}
+
+int type_code(FloatType t) { return t == FloatType::F32 ? 0 : t == FloatType::F16 ? 1 : 2; }
+
+}  // namespace
+
+Quantized norm_quant(const float* x, const float* w, int64_t M, int64_t n, float eps) {
+  Quantized r;
+  r.padded = (n + 127) / 128 * 128;
+  const int kw = static_cast<int>(r.padded / 4);
+  DevBuf dx = upload_bytes(x, M * n * sizeof(float)), dw = upload_bytes(w, n * sizeof(float));
+  DevBuf act = poisoned<uint32_t>(M * kw), s = nan_buf(M), qs = poisoned<int32_t>(M);
+  launch_norm_quant(dx.as<float>(), static_cast<int>(n), dw.as<float>(), static_cast<int>(n), eps, static_cast<int>(M),
+                    act.as<uint32_t>(), kw, s.as<float>(), qs.as<int32_t>(), nullptr);
+  r.q = unpermute(download<uint32_t>(act, M * kw), M, r.padded);
+  r.s = download<float>(s, M);
+  r.qsum = download<int32_t>(qs, M);
+  return r;
+}
+
+std::vector<int32_t> ternary_dots(const TernaryMatrix& w, const int8_t* q, int64_t M, bool use_gemm) {
+  const int64_t padded = w.padded_cols();
+  DevTernary dt = upload_ternary({&w}, {0}, false, nullptr);
+  std::vector<uint32_t> perm = permute(q, M, padded);
+  std::vector<int32_t> qsum(M, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < padded; ++k) qsum[m] += q[m * padded + k];
+  }
+  DevBuf dact = upload_vec(perm), dqsum = upload_vec(qsum);
+  DevBuf raw = poisoned<int32_t>(M * w.rows);
+  if (M == 1 && !use_gemm) {
+    GemvArgs a;
+    a.w = dt.view;
+    a.preq = dact.as<uint32_t>();
+    a.pre_s = 1.0f;
+    a.pre_qsum = qsum[0];
+    a.raw = raw.as<int32_t>();
+    launch_gemv(kEpiRaw, a, nullptr);
+  } else {
+    std::vector<float> ones(M, 1.0f);
+    DevBuf ds = upload_vec(ones);
+    GemmArgs g;
+    g.w = dt.view;
+    g.act = dact.as<uint32_t>();
+    g.s = ds.as<float>();
+    g.qsum = dqsum.as<int32_t>();
+    g.M = static_cast<int>(M);
+    g.raw = raw.as<int32_t>();
+    g.ldo = static_cast<int>(w.rows);
+    launch_gemm(kEpiRaw, g, nullptr);
+    TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  return download<int32_t>(raw, M * w.rows);
+}
+
+std::vector<float> ternary_linear(const TernaryMatrix& w, const float* x, const float* normw, int64_t M, float eps, bool add,
+                                  const std::vector<float>& init) {
+  const int64_t n = w.cols, rows = w.rows;
+  DevTernary dt = upload_ternary({&w}, {0}, false, nullptr);
+  DevBuf dx = upload_bytes(x, M * n * sizeof(float)), dw = upload_bytes(normw, n * sizeof(float));
+  DevBuf out = add ? upload_vec(init) : nan_buf(M * rows);
+  if (M == 1) {
+    GemvArgs a;
+    a.w = dt.view;
+    a.in = dx.as<float>();
+    a.normw = dw.as<float>();
+    a.n = static_cast<int>(n);
+    a.eps = eps;
+    a.out = out.as<float>();
+    launch_gemv(add ? kEpiAdd : kEpiStore, a, nullptr);
+  } else {
+    const int kw = dt.view.kwords();
+    DevBuf act = poisoned<uint32_t>(M * kw), s = nan_buf(M), qs = poisoned<int32_t>(M);
+    launch_norm_quant(dx.as<float>(), static_cast<int>(n), dw.as<float>(), static_cast<int>(n), eps, static_cast<int>(M),
+                      act.as<uint32_t>(), kw, s.as<float>(), qs.as<int32_t>(), nullptr);
+    GemmArgs g;
+    g.w = dt.view;
+    g.act = act.as<uint32_t>();
+    g.s = s.as<float>();
+    g.qsum = qs.as<int32_t>();
+    g.M = static_cast<int>(M);
+    g.out = out.as<float>();
+    g.ldo = static_cast<int>(rows);
+    launch_gemm(add ? kEpiAdd : kEpiStore, g, nullptr);
+    TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  return download<float>(out, M * rows);
+}
+
+std::vector<float> gate_up(const TernaryMatrix& gate, const TernaryMatrix& up, const float* x, const float* normw, float eps,
+                           int act) {
+  const int64_t n = gate.cols, F = gate.rows;
+  DevTernary dt = upload_ternary({&gate, &up}, {0, static_cast<int>(F)}, true, nullptr);
+  DevBuf dx = upload_bytes(x, n * sizeof(float)), dw = upload_bytes(normw, n * sizeof(float));
+  DevBuf out = nan_buf(F);
+  GemvArgs a;
+  a.w = dt.view;
+  a.in = dx.as<float>();
+  a.normw = dw.as<float>();
+  a.n = static_cast<int>(n);
+  a.eps = eps;
+  a.out = out.as<float>();
+  a.act = act;
+  launch_gemv(kEpiGateUp, a, nullptr);
+  return download<float>(out, F);
+}
+
+std::vector<float> attention_prefill(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                     int n_heads, int n_kv, int hd, int M, int pos0) {
+  AttnShape sh;
+  sh.n_heads = n_heads, sh.n_kv = n_kv, sh.hd = hd, sh.qd = n_heads * hd, sh.kv_dim = n_kv * hd;
+  sh.gb = attn_heads_per_block(n_heads, n_kv);
+  DevBuf dq = upload_vec(q), dk = upload_vec(k), dv = upload_vec(v);
+  DevBuf out = nan_buf(static_cast<size_t>(M) * sh.qd);
+  launch_attn_prefill(sh, dq.as<float>(), sh.qd, dk.as<float>(), dv.as<float>(), M, pos0, out.as<float>(), sh.qd, nullptr);
+  return download<float>(out, static_cast<size_t>(M) * sh.qd);
+}
+
+std::vector<float> attention_decode(const std::vector<float>& qkv_raw, const std::vector<float>& k_cache,
+                                    const std::vector<float>& v_cache, int n_heads, int n_kv, int hd, int pos, float theta,
+                                    int splits, std::vector<float>* k_row, std::vector<float>* v_row) {
+  AttnShape sh;
+  sh.n_heads = n_heads, sh.n_kv = n_kv, sh.hd = hd, sh.qd = n_heads * hd, sh.kv_dim = n_kv * hd;
+  sh.gb = attn_heads_per_block(n_heads, n_kv);
+  std::vector<float> rope = rope_table(theta, hd, pos + 1);
+  const size_t rows = static_cast<size_t>(pos) + 1;
+  std::vector<float> kc(rows * sh.kv_dim, NAN), vc(rows * sh.kv_dim, NAN);
+  std::copy(k_cache.begin(), k_cache.begin() + static_cast<size_t>(pos) * sh.kv_dim, kc.begin());
+  std::copy(v_cache.begin(), v_cache.begin() + static_cast<size_t>(pos) * sh.kv_dim, vc.begin());
+  DevBuf dqkv = upload_vec(qkv_raw), dk = upload_vec(kc), dv = upload_vec(vc), drope = upload_vec(rope);
+  std::vector<int32_t> p = {pos};
+  DevBuf dpos = upload_vec(p);
+  const int groups = n_heads / sh.gb;
+  DevBuf partial(static_cast<size_t>(groups) * splits * sh.gb * (hd + 2) * sizeof(float));
+  DevBuf counters(groups * sizeof(int32_t));
+  TERN_CUDA_CHECK(cudaMemset(counters.as<void>(), 0, counters.size()));
+  DevBuf out = nan_buf(sh.qd);
+  // Twice: the second run checks that the split counters were reset.
+  for (int rep = 0; rep < 2; ++rep) {
+    launch_attn_decode(sh, dqkv.as<float>(), dk.as<float>(), dv.as<float>(), drope.as<float>(), dpos.as<int32_t>(), splits,
+                       partial.as<float>(), counters.as<int32_t>(), out.as<float>(), nullptr);
+  }
+  std::vector<float> kall = download<float>(dk, rows * sh.kv_dim), vall = download<float>(dv, rows * sh.kv_dim);
+  k_row->assign(kall.end() - sh.kv_dim, kall.end());
+  v_row->assign(vall.end() - sh.kv_dim, vall.end());
+  return download<float>(out, sh.qd);
+}
+
+std::vector<float> lm_head(const FloatMatrix& emb, const float* x, const float* normw, int64_t M, float eps) {
+  const int V = static_cast<int>(emb.rows), H = static_cast<int>(emb.cols);
+  DevBuf de = upload_bytes(emb.data, emb.nbytes());
+  DevBuf dx = upload_bytes(x, M * H * sizeof(float)), dw = upload_bytes(normw, H * sizeof(float));
+  DevBuf out = nan_buf(static_cast<size_t>(M) * V);
+  launch_lm_head(de.as<void>(), type_code(emb.type), V, H, dx.as<float>(), static_cast<int>(M), dw.as<float>(), eps,
+                 out.as<float>(), nullptr);
+  return download<float>(out, static_cast<size_t>(M) * V);
+}
+
+}  // namespace tern::cuda::testing

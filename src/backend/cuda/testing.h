@@ -1,0 +1,50 @@
+// Host-callable wrappers around single CUDA kernels, for tests/cuda (each is checked
+// against its CPU reference in backend/cpu/kernels.h). Inputs and outputs are host
+// vectors; every output buffer is poisoned (NaN / 0x7f7f7f7f) before the kernel runs,
+// so an unwritten element shows up. Throws tern::Error on CUDA errors.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/model.h"
+
+namespace tern::cuda::testing {
+
+struct Quantized {
+  int64_t padded = 0;          // n rounded up to 128
+  std::vector<int8_t> q;       // [M][padded], natural order
+  std::vector<float> s;        // [M]
+  std::vector<int32_t> qsum;   // [M]
+};
+// Prefill quantization kernel: RMSNorm(x_m) * w then int8 absmax, M rows of n.
+Quantized norm_quant(const float* x, const float* w, int64_t M, int64_t n, float eps);
+
+// Exact int32 dots [M][rows] of w with int8 activations q [M][padded_cols] (zero
+// padded): M == 1 without use_gemm runs the decode GEMV, otherwise the tensor-core GEMM.
+std::vector<int32_t> ternary_dots(const TernaryMatrix& w, const int8_t* q, int64_t M, bool use_gemm);
+
+// y[m] = W . quant(RMSNorm(x_m) * normw) (+ init[m] when add): M == 1 through the decode
+// GEMV with its fused norm+quant prologue, M > 1 through norm_quant + GEMM.
+std::vector<float> ternary_linear(const TernaryMatrix& w, const float* x, const float* normw, int64_t M, float eps, bool add,
+                                  const std::vector<float>& init);
+
+// Decode GEMV gate/up epilogue: h = act(gate . xq) * (up . xq), act 0 relu2, 1 silu, 2 gelu.
+std::vector<float> gate_up(const TernaryMatrix& gate, const TernaryMatrix& up, const float* x, const float* normw, float eps,
+                           int act);
+
+// Prefill attention: q [M][n_heads*hd] already roped, k/v [pos0+M][n_kv*hd];
+// query m attends to positions 0..pos0+m. Returns [M][n_heads*hd].
+std::vector<float> attention_prefill(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                     int n_heads, int n_kv, int hd, int M, int pos0);
+
+// Decode attention at position pos with `splits` context splits: qkv_raw = un-roped
+// [q | k | v] of the new token, k/v caches hold pos roped rows. Returns the attention
+// output [n_heads*hd]; *k_row / *v_row get the cache rows written at pos.
+std::vector<float> attention_decode(const std::vector<float>& qkv_raw, const std::vector<float>& k_cache,
+                                    const std::vector<float>& v_cache, int n_heads, int n_kv, int hd, int pos, float theta,
+                                    int splits, std::vector<float>* k_row, std::vector<float>* v_row);
+
+// LM head: logits [M][V] = emb . (RMSNorm(x_m) * normw).
+std::vector<float> lm_head(const FloatMatrix& emb, const float* x, const float* normw, int64_t M, float eps);
+
+}  // namespace tern::cuda::testing

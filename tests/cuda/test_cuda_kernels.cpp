@@ -1,0 +1,265 @@
+// Each CUDA kernel against its CPU reference (backend/cpu/kernels.h) on fresh random
+// inputs and odd shapes. Integer results must match exactly; float results by
+// relative L2 (NaN never passes: test::rel_l2 returns +inf). Skipped without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cuda/testing.h"
+#include "model/model.h"
+#include "runtime/engine.h"
+#include "test_util.h"
+#include "util/half.h"
+
+namespace tern {
+namespace {
+
+namespace ct = cuda::testing;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+std::mt19937& rng() {
+  static std::mt19937 r(std::random_device{}());
+  return r;
+}
+
+std::vector<float> randn(size_t n, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng());
+  return v;
+}
+
+TernaryMatrix random_ternary(int64_t rows, int64_t cols) {
+  std::vector<int8_t> w(rows * cols);
+  for (auto& x : w) x = static_cast<int8_t>(static_cast<int>(rng()() % 3) - 1);
+  std::uniform_real_distribution<float> s(0.5f, 2.0f);
+  return make_ternary(w, rows, cols, s(rng()));
+}
+
+// CPU chain for one row of activations: rmsnorm + quantize_row_i8.
+struct CpuQuant {
+  std::vector<int8_t> q;
+  float s = 0;
+  int32_t sum = 0;
+};
+CpuQuant cpu_quant(const float* x, const float* w, int64_t n, int64_t padded, float eps) {
+  std::vector<float> y(n);
+  cpu::rmsnorm(x, w, n, eps, y.data());
+  CpuQuant r;
+  r.q.resize(padded);
+  r.s = cpu::quantize_row_i8(y.data(), n, padded, r.q.data(), &r.sum);
+  return r;
+}
+
+TEST(CudaKernels, NormQuantMatchesCpuExactly) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t n : {128, 200, 1000, 2560, 6912}) {
+    for (int64_t M : {1, 3, 17}) {
+      auto x = randn(M * n, n == 200 ? 30.0f : 1.0f);
+      auto w = randn(n, 0.3f);
+      for (auto& v : w) v += 1.0f;
+      auto got = ct::norm_quant(x.data(), w.data(), M, n, 1e-5f);
+      ASSERT_EQ(got.padded, (n + 127) / 128 * 128);
+      for (int64_t m = 0; m < M; ++m) {
+        CpuQuant want = cpu_quant(x.data() + m * n, w.data(), n, got.padded, 1e-5f);
+        EXPECT_EQ(got.s[m], want.s) << "n=" << n << " m=" << m;
+        EXPECT_EQ(got.qsum[m], want.sum) << "n=" << n << " m=" << m;
+        int64_t diff = 0;
+        for (int64_t k = 0; k < got.padded; ++k) diff += got.q[m * got.padded + k] != want.q[k];
+        EXPECT_EQ(diff, 0) << "n=" << n << " m=" << m;
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, TernaryDotsExactGemvAndGemm) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 128}, {7, 200}, {13, 384}, {100, 2560}, {33, 6912},
+                                                          {640, 2560}, {2565, 2560}, {257, 6912}, {3, 1000}};
+  for (auto [rows, cols] : shapes) {
+    TernaryMatrix w = random_ternary(rows, cols);
+    const int64_t padded = w.padded_cols();
+    for (int64_t M : {1, 3, 17, 70}) {
+      std::uniform_int_distribution<int> d(-128, 127);
+      std::vector<int8_t> q(M * padded, 0);
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t k = 0; k < cols; ++k) q[m * padded + k] = static_cast<int8_t>(d(rng()));
+      }
+      std::vector<int32_t> want(M * rows);
+      for (int64_t m = 0; m < M; ++m) {
+        int32_t sum = 0;
+        for (int64_t k = 0; k < padded; ++k) sum += q[m * padded + k];
+        for (int64_t r = 0; r < rows; ++r) want[m * rows + r] = cpu::ternary_dot(w.data + r * w.row_bytes, q.data() + m * padded, padded, sum);
+      }
+      for (bool gemm : {false, true}) {
+        if (M > 1 && !gemm) continue;
+        auto got = ct::ternary_dots(w, q.data(), M, gemm);
+        ASSERT_EQ(got.size(), want.size());
+        int64_t bad = 0;
+        for (size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i];
+        EXPECT_EQ(bad, 0) << rows << "x" << cols << " M=" << M << (gemm ? " gemm" : " gemv");
+      }
+    }
+  }
+}
+
+// The float path: fused norm+quant prologue (GEMV, M = 1) or quant kernel + GEMM.
+TEST(CudaKernels, TernaryLinearMatchesCpuChain) {
+  SKIP_WITHOUT_GPU();
+  for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {2560, 2560}, {300, 6912}, {45, 333}}) {
+    TernaryMatrix w = random_ternary(rows, cols);
+    auto normw = randn(cols, 0.2f);
+    for (auto& v : normw) v += 1.0f;
+    for (int64_t M : {1, 3, 17}) {
+      auto x = randn(M * cols);
+      for (bool add : {false, true}) {
+        std::vector<float> init = add ? randn(M * rows) : std::vector<float>();
+        auto got = ct::ternary_linear(w, x.data(), normw.data(), M, 1e-5f, add, init);
+        std::vector<float> want(M * rows);
+        for (int64_t m = 0; m < M; ++m) {
+          CpuQuant cq = cpu_quant(x.data() + m * cols, normw.data(), cols, w.padded_cols(), 1e-5f);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int32_t d = cpu::ternary_dot(w.data + r * w.row_bytes, cq.q.data(), w.padded_cols(), cq.sum);
+            const float y = static_cast<float>(d) / cq.s * w.scale;
+            want[m * rows + r] = add ? init[m * rows + r] + y : y;
+          }
+        }
+        const double err = test::rel_l2(got.data(), want.data(), want.size());
+        EXPECT_LT(err, 1e-6) << rows << "x" << cols << " M=" << M << " add=" << add;
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, GateUpEpilogue) {
+  SKIP_WITHOUT_GPU();
+  for (int act = 0; act < 3; ++act) {
+    for (auto [F, H] : std::vector<std::pair<int64_t, int64_t>>{{512, 256}, {6912, 2560}, {100, 200}}) {
+      TernaryMatrix g = random_ternary(F, H), u = random_ternary(F, H);
+      auto x = randn(H), normw = randn(H, 0.1f);
+      for (auto& v : normw) v += 1.0f;
+      auto got = ct::gate_up(g, u, x.data(), normw.data(), 1e-5f, act);
+      CpuQuant cq = cpu_quant(x.data(), normw.data(), H, g.padded_cols(), 1e-5f);
+      std::vector<float> gv(F), uv(F), want(F);
+      for (int64_t r = 0; r < F; ++r) {
+        gv[r] = static_cast<float>(cpu::ternary_dot(g.data + r * g.row_bytes, cq.q.data(), g.padded_cols(), cq.sum)) / cq.s * g.scale;
+        uv[r] = static_cast<float>(cpu::ternary_dot(u.data + r * u.row_bytes, cq.q.data(), u.padded_cols(), cq.sum)) / cq.s * u.scale;
+      }
+      const Activation a = act == 0 ? Activation::Relu2 : act == 1 ? Activation::Silu : Activation::Gelu;
+      cpu::gated_activation(gv.data(), uv.data(), F, a, want.data());
+      EXPECT_LT(test::rel_l2(got.data(), want.data(), F), 1e-5) << "act=" << act << " F=" << F;
+    }
+  }
+}
+
+void cpu_attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v, int n_heads,
+                   int n_kv, int hd, int M, int pos0, std::vector<float>& out) {
+  const int qd = n_heads * hd, kvd = n_kv * hd, group = n_heads / n_kv;
+  out.assign(static_cast<size_t>(M) * qd, 0.0f);
+  std::vector<float> scores(pos0 + M);
+  for (int i = 0; i < M; ++i) {
+    for (int h = 0; h < n_heads; ++h) {
+      cpu::attention_head(q.data() + i * qd + h * hd, k.data() + (h / group) * hd, v.data() + (h / group) * hd, kvd, pos0 + i + 1,
+                          hd, scores.data(), out.data() + i * qd + h * hd);
+    }
+  }
+}
+
+TEST(CudaKernels, AttentionPrefillMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_heads, n_kv, hd, M, pos0;
+  };
+  for (Case c : std::vector<Case>{{4, 2, 64, 17, 0}, {20, 5, 128, 37, 5}, {6, 6, 32, 3, 100}, {8, 1, 256, 9, 2}, {12, 2, 64, 1, 0}}) {
+    const int qd = c.n_heads * c.hd, kvd = c.n_kv * c.hd, n = c.pos0 + c.M;
+    auto q = randn(static_cast<size_t>(c.M) * qd), k = randn(static_cast<size_t>(n) * kvd, 2.0f), v = randn(static_cast<size_t>(n) * kvd);
+    auto got = ct::attention_prefill(q, k, v, c.n_heads, c.n_kv, c.hd, c.M, c.pos0);
+    std::vector<float> want;
+    cpu_attention(q, k, v, c.n_heads, c.n_kv, c.hd, c.M, c.pos0, want);
+    EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5) << c.n_heads << "/" << c.n_kv << " hd=" << c.hd;
+  }
+}
+
+TEST(CudaKernels, AttentionDecodeRopeCacheAndSplits) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_heads, n_kv, hd, pos, splits;
+  };
+  for (Case c : std::vector<Case>{{4, 2, 64, 0, 1}, {4, 2, 64, 10, 1}, {20, 5, 128, 300, 8}, {20, 5, 128, 5, 32},
+                                  {6, 3, 32, 77, 3}, {16, 1, 256, 40, 4}}) {
+    const int qd = c.n_heads * c.hd, kvd = c.n_kv * c.hd;
+    const float theta = 500000.0f;
+    auto qkv = randn(qd + 2 * kvd), kc = randn(static_cast<size_t>(c.pos) * kvd + 1), vc = randn(static_cast<size_t>(c.pos) * kvd + 1);
+    std::vector<float> krow, vrow;
+    auto got = ct::attention_decode(qkv, kc, vc, c.n_heads, c.n_kv, c.hd, c.pos, theta, c.splits, &krow, &vrow);
+    // CPU: rope q and k at pos, append k/v, attend over pos + 1 positions.
+    std::vector<float> inv(c.hd / 2);
+    cpu::rope_inv_freq(theta, c.hd, inv.data());
+    std::vector<float> q(qkv.begin(), qkv.begin() + qd), kn(qkv.begin() + qd, qkv.begin() + qd + kvd), vn(qkv.begin() + qd + kvd, qkv.end());
+    cpu::rope_neox(q.data(), c.n_heads, c.hd, c.pos, inv.data());
+    cpu::rope_neox(kn.data(), c.n_kv, c.hd, c.pos, inv.data());
+    std::vector<float> k(kc.begin(), kc.begin() + static_cast<size_t>(c.pos) * kvd), v(vc.begin(), vc.begin() + static_cast<size_t>(c.pos) * kvd);
+    k.insert(k.end(), kn.begin(), kn.end());
+    v.insert(v.end(), vn.begin(), vn.end());
+    std::vector<float> want;
+    cpu_attention(q, k, v, c.n_heads, c.n_kv, c.hd, 1, c.pos, want);
+    EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5) << "pos=" << c.pos << " splits=" << c.splits;
+    EXPECT_LT(test::rel_l2(krow.data(), kn.data(), kvd), 1e-6);
+    EXPECT_EQ(vrow, vn);
+  }
+}
+
+FloatMatrix random_embedding(FloatType type, int64_t V, int64_t H) {
+  FloatMatrix m;
+  m.type = type;
+  m.rows = V;
+  m.cols = H;
+  auto f = randn(V * H, 0.05f);
+  if (type == FloatType::F32) {
+    auto buf = std::make_shared<std::vector<float>>(f);
+    m.data = buf->data();
+    m.owner = buf;
+  } else {
+    auto buf = std::make_shared<std::vector<uint16_t>>(V * H);
+    for (int64_t i = 0; i < V * H; ++i) (*buf)[i] = type == FloatType::F16 ? f32_to_f16(f[i]) : f32_to_bf16(f[i]);
+    m.data = buf->data();
+    m.owner = buf;
+  }
+  return m;
+}
+
+TEST(CudaKernels, LmHeadAllTypes) {
+  SKIP_WITHOUT_GPU();
+  for (FloatType type : {FloatType::F16, FloatType::BF16, FloatType::F32}) {
+    for (auto [V, H] : std::vector<std::pair<int64_t, int64_t>>{{1001, 256}, {513, 200}, {3000, 2560}, {77, 36}}) {
+      FloatMatrix emb = random_embedding(type, V, H);
+      auto normw = randn(H, 0.1f);
+      for (auto& v : normw) v += 1.0f;
+      for (int64_t M : {1, 3, 6}) {
+        auto x = randn(M * H);
+        auto got = ct::lm_head(emb, x.data(), normw.data(), M, 1e-5f);
+        std::vector<float> want(M * V), xn(H), row(H);
+        for (int64_t m = 0; m < M; ++m) {
+          cpu::rmsnorm(x.data() + m * H, normw.data(), H, 1e-5f, xn.data());
+          for (int64_t v = 0; v < V; ++v) {
+            emb.row_to_f32(v, row.data());
+            want[m * V + v] = cpu::dot_f32(row.data(), xn.data(), H);
+          }
+        }
+        EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5)
+            << float_type_name(type) << " V=" << V << " H=" << H << " M=" << M;
+        for (int64_t m = 0; m < M; ++m)
+          EXPECT_EQ(test::argmax(got.data() + m * V, V), test::argmax(want.data() + m * V, V));
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tern
