@@ -11,11 +11,14 @@
 #include <ctime>
 #include <functional>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <optional>
+#include <string_view>
 
 #include "tern/error.h"
 #include "tokenizer/jinja_eval.h"
+#include "tokenizer/jinja_pystr.h"
 
 namespace tern::jinja {
 namespace {
@@ -82,6 +85,86 @@ void check_string_size(size_t n) {
   if (n > kMaxStringBytes) throw EvalError("string longer than the 64 MB limit");
 }
 
+// printf-style `"fmt" % args` (a tuple gives several arguments): conversions
+// s r d i f F e E g G x X o and %%, with flags, width and precision. Mapping keys
+// (`%(name)s`) and `*` widths are not supported.
+std::string percent_format(Runtime& rt, const std::string& fmt, const Value& arg) {
+  std::vector<Value> args = arg.is_list() && arg.list().tuple ? arg.list().items : std::vector<Value>{arg};
+  size_t next = 0;
+  std::string out;
+  for (size_t i = 0; i < fmt.size(); ++i) {
+    if (fmt[i] != '%') {
+      out += fmt[i];
+      continue;
+    }
+    size_t j = i + 1;
+    std::string flags;
+    while (j < fmt.size() && std::string_view("-+ #0").find(fmt[j]) != std::string_view::npos) flags += fmt[j++];
+    int width = 0, prec = -1;
+    while (j < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[j])) && width < 100000)
+      width = width * 10 + (fmt[j++] - '0');
+    if (j < fmt.size() && fmt[j] == '.') {
+      prec = 0;
+      ++j;
+      while (j < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[j])) && prec < 100000)
+        prec = prec * 10 + (fmt[j++] - '0');
+    }
+    if (j >= fmt.size()) throw EvalError("incomplete format");
+    const char conv = fmt[j];
+    i = j;
+    if (conv == '%') {
+      out += '%';
+      continue;
+    }
+    if (std::string_view("srdifFeEgGxXo").find(conv) == std::string_view::npos)
+      throw EvalError(std::string("unsupported format character '") + conv + "'");
+    if (next >= args.size()) throw EvalError("not enough arguments for format string");
+    const Value& v = args[next++];
+    if (v.is_undefined() && conv != 's' && conv != 'r') undefined_error(v);
+    std::string piece;
+    if (conv == 's' || conv == 'r') {
+      piece = conv == 's' ? to_str(v) : repr(v);
+      if (prec >= 0) piece = utf8_encode(std::u32string_view(utf8_decode(piece)).substr(0, static_cast<size_t>(prec)));
+      size_t len = utf8_length(piece);
+      if (static_cast<size_t>(width) > len) {
+        std::string pad(static_cast<size_t>(width) - len, ' ');
+        piece = flags.find('-') != std::string::npos ? piece + pad : pad + piece;
+      }
+    } else {
+      if (!v.is_number())
+        throw EvalError(std::string("%") + conv + " format: a real number is required, not " + type_name(v));
+      std::string spec =
+          "%" + flags + (width ? std::to_string(width) : "") + (prec >= 0 ? "." + std::to_string(prec) : "");
+      // snprintf twice: once for the length (width and precision may be large), once to write.
+      auto format = [&](const std::string& f, auto x) {
+        int n = std::snprintf(nullptr, 0, f.c_str(), x);
+        if (n < 0) throw EvalError("bad format");
+        check_string_size(static_cast<size_t>(n));
+        std::string r(static_cast<size_t>(n) + 1, '\0');
+        std::snprintf(r.data(), r.size(), f.c_str(), x);
+        r.pop_back();
+        return r;
+      };
+      if (conv == 'd' || conv == 'i' || conv == 'x' || conv == 'X' || conv == 'o') {
+        if (!is_integral(v) && conv != 'd' && conv != 'i')
+          throw EvalError(std::string("%") + conv + " format: an integer is required");
+        double d = to_d(v);
+        if (!is_integral(v) && !std::isfinite(d)) throw EvalError("cannot convert float to integer");
+        if (!is_integral(v) && (d >= 9.2233720368547758e18 || d < -9.2233720368547758e18)) overflow();
+        long long x = is_integral(v) ? static_cast<long long>(to_i(v)) : static_cast<long long>(d);
+        piece = format(spec + "ll" + (conv == 'i' ? 'd' : conv), x);
+      } else {
+        piece = format(spec + conv, to_d(v));
+      }
+    }
+    out += piece;
+    check_string_size(out.size());
+  }
+  if (next < args.size()) throw EvalError("not all arguments converted during string formatting");
+  rt.tick(1 + out.size() / 64);
+  return out;
+}
+
 // ---------------------------------------------------------------------------------
 // Argument binding, Python style: positional first, then keywords by parameter name.
 
@@ -123,243 +206,13 @@ std::string str_arg(const Value& v, const std::string& what) {
 }
 
 // ---------------------------------------------------------------------------------
-// Strings. Case mapping is ASCII-only (non-ASCII letters keep their case); Python maps
-// all of Unicode. Chat templates apply it to role names, which are ASCII.
-
-char up(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 32) : c; }
-char low(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
-
-std::string py_upper(std::string s) {
-  for (char& c : s) c = up(c);
-  return s;
-}
-std::string py_lower(std::string s) {
-  for (char& c : s) c = low(c);
-  return s;
-}
-std::string py_capitalize(std::string s) {
-  for (size_t i = 0; i < s.size(); ++i) s[i] = i == 0 ? up(s[i]) : low(s[i]);
-  return s;
-}
-
-// Letters that have case: ASCII, Latin-1/Latin Extended, Greek, Cyrillic. Decides word
-// boundaries for str.title() ("élan" stays one word).
-bool is_cased(char32_t c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-  if (c >= 0xC0 && c <= 0x24F) return c != 0xD7 && c != 0xF7;
-  return (c >= 0x370 && c <= 0x3FF) || (c >= 0x400 && c <= 0x52F);
-}
-
-// str.title(): a cased letter after a non-cased character starts a word.
-std::string py_title(const std::string& s) {
-  std::string out;
-  bool prev_cased = false;
-  for (char32_t c : utf8_decode(s)) {
-    bool cased = is_cased(c);
-    if (c < 0x80) c = static_cast<char32_t>(prev_cased ? low(static_cast<char>(c)) : up(static_cast<char>(c)));
-    append_utf8(out, c);
-    prev_cased = cased;
-  }
-  return out;
-}
-
-// jinja2's title filter: words start after runs of '-', whitespace, '(', '{', '[', '<';
-// each word is upper-cased at its first character and lower-cased after it.
-std::string jinja_title(const std::string& s) {
-  std::string out;
-  bool at_start = true;
-  for (char32_t c : utf8_decode(s)) {
-    bool sep = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || is_py_space(c);
-    if (sep) {
-      append_utf8(out, c);
-      at_start = true;
-      continue;
-    }
-    if (c < 0x80) c = static_cast<char32_t>(at_start ? up(static_cast<char>(c)) : low(static_cast<char>(c)));
-    append_utf8(out, c);
-    at_start = false;
-  }
-  return out;
-}
-
-std::string py_strip(const std::string& s, const Opt& chars, bool left, bool right) {
-  std::u32string set;
-  bool whitespace = !chars || chars->is_none();
-  if (!whitespace) set = utf8_decode(str_arg(*chars, "strip argument"));
-  auto strip_it = [&](char32_t c) { return whitespace ? is_py_space(c) : set.find(c) != std::u32string::npos; };
-  std::u32string cps = utf8_decode(s);
-  size_t b = 0, e = cps.size();
-  if (left)
-    while (b < e && strip_it(cps[b])) ++b;
-  if (right)
-    while (e > b && strip_it(cps[e - 1])) --e;
-  return utf8_encode(std::u32string_view(cps).substr(b, e - b));
-}
-
-std::vector<Value> py_split(const std::string& s, const Opt& sep, int64_t maxsplit) {
-  std::vector<Value> out;
-  if (!sep || sep->is_none()) {  // runs of whitespace; no empty strings
-    std::u32string cps = utf8_decode(s);
-    size_t i = 0, n = cps.size();
-    while (true) {
-      while (i < n && is_py_space(cps[i])) ++i;
-      if (i >= n) break;
-      if (maxsplit >= 0 && static_cast<int64_t>(out.size()) >= maxsplit) {
-        size_t e = n;
-        while (e > i && is_py_space(cps[e - 1])) --e;
-        out.emplace_back(utf8_encode(std::u32string_view(cps).substr(i, e - i)));
-        break;
-      }
-      size_t j = i;
-      while (j < n && !is_py_space(cps[j])) ++j;
-      out.emplace_back(utf8_encode(std::u32string_view(cps).substr(i, j - i)));
-      i = j;
-    }
-    return out;
-  }
-  std::string d = str_arg(*sep, "separator");
-  if (d.empty()) throw EvalError("empty separator");
-  size_t pos = 0;
-  while (true) {
-    size_t f = s.find(d, pos);
-    if (f == std::string::npos || (maxsplit >= 0 && static_cast<int64_t>(out.size()) >= maxsplit)) {
-      out.emplace_back(s.substr(pos));
-      break;
-    }
-    out.emplace_back(s.substr(pos, f - pos));
-    pos = f + d.size();
-  }
-  return out;
-}
-
-std::string py_replace(const std::string& s, const std::string& old, const std::string& rep, int64_t count) {
-  std::string out;
-  if (old.empty()) {  // inserts `rep` before every character and at the end
-    std::u32string cps = utf8_decode(s);
-    int64_t done = 0;
-    for (size_t i = 0; i <= cps.size(); ++i) {
-      if (count < 0 || done < count) {
-        out += rep;
-        ++done;
-        check_string_size(out.size());
-      }
-      if (i < cps.size()) append_utf8(out, cps[i]);
-    }
-    return out;
-  }
-  size_t pos = 0;
-  int64_t done = 0;
-  while (count < 0 || done < count) {
-    size_t f = s.find(old, pos);
-    if (f == std::string::npos) break;
-    out.append(s, pos, f - pos);
-    out += rep;
-    check_string_size(out.size());
-    pos = f + old.size();
-    ++done;
-  }
-  out.append(s, pos, std::string::npos);
-  check_string_size(out.size());
-  return out;
-}
-
-bool is_line_break(char32_t c) {
-  return c == '\n' || c == '\r' || c == 0x0B || c == 0x0C || c == 0x1C || c == 0x1D || c == 0x1E || c == 0x85 ||
-         c == 0x2028 || c == 0x2029;
-}
-
-std::vector<std::string> py_splitlines(const std::string& s, bool keepends) {
-  std::vector<std::string> out;
-  std::u32string cps = utf8_decode(s);
-  size_t i = 0, start = 0;
-  while (i < cps.size()) {
-    if (!is_line_break(cps[i])) {
-      ++i;
-      continue;
-    }
-    size_t eol = i;
-    i += (cps[i] == '\r' && i + 1 < cps.size() && cps[i + 1] == '\n') ? 2 : 1;
-    out.push_back(utf8_encode(std::u32string_view(cps).substr(start, (keepends ? i : eol) - start)));
-    start = i;
-  }
-  if (start < cps.size()) out.push_back(utf8_encode(std::u32string_view(cps).substr(start)));
-  return out;
-}
-
-// Python's int(str, base): surrounding whitespace, a sign, an optional base prefix,
-// digits with single underscores between them.
-std::optional<int64_t> parse_py_int(const std::string& text, int base) {
-  std::string s = py_strip(text, std::nullopt, true, true);
-  size_t i = 0;
-  bool neg = false;
-  if (i < s.size() && (s[i] == '+' || s[i] == '-')) neg = s[i++] == '-';
-  if (i + 1 < s.size() && s[i] == '0') {
-    char p = low(s[i + 1]);
-    if ((base == 16 && p == 'x') || (base == 8 && p == 'o') || (base == 2 && p == 'b')) {
-      i += 2;
-      if (i < s.size() && s[i] == '_') ++i;
-    }
-  }
-  if (i >= s.size()) return std::nullopt;
-  unsigned __int128 v = 0;
-  bool prev_digit = false;
-  for (; i < s.size(); ++i) {
-    char c = low(s[i]);
-    if (c == '_') {
-      if (!prev_digit || i + 1 >= s.size()) return std::nullopt;
-      prev_digit = false;
-      continue;
-    }
-    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'z' ? c - 'a' + 10 : 99;
-    if (d >= base) return std::nullopt;
-    v = v * static_cast<unsigned>(base) + static_cast<unsigned>(d);
-    if (v > static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max()) + 1) overflow();
-    prev_digit = true;
-  }
-  if (!prev_digit) return std::nullopt;
-  if (!neg && v > static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max())) overflow();
-  return neg ? static_cast<int64_t>(-static_cast<__int128>(v)) : static_cast<int64_t>(v);
-}
-
-// Python's float(str): whitespace, sign, digits with single underscores, inf/nan words.
-std::optional<double> parse_py_float(const std::string& text) {
-  std::string s = py_strip(text, std::nullopt, true, true);
-  if (s.empty()) return std::nullopt;
-  std::string clean;
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c == '_') {
-      bool ok = i > 0 && i + 1 < s.size() && std::isdigit(static_cast<unsigned char>(s[i - 1])) &&
-                std::isdigit(static_cast<unsigned char>(s[i + 1]));
-      if (!ok) return std::nullopt;
-      continue;
-    }
-    if (c == 'x' || c == 'X' || c == 'p' || c == 'P') return std::nullopt;  // strtod reads hex floats; Python doesn't
-    clean += c;
-  }
-  std::string word = py_lower(clean);
-  if (!word.empty() && (word[0] == '+' || word[0] == '-')) word.erase(0, 1);
-  if (word == "inf" || word == "infinity" || word == "nan") {
-    double v = word == "nan" ? std::nan("") : INFINITY;
-    return clean[0] == '-' ? -v : v;
-  }
-  for (char c : word)
-    if (!std::isdigit(static_cast<unsigned char>(c)) && c != '.' && c != 'e' && c != '+' && c != '-')
-      return std::nullopt;
-  char* end = nullptr;
-  double v = std::strtod(clean.c_str(), &end);
-  if (end != clean.c_str() + clean.size()) return std::nullopt;
-  return v;
-}
-
-// ---------------------------------------------------------------------------------
 // Attribute access and sequences
 
 bool is_string_method(const std::string& n) {
-  static const char* const kMethods[] = {"strip",    "lstrip",  "rstrip",  "startswith", "endswith", "split",
-                                         "upper",    "lower",   "title",   "capitalize", "replace",  "find",
-                                         "rfind",    "count",   "join",    "splitlines", "isdigit",  "isalpha",
-                                         "isalnum",  "isspace", "isupper", "islower"};
+  static const char* const kMethods[] = {"strip",   "lstrip",  "rstrip",  "startswith", "endswith", "split",
+                                         "upper",   "lower",   "title",   "capitalize", "replace",  "find",
+                                         "rfind",   "count",   "join",    "splitlines", "isdigit",  "isalpha",
+                                         "isalnum", "isspace", "isupper", "islower"};
   for (const char* m : kMethods)
     if (n == m) return true;
   return false;
@@ -482,10 +335,13 @@ Value call_method(Runtime& rt, const Value& self, const std::string& name, const
       auto b = bind(fn, a, {"sep", "maxsplit"});
       return list_of(py_split(s, b[0], b[1] ? int_arg(*b[1], "maxsplit") : -1));
     }
-    if (name == "upper") return Value(py_upper(s));
-    if (name == "lower") return Value(py_lower(s));
-    if (name == "title") return Value(py_title(s));
-    if (name == "capitalize") return Value(py_capitalize(s));
+    if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
+      bind(fn, a, {});
+      if (name == "upper") return Value(py_upper(s));
+      if (name == "lower") return Value(py_lower(s));
+      if (name == "title") return Value(py_title(s));
+      return Value(py_capitalize(s));
+    }
     if (name == "replace") {
       auto b = bind(fn, a, {"old", "new", "count"});
       return Value(py_replace(s, str_arg(required(b, 0, fn, "old"), "old"), str_arg(required(b, 1, fn, "new"), "new"),
@@ -552,9 +408,7 @@ Value call_method(Runtime& rt, const Value& self, const std::string& name, const
     if (d.kind == DictObj::Kind::Loop && name == "cycle") {
       if (a.pos.empty()) throw EvalError("no items for cycling given");
       if (!a.kw.empty()) throw EvalError("loop.cycle() takes no keyword arguments");
-      const Value* i0 = d.find("index0");
-      int64_t i = i0 ? to_i(*i0) : 0;
-      return a.pos[static_cast<size_t>(i % static_cast<int64_t>(a.pos.size()))];
+      return a.pos[static_cast<size_t>(d.loop_index0 % static_cast<int64_t>(a.pos.size()))];
     }
     if (d.kind == DictObj::Kind::Plain) {
       rt.tick(1 + d.items.size());
@@ -606,6 +460,7 @@ Value call_global(Runtime& rt, const std::string& name, const Args& a) {
                       ").");
     rt.tick(static_cast<uint64_t>(n));
     std::vector<Value> out;
+    out.reserve(static_cast<size_t>(n));
     for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) out.emplace_back(start + i * step);
     return list_of(std::move(out));
   }
@@ -745,7 +600,7 @@ Value filter_round(const Value& subject, const Args& a) {
   if (method == "common") {
     if (precision > 330) return Value(x);
     if (precision >= 0) {  // printf rounds the exact binary value half-to-even, as Python's round()
-      char buf[512];
+      char buf[1024];      // up to 309 integer digits + 330 decimals
       std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(precision), x);
       return Value(std::strtod(buf, nullptr));
     }
@@ -759,19 +614,21 @@ Value filter_round(const Value& subject, const Args& a) {
 Value filter_indent(const Value& subject, const Args& a) {
   auto b = bind("indent", a, {"width", "first", "blank"});
   std::string ind = "    ";
-  if (b[0]) ind = b[0]->is_string() ? b[0]->str()
-                                    : std::string(static_cast<size_t>(std::clamp<int64_t>(int_arg(*b[0], "width"), 0, 1024)), ' ');
+  if (b[0])
+    ind = b[0]->is_string()
+              ? b[0]->str()
+              : std::string(static_cast<size_t>(std::clamp<int64_t>(int_arg(*b[0], "width"), 0, 1024)), ' ');
   std::string s = to_str(subject) + "\n";  // jinja2 appends a newline so splitlines keeps a trailing empty line
   std::vector<std::string> lines = py_splitlines(s, false);
   std::string out;
-  if (flag(b[2], false)) {
-    for (size_t i = 0; i < lines.size(); ++i) out += (i ? "\n" + ind : std::string()) + lines[i];
-  } else {
-    for (size_t i = 0; i < lines.size(); ++i) {
-      if (i) out += "\n" + (lines[i].empty() ? std::string() : ind);
-      out += lines[i];
-      check_string_size(out.size());
+  const bool blank = flag(b[2], false);  // indent empty lines too
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (i) {
+      out += '\n';
+      if (blank || !lines[i].empty()) out += ind;
     }
+    out += lines[i];
+    check_string_size(out.size());
   }
   if (flag(b[1], false)) out = ind + out;
   check_string_size(out.size());
@@ -779,8 +636,13 @@ Value filter_indent(const Value& subject, const Args& a) {
 }
 
 Value first_or_last(const Value& v, bool last) {
+  if (v.is_string() && !v.str().empty()) {  // without splitting the whole string
+    std::u32string cps = utf8_decode(v.str());
+    return Value(utf8_encode(std::u32string_view(cps).substr(last ? cps.size() - 1 : 0, 1)));
+  }
   std::vector<Value> items = iterate(v);
-  if (items.empty()) return undefined(last ? "No last item, sequence was empty." : "No first item, sequence was empty.");
+  if (items.empty())
+    return undefined(last ? "No last item, sequence was empty." : "No first item, sequence was empty.");
   return last ? items.back() : items.front();
 }
 
@@ -788,7 +650,8 @@ Value filter_int(const Value& subject, const Args& a) {
   auto b = bind("int", a, {"default", "base"});
   Value def = b[0] ? *b[0] : Value(int64_t{0});
   int base = b[1] ? static_cast<int>(int_arg(*b[1], "base")) : 10;
-  if (base != 2 && base != 8 && base != 10 && base != 16) throw EvalError("int(): only bases 2, 8, 10 and 16 are supported");
+  if (base != 2 && base != 8 && base != 10 && base != 16)
+    throw EvalError("int(): only bases 2, 8, 10 and 16 are supported");
   if (subject.is_undefined()) undefined_error(subject);
   if (is_integral(subject)) return Value(to_i(subject));
   if (subject.is_float()) {
@@ -888,7 +751,7 @@ Value get_attr(const Value& obj, const std::string& name) {
     const DictObj& d = obj.dict();
     if (d.kind == DictObj::Kind::Plain && (name == "get" || name == "items" || name == "keys" || name == "values"))
       return bound(obj, name);  // Python finds dict methods before keys on attribute access
-    if (d.kind == DictObj::Kind::Loop && name == "cycle") return bound(obj, name);
+    if (d.kind == DictObj::Kind::Loop) return name == "cycle" ? bound(obj, name) : loop_attr(d, name);
     if (const Value* v = d.find(name)) return *v;
     return undefined(no_attr(obj, name));
   }
@@ -925,18 +788,18 @@ Value get_item(const Value& obj, const Value& key) {
 }
 
 Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step) {
-  if (!obj.is_list() && !obj.is_string()) return undefined("'" + type_name(obj) + " object' can't be sliced");
-  auto idx = [](const Value& v, bool& ok) -> std::optional<int64_t> {
-    if (v.is_undefined() || v.is_none()) return std::nullopt;  // an absent part
-    if (!is_integral(v)) {
-      ok = false;
-      return std::nullopt;
-    }
+  // jinja2 compiles slices to a plain Python subscript, so errors are not softened.
+  if (obj.is_undefined()) return obj;  // lenient, as in get_attr
+  if (!obj.is_list() && !obj.is_string()) {
+    if (obj.is_mapping()) throw EvalError("unhashable type: 'slice'");
+    throw EvalError("'" + type_name(obj) + "' object is not subscriptable");
+  }
+  auto idx = [](const Value& v) -> std::optional<int64_t> {
+    if (v.is_none()) return std::nullopt;  // an absent part
+    if (!is_integral(v)) throw EvalError("slice indices must be integers or None or have an __index__ method");
     return to_i(v);
   };
-  bool ok = true;
-  auto b0 = idx(start, ok), e0 = idx(stop, ok), s0 = idx(step, ok);
-  if (!ok) return undefined("slice indices must be integers or None");
+  auto b0 = idx(start), e0 = idx(stop), s0 = idx(step);
   int64_t st = s0.value_or(1);
   if (st == 0) throw EvalError("slice step cannot be zero");
   if (st == std::numeric_limits<int64_t>::min()) st = -std::numeric_limits<int64_t>::max();
@@ -957,7 +820,8 @@ Value get_slice(const Value& obj, const Value& start, const Value& stop, const V
       items.push_back(obj.list().items[static_cast<size_t>(i)]);
     else
       chars += cps[static_cast<size_t>(i)];
-    if ((st > 0 && i > std::numeric_limits<int64_t>::max() - st) || (st < 0 && i < std::numeric_limits<int64_t>::min() - st))
+    if ((st > 0 && i > std::numeric_limits<int64_t>::max() - st) ||
+        (st < 0 && i < std::numeric_limits<int64_t>::min() - st))
       break;
   }
   if (obj.is_string()) return Value(utf8_encode(chars));
@@ -967,6 +831,8 @@ Value get_slice(const Value& obj, const Value& start, const Value& stop, const V
 std::vector<Value> iterate(const Value& v) {
   if (v.is_list()) return v.list().items;
   if (v.is_string()) {
+    if (v.str().size() > kMaxListItems && utf8_length(v.str()) > kMaxListItems)
+      throw EvalError("string too long to iterate over (over " + std::to_string(kMaxListItems) + " characters)");
     std::vector<Value> out;
     for (char32_t c : utf8_decode(v.str())) {
       std::string s;
@@ -986,8 +852,7 @@ std::vector<Value> iterate(const Value& v) {
 
 bool contains(const Value& container, const Value& item) {
   if (container.is_string()) {
-    if (!item.is_string())
-      throw EvalError("'in <string>' requires string as left operand, not " + type_name(item));
+    if (!item.is_string()) throw EvalError("'in <string>' requires string as left operand, not " + type_name(item));
     return container.str().find(item.str()) != std::string::npos;
   }
   if (container.is_list()) {
@@ -1017,12 +882,15 @@ Value negate(const Value& v) {
 
 Value binary_op(Runtime& rt, const std::string& op, const Value& a, const Value& b) {
   if (op == "~") {  // string concatenation of str() of both sides; undefined is ""
-    std::string s = to_str(a);
-    std::string t = to_str(b);
-    check_string_size(s.size() + t.size());
-    rt.tick(1 + (s.size() + t.size()) / 64);
-    return Value(s + t);
+    std::string out = to_str(a);
+    const std::string tmp = b.is_string() ? std::string() : to_str(b);
+    const std::string& t = b.is_string() ? b.str() : tmp;
+    check_string_size(out.size() + t.size());
+    rt.tick(1 + (out.size() + t.size()) / 64);
+    out += t;
+    return Value(std::move(out));
   }
+  if (op == "%" && a.is_string()) return Value(percent_format(rt, a.str(), b));
   if (a.is_undefined()) undefined_error(a);
   if (b.is_undefined()) undefined_error(b);
   const bool nums = a.is_number() && b.is_number();
@@ -1069,10 +937,12 @@ Value binary_op(Runtime& rt, const std::string& op, const Value& a, const Value&
       if (seq->is_string()) {
         const std::string& s = seq->str();
         if (!s.empty() && static_cast<uint64_t>(n) > kMaxStringBytes / s.size()) check_string_size(kMaxStringBytes + 1);
+        const size_t total = s.size() * static_cast<size_t>(n);
+        rt.tick(1 + total / 64);
         std::string out;
-        out.reserve(s.size() * static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) out += s;
-        rt.tick(1 + out.size() / 64);
+        out.reserve(total);
+        if (n > 0) out = s;
+        while (out.size() < total) out.append(out, 0, std::min(out.size(), total - out.size()));  // doubling
         return Value(std::move(out));
       }
       const auto& items = seq->list().items;
@@ -1085,10 +955,7 @@ Value binary_op(Runtime& rt, const std::string& op, const Value& a, const Value&
     }
     bad_operands(op, a, b);
   }
-  if (!nums) {
-    if (op == "%" && a.is_string()) throw EvalError("printf-style '%' string formatting is not supported");
-    bad_operands(op, a, b);
-  }
+  if (!nums) bad_operands(op, a, b);
   if (op == "/") {
     if (to_d(b) == 0) throw EvalError("division by zero");
     return Value(to_d(a) / to_d(b));
@@ -1113,7 +980,12 @@ Value binary_op(Runtime& rt, const std::string& op, const Value& a, const Value&
       return Value(acc);
     }
     if (to_d(a) == 0 && to_d(b) < 0) throw EvalError("0.0 cannot be raised to a negative power");
-    return Value(std::pow(to_d(a), to_d(b)));
+    double r = std::pow(to_d(a), to_d(b));
+    if (std::isinf(r) && std::isfinite(to_d(a)) && std::isfinite(to_d(b)))
+      throw EvalError("(34, 'Numerical result out of range')");  // Python's OverflowError
+    if (std::isnan(r) && !std::isnan(to_d(a)) && !std::isnan(to_d(b)))
+      throw EvalError("negative number cannot be raised to a fractional power");  // Python gives a complex
+    return Value(r);
   }
   throw EvalError("unknown operator '" + op + "'");
 }
@@ -1136,10 +1008,10 @@ Value call_function(Runtime& rt, const FuncObj& f, Args args) {
 
 bool is_supported_filter(std::string_view n) {
   static const char* const kFilters[] = {
-      "abs",    "capitalize", "count",   "d",          "default", "first",   "float",  "indent", "int",
-      "items",  "join",       "last",    "length",     "list",    "lower",   "map",    "max",    "min",
-      "reject", "rejectattr", "replace", "reverse",    "round",   "safe",    "select", "selectattr",
-      "sort",   "string",     "sum",     "title",      "tojson",  "trim",    "unique", "upper"};
+      "abs",    "capitalize", "count",   "d",       "default", "first",  "float",  "indent",     "int",
+      "items",  "join",       "last",    "length",  "list",    "lower",  "map",    "max",        "min",
+      "reject", "rejectattr", "replace", "reverse", "round",   "safe",   "select", "selectattr", "sort",
+      "string", "sum",        "title",   "tojson",  "trim",    "unique", "upper"};
   for (const char* f : kFilters)
     if (n == f) return true;
   return false;
@@ -1147,10 +1019,10 @@ bool is_supported_filter(std::string_view n) {
 
 bool is_supported_test(std::string_view n) {
   static const char* const kTests[] = {
-      "defined", "undefined", "none",    "boolean",  "false",  "true",        "integer", "float",
-      "number",  "string",    "mapping", "iterable", "sequence", "callable",  "sameas",  "odd",
-      "even",    "divisibleby", "eq",    "equalto",  "ne",     "lt",          "lessthan", "le",
-      "gt",      "greaterthan", "ge",    "in",       "lower",  "upper",       "escaped"};
+      "defined", "undefined",   "none",    "boolean",  "false",    "true",     "integer",  "float",
+      "number",  "string",      "mapping", "iterable", "sequence", "callable", "sameas",   "odd",
+      "even",    "divisibleby", "eq",      "equalto",  "ne",       "lt",       "lessthan", "le",
+      "gt",      "greaterthan", "ge",      "in",       "lower",    "upper",    "escaped"};
   for (const char* t : kTests)
     if (n == t) return true;
   return false;
@@ -1263,6 +1135,10 @@ bool apply_test(Runtime& rt, const std::string& name, const Value& v, Args a) {
     auto b = bind(name, a, {"other"});
     return required(b, 0, name, "other");
   };
+  static const char* const kOneArg[] = {"sameas", "eq", "equalto",     "ne", "lt", "lessthan",
+                                        "le",     "gt", "greaterthan", "ge", "in", "divisibleby"};
+  if (std::none_of(std::begin(kOneArg), std::end(kOneArg), [&](const char* t) { return name == t; }))
+    bind(name, a, {});  // jinja2's other tests take only the value
   if (name == "defined") return !v.is_undefined();
   if (name == "undefined") return v.is_undefined();
   if (name == "none") return v.is_none();
@@ -1274,7 +1150,8 @@ bool apply_test(Runtime& rt, const std::string& name, const Value& v, Args a) {
   if (name == "number") return v.is_number();
   if (name == "string") return v.is_string();
   if (name == "mapping") return v.is_mapping();
-  if (name == "iterable" || name == "sequence") return v.is_string() || v.is_list() || v.is_mapping() || v.is_undefined();
+  if (name == "iterable" || name == "sequence")
+    return v.is_string() || v.is_list() || v.is_mapping() || v.is_undefined();
   if (name == "callable") return v.is_func() || v.is_undefined();
   if (name == "escaped") return false;
   if (name == "lower" || name == "upper") {

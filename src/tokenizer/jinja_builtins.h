@@ -21,8 +21,8 @@ struct Args {
 class Runtime {
  public:
   virtual ~Runtime() = default;
-  virtual void tick(uint64_t steps) = 0;   // charges work against the step limit
-  virtual DictPtr new_namespace() = 0;     // a namespace the renderer cleans up afterwards
+  virtual void tick(uint64_t steps) = 0;  // charges work against the step limit
+  virtual DictPtr new_namespace() = 0;    // a namespace the renderer cleans up afterwards
 };
 
 // jinja2's sandboxed getattr / getitem: missing things are Undefined, never errors.
@@ -30,7 +30,7 @@ Value get_attr(const Value& obj, const std::string& name);
 Value get_item(const Value& obj, const Value& key);
 Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step);
 
-std::vector<Value> iterate(const Value& v);              // for loops, filters; throws if not iterable
+std::vector<Value> iterate(const Value& v);                // for loops, filters; throws if not iterable
 bool contains(const Value& container, const Value& item);  // Python `item in container`
 Value binary_op(Runtime& rt, const std::string& op, const Value& a, const Value& b);
 Value negate(const Value& v);

@@ -1,7 +1,8 @@
 // Tree-walking evaluator for the chat-template AST (see jinja_eval.h).
 #include "tokenizer/jinja_eval.h"
 
-#include <unordered_map>
+#include <algorithm>
+#include <memory>
 
 #include "tern/error.h"
 #include "tokenizer/jinja_builtins.h"
@@ -15,9 +16,9 @@ using SK = Stmt::Kind;
 class Renderer final : public Runtime {
  public:
   explicit Renderer(const std::vector<std::pair<std::string, Value>>& variables) {
-    scopes_.emplace_back();  // render variables
-    for (const auto& [k, v] : variables) scopes_.back()[k] = v;
-    scopes_.emplace_back();  // the template's top level: {% set %} outside loops lands here
+    push_scope();  // render variables
+    for (const auto& [k, v] : variables) top().set(k, v);
+    push_scope();  // the template's top level: {% set %} outside loops lands here
   }
 
   // Namespaces are the only mutable values, so every reference cycle runs through one;
@@ -44,21 +45,45 @@ class Renderer final : public Runtime {
   }
 
  private:
-  using Scope = std::unordered_map<std::string, Value>;
+  // A scope's variables; scopes hold a handful of names, so a flat list beats a hash map.
+  struct Scope {
+    std::vector<std::pair<std::string, Value>> vars;
+    const Value* find(const std::string& name) const {
+      for (const auto& [k, v] : vars)
+        if (k == name) return &v;
+      return nullptr;
+    }
+    void set(const std::string& name, Value v) {
+      for (auto& [k, x] : vars)
+        if (k == name) {
+          x = std::move(v);
+          return;
+        }
+      vars.emplace_back(name, std::move(v));
+    }
+  };
   // [0] render variables, [1] template top level, then one scope per loop iteration:
   // a set inside a loop body is gone at the next iteration and after the loop, as in
   // jinja2 (each iteration starts from the enclosing values).
-  std::vector<Scope> scopes_;
+  std::vector<Scope> scopes_;  // scopes_[0, live_) are in use; the rest keep their capacity
+  size_t live_ = 0;
   std::string out_;
   uint64_t steps_ = 0;
   std::vector<DictPtr> namespaces_;
 
   enum class Flow { Normal, Break, Continue };
 
+  Scope& top() { return scopes_[live_ - 1]; }
+  void push_scope() {
+    if (live_ == scopes_.size()) scopes_.emplace_back();
+    ++live_;
+  }
+  void pop_scope() { scopes_[--live_].vars.clear(); }
+
   struct ScopeGuard {
-    std::vector<Scope>& s;
-    explicit ScopeGuard(std::vector<Scope>& scopes) : s(scopes) { s.emplace_back(); }
-    ~ScopeGuard() { s.pop_back(); }
+    Renderer& r;
+    explicit ScopeGuard(Renderer& renderer) : r(renderer) { r.push_scope(); }
+    ~ScopeGuard() { r.pop_scope(); }
   };
 
   void emit(const std::string& text) {
@@ -68,10 +93,8 @@ class Renderer final : public Runtime {
   }
 
   const Value* lookup(const std::string& name) const {
-    for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
-      auto f = it->find(name);
-      if (f != it->end()) return &f->second;
-    }
+    for (size_t i = live_; i-- > 0;)
+      if (const Value* v = scopes_[i].find(name)) return v;
     return nullptr;
   }
 
@@ -102,8 +125,8 @@ class Renderer final : public Runtime {
           const Value* ns = lookup(s.targets[0]);
           if (!ns || !ns->is_dict() || ns->dict().kind != DictObj::Kind::Namespace)
             throw EvalError("cannot assign attribute on non-namespace object");
-          ns->dict().set(s.attr, v);
           raise_depth(ns->dict(), v);
+          ns->dict().set(s.attr, std::move(v));
           return Flow::Normal;
         }
         case SK::SetBlock: {
@@ -132,9 +155,9 @@ class Renderer final : public Runtime {
   }
 
   // Binds one name, or unpacks a sequence into several (`a, b = pair`).
-  void bind_targets(Scope& scope, const std::vector<std::string>& targets, const Value& v) {
+  void bind_targets(Scope& scope, const std::vector<std::string>& targets, Value v) {
     if (targets.size() == 1) {
-      scope[targets[0]] = v;
+      scope.set(targets[0], std::move(v));
       return;
     }
     std::vector<Value> items = iterate(v);
@@ -142,43 +165,42 @@ class Renderer final : public Runtime {
       throw EvalError((items.size() < targets.size() ? "not enough" : "too many") +
                       std::string(" values to unpack (expected ") + std::to_string(targets.size()) + ", got " +
                       std::to_string(items.size()) + ")");
-    for (size_t i = 0; i < targets.size(); ++i) scope[targets[i]] = items[i];
+    for (size_t i = 0; i < targets.size(); ++i) scope.set(targets[i], items[i]);
   }
 
-  void assign(const std::vector<std::string>& targets, const Value& v) { bind_targets(scopes_.back(), targets, v); }
-
-  Value make_loop(size_t i, const std::vector<Value>& items) {
-    const int64_t n = static_cast<int64_t>(items.size()), i0 = static_cast<int64_t>(i);
-    DictPtr d = make_dict(DictObj::Kind::Loop);
-    d->items = {{"index", Value(i0 + 1)},       {"index0", Value(i0)},         {"revindex", Value(n - i0)},
-                {"revindex0", Value(n - i0 - 1)}, {"first", Value(i0 == 0)},    {"last", Value(i0 == n - 1)},
-                {"length", Value(n)},            {"depth", Value(int64_t{1})},  {"depth0", Value(int64_t{0})}};
-    if (i > 0) d->items.emplace_back("previtem", items[i - 1]);
-    if (i + 1 < items.size()) d->items.emplace_back("nextitem", items[i + 1]);
-    for (const auto& kv : d->items) raise_depth(*d, kv.second);
-    return Value(d);
-  }
+  void assign(const std::vector<std::string>& targets, Value v) { bind_targets(top(), targets, std::move(v)); }
 
   void exec_for(const Stmt& s) {
-    std::vector<Value> items = iterate(eval(*s.expr));
+    Value seq = eval(*s.expr);
+    auto items = std::make_shared<std::vector<Value>>(iterate(seq));
     if (s.filter) {  // `for x in xs if cond`: filtered before loop.length is known
       std::vector<Value> kept;
-      for (auto& it : items) {
-        ScopeGuard g(scopes_);
-        bind_targets(scopes_.back(), s.targets, it);
+      for (auto& it : *items) {
+        tick(1);
+        ScopeGuard g(*this);
+        bind_targets(top(), s.targets, it);
         if (truthy(eval(*s.filter))) kept.push_back(std::move(it));
       }
-      items = std::move(kept);
+      *items = std::move(kept);
     }
-    for (size_t i = 0; i < items.size(); ++i) {
+    // One loop object per loop run, advanced each iteration, as jinja2's LoopContext.
+    DictPtr loop = make_dict(DictObj::Kind::Loop);
+    loop->loop_items = items;
+    int item_depth = 0;
+    for (const auto& it : *items) item_depth = std::max(item_depth, value_depth(it));
+    loop->depth = item_depth + 1;
+    if (loop->depth > kMaxNesting) throw EvalError("loop items nested too deeply");
+    const Value loop_value(loop);
+    for (size_t i = 0; i < items->size(); ++i) {
       tick(1);
-      ScopeGuard g(scopes_);
-      bind_targets(scopes_.back(), s.targets, items[i]);
-      scopes_.back()["loop"] = make_loop(i, items);
+      loop->loop_index0 = static_cast<int64_t>(i);
+      ScopeGuard g(*this);
+      bind_targets(top(), s.targets, (*items)[i]);
+      top().set("loop", loop_value);
       if (exec_body(s.body) == Flow::Break) break;
     }
-    if (items.empty()) {
-      ScopeGuard g(scopes_);
+    if (items->empty()) {
+      ScopeGuard g(*this);
       exec_body(s.else_body);
     }
   }
@@ -234,7 +256,7 @@ class Renderer final : public Runtime {
       }
       case EK::Slice: {
         Value obj = eval(*e.args[0]);
-        Value parts[3];
+        Value parts[3] = {Value(None{}), Value(None{}), Value(None{})};  // absent parts are None
         for (int i = 0; i < 3; ++i)
           if (e.args[1 + i]) parts[i] = eval(*e.args[1 + i]);
         return get_slice(obj, parts[0], parts[1], parts[2]);
@@ -248,10 +270,12 @@ class Renderer final : public Runtime {
         throw EvalError("'" + type_name(callee) + "' object is not callable");
       }
       case EK::Filter: {
+        if (e.unknown) throw EvalError("no filter named '" + e.name + "' found");
         Value subject = eval(*e.args[0]);
         return apply_filter(*this, e.name, subject, eval_args(e, 1));
       }
       case EK::Test: {
+        if (e.unknown) throw EvalError("no test named '" + e.name + "' found");
         Value subject = eval(*e.args[0]);
         return Value(apply_test(*this, e.name, subject, eval_args(e, 1)) != e.negated);
       }

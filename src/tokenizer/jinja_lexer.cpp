@@ -180,6 +180,7 @@ class Lexer {
   }
 
   size_t lex_comment(size_t p, size_t tag) {
+    if (p >= s_.size()) return p;  // `{#` ending the template: jinja2's lexer just stops
     for (size_t i = p; i < s_.size(); ++i) {
       if (s_[i] != '#' && s_[i] != '-' && s_[i] != '+') continue;
       size_t e = std::string::npos;
@@ -200,6 +201,7 @@ class Lexer {
   }
 
   size_t lex_raw(size_t body, size_t tag) {
+    if (body >= s_.size()) return body;  // `{% raw %}` ending the template: jinja2 just stops
     for (size_t i = s_.find("{%", body); i != std::string::npos; i = s_.find("{%", i + 1)) {
       size_t p = i + 2;
       char sign = 0;

@@ -21,10 +21,10 @@ enum class Tok {
   VarBegin,    // {{
   VarEnd,      // }}
   Name,
-  String,      // text holds the decoded value
+  String,  // text holds the decoded value
   Int,
   Float,
-  Op,          // text holds the operator: + - * / // % ** ~ == != < <= > >= = . : | , ( ) [ ] { } ;
+  Op,  // text holds the operator: + - * / // % ** ~ == != < <= > >= = . : | , ( ) [ ] { } ;
   Eof,
 };
 

@@ -20,6 +20,13 @@ class Parser {
   std::unique_ptr<Template> parse() {
     auto tmpl = std::make_unique<Template>();
     tmpl->body = parse_body({}, nullptr);
+    // Like jinja2's compiler, after the whole template parsed: an unknown filter or test
+    // outside an if statement / inline if-expression is an error.
+    for (const Expr* e : unknown_)
+      if (!e->soft)
+        fail_at(e->line, e->col,
+                "no " + std::string(e->kind == K::Filter ? "filter" : "test") + " named '" + e->name +
+                    "' (or it is not supported)");
     return tmpl;
   }
 
@@ -33,8 +40,28 @@ class Parser {
     int line;
   };
   std::vector<OpenBlock> open_;  // enclosing blocks, for error messages and the depth cap
+  int soft_ = 0;                 // >0 inside an if statement (not inside a loop or set block in it)
+  std::vector<Expr*> unknown_;   // unknown filters/tests outside if statements, checked at the end
 
-  // Counts recursion so `((((...` or `not not not ...` can't overflow the stack.
+  // Marks the unknown filters/tests of an inline if-expression as allowed.
+  static void mark_soft(Expr& e) {
+    if (e.unknown) e.soft = true;
+    for (auto& a : e.args)
+      if (a) mark_soft(*a);
+    for (auto& kv : e.kwargs) mark_soft(*kv.second);
+  }
+
+  // Scoped change of soft_.
+  struct SoftScope {
+    int& ref;
+    int saved;
+    SoftScope(int& r, int value) : ref(r), saved(r) { ref = value; }
+    ~SoftScope() { ref = saved; }
+  };
+
+  // Counts recursion so `((((...` or `not not not ...` can't overflow the stack. Every
+  // nested expression passes through parse_unary; `not` and `else` chains recurse in
+  // parse_not and parse_condexpr, so those three are guarded.
   struct Guard {
     Parser& p;
     explicit Guard(Parser& parser) : p(parser) {
@@ -91,6 +118,11 @@ class Parser {
     std::string n = cur().text;
     next();
     return n;
+  }
+  // Where a block's body starts jinja2 accepts an optional ':' before '%}'.
+  void expect_body_start() {
+    skip_op(":");
+    expect_block_end();
   }
   void expect_block_end() {
     if (cur().type != Tok::BlockEnd) error(cur(), "expected end of statement block '%}', got " + describe(cur()));
@@ -185,7 +217,9 @@ class Parser {
     std::string s;
     for (auto e : ends) {
       if (!s.empty()) s += " or ";
-      s += "'" + std::string(e) + "'";
+      s += '\'';
+      s += e;
+      s += '\'';
     }
     return s;
   }
@@ -216,16 +250,17 @@ class Parser {
     } else if (name == "generation") {
       // transformers' {% generation %} marks assistant text for masks; it renders as is.
       s->kind = Stmt::Kind::Block;
-      expect_block_end();
+      expect_body_start();
       open_block(name, name_tok);
       std::string found;
+      SoftScope soft(soft_, 0);
       s->body = parse_body({"endgeneration"}, &found);
       open_.pop_back();
       expect_block_end();
     } else {
-      static const char* const kUnsupported[] = {"macro", "call",       "filter", "include", "import", "from",
-                                                 "extends", "block",    "with",   "autoescape", "do", "trans"};
-      static const char* const kInner[] = {"elif",   "else",   "endif",  "endfor", "endset", "endgeneration",
+      static const char* const kUnsupported[] = {"macro",   "call",  "filter", "include",    "import", "from",
+                                                 "extends", "block", "with",   "autoescape", "do",     "trans"};
+      static const char* const kInner[] = {"elif",   "else",     "endif",   "endfor",    "endset",   "endgeneration",
                                            "endraw", "endmacro", "endcall", "endfilter", "endblock", "endwith"};
       for (const char* u : kUnsupported)
         if (name == u) error(name_tok, "'" + name + "' tags are not supported by this chat-template renderer");
@@ -244,15 +279,16 @@ class Parser {
   void parse_if(Stmt& s, const Token& at) {
     s.kind = Stmt::Kind::If;
     open_block("if", at);
+    SoftScope soft(soft_, soft_ + 1);
     while (true) {
       ExprPtr cond = parse_tuple(false, false, {});
-      expect_block_end();
+      expect_body_start();
       std::string found;
       Body body = parse_body({"elif", "else", "endif"}, &found);
       s.branches.emplace_back(std::move(cond), std::move(body));
       if (found == "elif") continue;
       if (found == "else") {
-        expect_block_end();
+        expect_body_start();
         s.else_body = parse_body({"endif"}, &found);
       }
       expect_block_end();
@@ -286,16 +322,17 @@ class Parser {
     s.targets = parse_targets();
     if (!skip_name("in")) error(cur(), "expected 'in' in for loop, got " + describe(cur()));
     s.expr = parse_tuple(false, false, {"recursive"});
+    SoftScope soft(soft_, 0);  // the loop's filter and bodies are not "inside the if"
     if (skip_name("if")) s.filter = parse_expression(true);
     if (is_name("recursive")) error(cur(), "recursive for loops are not supported by this chat-template renderer");
-    expect_block_end();
+    expect_body_start();
     open_block("for", at);
     std::string found;
     ++loop_depth_;
     s.body = parse_body({"endfor", "else"}, &found);
     --loop_depth_;
     if (found == "else") {
-      expect_block_end();
+      expect_body_start();
       // The else branch runs outside the loop: break/continue there are errors.
       int saved = loop_depth_;
       loop_depth_ = 0;
@@ -334,8 +371,9 @@ class Parser {
     if (s.targets.size() != 1) error(cur(), "expected '=' after the set targets, got " + describe(cur()));
     if (is_op("|")) error(cur(), "filtered block set is not supported by this chat-template renderer");
     s.kind = Stmt::Kind::SetBlock;
-    expect_block_end();
+    expect_body_start();
     open_block("set", at);
+    SoftScope soft(soft_, 0);
     std::string found;
     s.body = parse_body({"endset"}, &found);
     expect_block_end();
@@ -351,7 +389,6 @@ class Parser {
 
   // A bare comma list is a tuple, as in `{% set a, b = 1, 2 %}` and `{{ 1, 2 }}`.
   ExprPtr parse_tuple(bool with_condexpr, bool explicit_parens, std::initializer_list<std::string_view> extra) {
-    Guard g(*this);
     const Token start = cur();
     std::vector<ExprPtr> items;
     bool is_tuple = false;
@@ -373,24 +410,25 @@ class Parser {
     return seal(std::move(e));
   }
 
-  ExprPtr parse_expression(bool with_condexpr = true) {
-    Guard g(*this);
-    return with_condexpr ? parse_condexpr() : parse_or();
-  }
+  ExprPtr parse_expression(bool with_condexpr = true) { return with_condexpr ? parse_condexpr() : parse_or(); }
 
   ExprPtr parse_condexpr() {
-    Guard g(*this);
     ExprPtr expr = parse_or();
     while (is_name("if")) {
       const Token at = cur();
       next();
       ExprPtr cond = parse_or();
-      ExprPtr other = skip_name("else") ? parse_condexpr() : nullptr;
+      ExprPtr other;
+      if (skip_name("else")) {
+        Guard g(*this);
+        other = parse_condexpr();
+      }
       auto e = node(K::Cond, at);
       e->args.push_back(std::move(expr));
       e->args.push_back(std::move(cond));
       e->args.push_back(std::move(other));
       expr = seal(std::move(e));
+      mark_soft(*expr);
     }
     return expr;
   }
@@ -416,8 +454,8 @@ class Parser {
   }
 
   ExprPtr parse_not() {
-    Guard g(*this);
     if (is_name("not")) {
+      Guard g(*this);
       const Token at = cur();
       next();
       return unary(K::Not, at, parse_not());
@@ -516,7 +554,6 @@ class Parser {
   }
 
   ExprPtr parse_primary() {
-    Guard g(*this);
     const Token tok = cur();
     switch (tok.type) {
       case Tok::Name: {
@@ -625,13 +662,24 @@ class Parser {
     // '[': an index or a slice start:stop:step with any part left out.
     ExprPtr parts[3];
     bool slice = false;
+    if (is_op("]")) {  // x[] subscripts with an empty tuple: always undefined
+      next();
+      return binary(K::GetItem, at, std::move(obj), seal(node(K::Tuple, at)));
+    }
     if (!is_op(":")) parts[0] = parse_expression();
     if (skip_op(":")) {
       slice = true;
       if (!is_op("]") && !is_op(",") && !is_op(":")) parts[1] = parse_expression();
       if (skip_op(":") && !is_op("]") && !is_op(",")) parts[2] = parse_expression();
     }
-    if (is_op(",")) error(cur(), "tuple subscripts are not supported by this chat-template renderer");
+    if (!slice && is_op(",")) {  // x[a, b] subscripts with a tuple (never found in lists or dicts here)
+      auto t = node(K::Tuple, at);
+      t->args.push_back(std::move(parts[0]));
+      while (skip_op(",") && !is_op("]")) t->args.push_back(parse_expression());
+      parts[0] = seal(std::move(t));
+    }
+    if (slice && is_op(","))
+      error(cur(), "tuple subscripts with slices are not supported by this chat-template renderer");
     expect_op("]");
     if (!slice) return binary(K::GetItem, at, std::move(obj), std::move(parts[0]));
     auto e = node(K::Slice, at);
@@ -650,7 +698,8 @@ class Parser {
         if (is_op(")")) break;
       }
       first = false;
-      if (is_op("*") || is_op("**")) error(cur(), "*args and **kwargs are not supported by this chat-template renderer");
+      if (is_op("*") || is_op("**"))
+        error(cur(), "*args and **kwargs are not supported by this chat-template renderer");
       if (cur().type == Tok::Name && peek().type == Tok::Op && peek().text == "=") {
         const Token key = cur();
         next();
@@ -683,12 +732,21 @@ class Parser {
     return name;
   }
 
+  void note_unknown(Expr& e, bool supported) {
+    if (supported) return;
+    e.unknown = true;
+    if (soft_ > 0)
+      e.soft = true;
+    else
+      unknown_.push_back(&e);
+  }
+
   ExprPtr parse_filter(ExprPtr subject) {
     next();  // '|'
     const Token at = cur();
     auto e = node(K::Filter, at);
     e->name = dotted_name("a filter name");
-    if (!is_supported_filter(e->name)) error(at, "no filter named '" + e->name + "' (or it is not supported)");
+    note_unknown(*e, is_supported_filter(e->name));
     e->args.push_back(std::move(subject));
     if (is_op("(")) parse_call_args(*e);
     return seal(std::move(e));
@@ -700,9 +758,9 @@ class Parser {
     e->negated = skip_name("not");
     const Token at = cur();
     e->name = dotted_name("a test name");
-    if (!is_supported_test(e->name)) error(at, "no test named '" + e->name + "' (or it is not supported)");
     e->line = at.line;
     e->col = at.col;
+    note_unknown(*e, is_supported_test(e->name));
     e->args.push_back(std::move(subject));
     if (is_op("(")) {
       parse_call_args(*e);
@@ -719,8 +777,6 @@ class Parser {
 
 }  // namespace
 
-std::unique_ptr<Template> parse_template(const std::string& source) {
-  return Parser(lex_template(source)).parse();
-}
+std::unique_ptr<Template> parse_template(const std::string& source) { return Parser(lex_template(source)).parse(); }
 
 }  // namespace tern::jinja

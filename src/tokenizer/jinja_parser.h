@@ -47,7 +47,12 @@ struct Expr {
   int depth = 1;  // height of this subtree, capped at kMaxNesting
   Value value;
   std::string name;
-  bool negated = false;
+  bool negated = false;  // Test: `is not`
+  // Filter/Test whose name is not supported. jinja2 accepts these inside an if statement
+  // or an inline if-expression and fails only if they run; elsewhere they are syntax
+  // errors.
+  bool unknown = false;
+  bool soft = false;  // set on unknown nodes found inside an inline if-expression
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   std::vector<std::string> ops;
@@ -68,7 +73,7 @@ struct Stmt {
     SetBlock,  // targets[0] = rendered body
     Break,
     Continue,
-    Block,     // body rendered in place ({% generation %})
+    Block,  // body rendered in place ({% generation %})
   };
   Kind kind = Kind::Text;
   int line = 1;

@@ -36,6 +36,29 @@ void DictObj::set(const std::string& key, Value value) {
   items.emplace_back(key, std::move(value));
 }
 
+Value loop_attr(const DictObj& loop, const std::string& name) {
+  const int64_t i = loop.loop_index0;
+  const int64_t n = loop.loop_items ? static_cast<int64_t>(loop.loop_items->size()) : 0;
+  if (name == "index") return Value(i + 1);
+  if (name == "index0") return Value(i);
+  if (name == "revindex") return Value(n - i);
+  if (name == "revindex0") return Value(n - i - 1);
+  if (name == "first") return Value(i == 0);
+  if (name == "last") return Value(i == n - 1);
+  if (name == "length") return Value(n);
+  if (name == "depth") return Value(int64_t{1});
+  if (name == "depth0") return Value(int64_t{0});
+  if (name == "previtem") {
+    if (i > 0 && i - 1 < n) return (*loop.loop_items)[static_cast<size_t>(i - 1)];
+    return Value(Undefined{"there is no previous item"});
+  }
+  if (name == "nextitem") {
+    if (i + 1 < n) return (*loop.loop_items)[static_cast<size_t>(i + 1)];
+    return Value(Undefined{"there is no next item"});
+  }
+  return Value(Undefined{"'LoopContext object' has no attribute '" + name + "'"});
+}
+
 int value_depth(const Value& v) {
   if (v.is_list()) return v.list().depth;
   if (v.is_dict()) return v.dict().depth;
@@ -315,9 +338,7 @@ static void write_py(std::string& out, const Value& v, bool as_repr, int depth) 
         write_dict_body(out, d, depth);
         out += '>';
       } else {
-        const Value* index = d.find("index");
-        const Value* length = d.find("length");
-        out += "<LoopContext " + (index ? to_str(*index) : "?") + "/" + (length ? to_str(*length) : "?") + ">";
+        out += "<LoopContext " + to_str(loop_attr(d, "index")) + "/" + to_str(loop_attr(d, "length")) + ">";
       }
       return;
     }

@@ -21,7 +21,7 @@ namespace tern::jinja {
 inline constexpr int kMaxNesting = 256;                 // expression, block and value nesting
 inline constexpr size_t kMaxStringBytes = 64u << 20;    // rendered output and any one string
 inline constexpr size_t kMaxListItems = 1u << 20;       // items in any one list
-inline constexpr uint64_t kMaxSteps = 20'000'000;       // evaluation steps per render
+inline constexpr uint64_t kMaxSteps = 10'000'000;       // evaluation steps per render
 inline constexpr int64_t kMaxRange = 100000;            // jinja2's sandbox MAX_RANGE
 
 // A failure without a position yet (raised by value helpers); the evaluator catches it
@@ -94,6 +94,10 @@ struct DictObj {
   Kind kind = Kind::Plain;
   std::vector<std::pair<std::string, Value>> items;  // insertion order, as Python dicts
   int depth = 1;
+  // Kind::Loop (jinja2's LoopContext): one object per loop run, advanced each iteration;
+  // loop.index, loop.last, ... are computed from these (see loop_attr).
+  int64_t loop_index0 = 0;
+  std::shared_ptr<const std::vector<Value>> loop_items;
 
   const Value* find(std::string_view key) const;
   void set(const std::string& key, Value value);
@@ -106,6 +110,9 @@ struct FuncObj {
   Value self;
   bool bound = false;
 };
+
+// loop.<name> for a Kind::Loop object; Undefined for unknown names.
+Value loop_attr(const DictObj& loop, const std::string& name);
 
 // Constructors that enforce the nesting and size limits.
 Value make_list(std::vector<Value> items, bool tuple = false);
