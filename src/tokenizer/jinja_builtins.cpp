@@ -227,7 +227,12 @@ Value bound(const Value& self, const std::string& name) {
 }
 
 std::string no_attr(const Value& obj, const std::string& name) {
-  return "'" + type_name(obj) + " object' has no attribute '" + name + "'";
+  std::string msg = "'";  // built by appending: GCC 12 warns (-Wrestrict) on "'" + std::string
+  msg += type_name(obj);
+  msg += " object' has no attribute '";
+  msg += name;
+  msg += "'";
+  return msg;
 }
 
 // Python slice bounds (PySlice_AdjustIndices).

@@ -14,9 +14,9 @@
 
 namespace tern::jinja {
 
-std::string py_upper(std::string s);       // str.upper()
-std::string py_lower(std::string s);       // str.lower()
-std::string py_capitalize(std::string s);  // str.capitalize(): first title-cased, rest lower
+std::string py_upper(std::string s);            // str.upper()
+std::string py_lower(std::string s);            // str.lower()
+std::string py_capitalize(std::string s);       // str.capitalize(): first title-cased, rest lower
 std::string py_title(const std::string& s);     // str.title()
 std::string jinja_title(const std::string& s);  // jinja2's title filter (different word rules)
 bool is_cased(char32_t c);                      // a letter that has case

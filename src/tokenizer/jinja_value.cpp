@@ -249,8 +249,8 @@ static void check_recursion(int depth) {
 static bool py_printable(char32_t c) {
   if (c < 0x20 || (c >= 0x7F && c <= 0xA0) || c == 0xAD) return false;
   if (c >= 0x80 && is_py_space(c)) return false;
-  if ((c >= 0x200B && c <= 0x200F) || (c >= 0x202A && c <= 0x202E) || (c >= 0x2060 && c <= 0x2064) ||
-      c == 0xFEFF || (c >= 0xD800 && c <= 0xDFFF))
+  if ((c >= 0x200B && c <= 0x200F) || (c >= 0x202A && c <= 0x202E) || (c >= 0x2060 && c <= 0x2064) || c == 0xFEFF ||
+      (c >= 0xD800 && c <= 0xDFFF))
     return false;
   return true;
 }
@@ -374,9 +374,7 @@ static double as_double(const Value& v) {
 }
 
 static bool is_integral(const Value& v) { return v.is_bool() || v.is_int(); }
-static int64_t as_int(const Value& v) {
-  return v.is_bool() ? (std::get<bool>(v.v) ? 1 : 0) : std::get<int64_t>(v.v);
-}
+static int64_t as_int(const Value& v) { return v.is_bool() ? (std::get<bool>(v.v) ? 1 : 0) : std::get<int64_t>(v.v); }
 
 // Numbers compare by value across bool/int/float, as in Python.
 static int compare_numbers(const Value& a, const Value& b) {

@@ -18,11 +18,11 @@ namespace tern::jinja {
 
 // Limits that keep a hostile or broken template from exhausting the stack, memory or
 // time. Real chat templates stay far below all of them.
-inline constexpr int kMaxNesting = 256;                 // expression, block and value nesting
-inline constexpr size_t kMaxStringBytes = 64u << 20;    // rendered output and any one string
-inline constexpr size_t kMaxListItems = 1u << 20;       // items in any one list
-inline constexpr uint64_t kMaxSteps = 10'000'000;       // evaluation steps per render
-inline constexpr int64_t kMaxRange = 100000;            // jinja2's sandbox MAX_RANGE
+inline constexpr int kMaxNesting = 256;               // expression, block and value nesting
+inline constexpr size_t kMaxStringBytes = 64u << 20;  // rendered output and any one string
+inline constexpr size_t kMaxListItems = 1u << 20;     // items in any one list
+inline constexpr uint64_t kMaxSteps = 10'000'000;     // evaluation steps per render
+inline constexpr int64_t kMaxRange = 100000;          // jinja2's sandbox MAX_RANGE
 
 // A failure without a position yet (raised by value helpers); the evaluator catches it
 // at the expression node and rethrows it as tern::Error with that node's line and column.

@@ -114,8 +114,9 @@ TEST(ChatTemplate, Llama3Instruct) {
   ChatTemplate t(kLlama3Instruct);
   EXPECT_EQ(t.render(inputs(kConversation)), expected);
   // Without the generation prompt the last header is gone.
-  EXPECT_EQ(t.render(inputs(kConversation, false)),
-            expected.substr(0, expected.size() - std::string("<|start_header_id|>assistant<|end_header_id|>\n\n").size()));
+  EXPECT_EQ(
+      t.render(inputs(kConversation, false)),
+      expected.substr(0, expected.size() - std::string("<|start_header_id|>assistant<|end_header_id|>\n\n").size()));
   // The same template with the newlines written as Jinja escapes renders the same.
   std::string escaped = kLlama3Instruct;
   for (size_t p; (p = escaped.find("\n\n")) != std::string::npos;) escaped.replace(p, 2, "\\n\\n");
@@ -138,7 +139,9 @@ TEST(ChatTemplate, MistralAlternationAndRaiseException) {
             "<s>[INST]   Who are you?\n [/INST]Arr, a pirate!</s>[INST] Bye [/INST]");
   EXPECT_EQ(error_of([&] { t.render(inputs(kConversation, true, "<s>", "</s>")); }),
             "chat template: Conversation roles must alternate user/assistant/user/assistant/...");
-  EXPECT_EQ(error_of([&] { t.render(inputs({{"user", "a"}, {"user", "b"}})); }),
+  EXPECT_EQ(error_of([&] {
+              t.render(inputs({{"user", "a"}, {"user", "b"}}));
+            }),
             "chat template: Conversation roles must alternate user/assistant/user/assistant/...");
 }
 
@@ -179,9 +182,10 @@ TEST(ChatTemplate, Llama31StyleIndentedTemplate) {
     {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
 {%- endif %}
 )";
-  EXPECT_EQ(ChatTemplate(src).render(inputs({{"system", " Be brief. "}, {"user", "Hi"}})),
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(
+      ChatTemplate(src).render(inputs({{"system", " Be brief. "}, {"user", "Hi"}})),
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+      "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
 // ---------------------------------------------------------------------------------
@@ -277,9 +281,9 @@ TEST(ChatTemplate, SetScopingInLoopsVersusNamespace) {
 TEST(ChatTemplate, UndefinedValues) {
   EXPECT_EQ(render("[{{ nothing }}]{{ 'yes' if not nothing }}{{ nothing is defined }}{{ nothing is not defined }}"),
             "[]yesFalseTrue");
-  EXPECT_EQ(render("{{ nothing.attr is defined }}{{ messages[0].missing is defined }}[{{ nothing['k'] }}]",
-                   kConversation),
-            "FalseFalse[]");
+  EXPECT_EQ(
+      render("{{ nothing.attr is defined }}{{ messages[0].missing is defined }}[{{ nothing['k'] }}]", kConversation),
+      "FalseFalse[]");
   EXPECT_EQ(render("{{ 'a' ~ nothing ~ 'b' }}{{ nothing|default('d') }}{{ nothing|length }}"), "abd0");
   // transformers passes tools and documents as None.
   EXPECT_EQ(render("{{ tools is none }}{{ tools is defined }}{{ documents is none }}"), "TrueTrueTrue");
@@ -300,8 +304,7 @@ TEST(ChatTemplate, ArithmeticAndPythonSemantics) {
             "TrueTrueTrue");
   EXPECT_EQ(render("{{ '' or 'b' }}|{{ 0 and 1 }}|{{ not [] }}|{{ 'y' if 0 else 'n' }}|{{ 'x' if false }}|"),
             "b|0|True|n||");
-  EXPECT_EQ(render("{{ [1, 'a', none, true, 2.5, (1,), {'k': 'v'}] }}"),
-            "[1, 'a', None, True, 2.5, (1,), {'k': 'v'}]");
+  EXPECT_EQ(render("{{ [1, 'a', none, true, 2.5, (1,), {'k': 'v'}] }}"), "[1, 'a', None, True, 2.5, (1,), {'k': 'v'}]");
   EXPECT_EQ(render("{{ \"it's\" }}|{{ ['it\\'s'] }}|{{ 'a\\tb\\n'|length }}|{{ '\\x41\\u00e9' }}"),
             "it's|[\"it's\"]|4|A\xC3\xA9");
   EXPECT_EQ(render("{{ '%s is %d' % ('x', 3) }}"), "x is 3");
@@ -313,14 +316,16 @@ TEST(ChatTemplate, SubscriptsAndSlices) {
   EXPECT_EQ(render("{{ messages[0]['role'] }}{{ messages[0].content }}{{ messages[-1].content }}{{ messages.1.role }}",
                    kConversation),
             "systemYou are a pirate.Byeuser");
-  EXPECT_EQ(render("{{ messages[1:]|length }}{{ messages[:-1]|length }}{{ (messages[::-1]|first).content }}",
-                   kConversation),
-            "33Bye");
-  EXPECT_EQ(render("{{ 'abcdef'[1:3] }}|{{ 'abcdef'[-2:] }}|{{ 'abc'[::-1] }}|{{ [1,2,3,4,5][4:0:-2] }}|{{ 'abc'[10:] }}|"),
-            "bc|ef|cba|[5, 3]||");
+  EXPECT_EQ(
+      render("{{ messages[1:]|length }}{{ messages[:-1]|length }}{{ (messages[::-1]|first).content }}", kConversation),
+      "33Bye");
+  EXPECT_EQ(
+      render("{{ 'abcdef'[1:3] }}|{{ 'abcdef'[-2:] }}|{{ 'abc'[::-1] }}|{{ [1,2,3,4,5][4:0:-2] }}|{{ 'abc'[10:] }}|"),
+      "bc|ef|cba|[5, 3]||");
   // Strings index by code point, as Python does.
   EXPECT_EQ(render("{{ 'h\xC3\xA9llo'[1] }}{{ 'h\xC3\xA9llo'|length }}{{ 'h\xC3\xA9llo'[::-1] }}"),
-            "\xC3\xA9" "5oll\xC3\xA9h");
+            "\xC3\xA9"
+            "5oll\xC3\xA9h");
   EXPECT_EQ(render("[{{ [1, 2][5] }}]{{ {'a': {'b': [10, 20]}}.a.b.1 }}"), "[]20");
 }
 
@@ -328,12 +333,14 @@ TEST(ChatTemplate, Filters) {
   EXPECT_EQ(render("{{ '  x  '|trim }}|{{ 'xxhixx'|trim('x') }}|{{ 'hELLO wORLD'|capitalize }}|{{ 'abc'|upper }}|"
                    "{{ 'ABC'|lower }}|{{ 'hello world-foo (bar)'|title }}"),
             "x|hi|Hello world|ABC|abc|Hello World-Foo (Bar)");
-  EXPECT_EQ(render("{{ [1, 2, 3]|length }}{{ 'abc'|count }}{{ {'a': 1}|length }}|{{ [3, 1, 2]|first }}{{ [3, 1, 2]|last }}"),
-            "331|32");
+  EXPECT_EQ(
+      render("{{ [1, 2, 3]|length }}{{ 'abc'|count }}{{ {'a': 1}|length }}|{{ [3, 1, 2]|first }}{{ [3, 1, 2]|last }}"),
+      "331|32");
   EXPECT_EQ(render("{{ x|default('d') }}|{{ ''|default('d') }}|{{ ''|default('d', true) }}|{{ none|d('n') }}"),
             "d||d|None");
-  EXPECT_EQ(render("{{ 42|string ~ 'x' }}|{{ '42'|int + 1 }}|{{ 'x'|int }}|{{ '3.7'|int }}|{{ 3.9|int }}|{{ 2|float }}"),
-            "42x|43|0|3|3|2.0");
+  EXPECT_EQ(
+      render("{{ 42|string ~ 'x' }}|{{ '42'|int + 1 }}|{{ 'x'|int }}|{{ '3.7'|int }}|{{ 3.9|int }}|{{ 2|float }}"),
+      "42x|43|0|3|3|2.0");
   EXPECT_EQ(render("{{ ['a', 'b']|join(', ') }}|{{ messages|map(attribute='role')|join(',') }}|"
                    "{{ 'aXbX'|replace('X', '-') }}",
                    kConversation),
@@ -353,7 +360,8 @@ TEST(ChatTemplate, Filters) {
 TEST(ChatTemplate, ToJsonMatchesTransformersOverride) {
   // transformers' tojson: json.dumps(x, ensure_ascii=False): ", " and ": " separators,
   // no HTML escaping, non-ASCII kept.
-  EXPECT_EQ(render("{{ messages[:1]|tojson }}", kConversation), R"([{"role": "system", "content": "You are a pirate."}])");
+  EXPECT_EQ(render("{{ messages[:1]|tojson }}", kConversation),
+            R"([{"role": "system", "content": "You are a pirate."}])");
   EXPECT_EQ(render("{{ {'a': [1, 2.0, none, true], 'b': '<\xC3\xA9\"\\n>'}|tojson }}"),
             "{\"a\": [1, 2.0, null, true], \"b\": \"<\xC3\xA9\\\"\\n>\"}");
   EXPECT_EQ(render("{{ {'a': [1], 'b': {}}|tojson(indent=2) }}"), "{\n  \"a\": [\n    1\n  ],\n  \"b\": {}\n}");
@@ -371,9 +379,9 @@ TEST(ChatTemplate, Tests) {
   EXPECT_EQ(render("{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 9 is divisibleby(4) }}{{ 1 is true }}"
                    "{{ true is true }}{{ 2 is gt 1 }}{{ 'a' is in 'abc' }}{{ 'A' is upper }}{{ 1 is integer }}"),
             "TrueTrueTrueFalseFalseTrueTrueTrueTrueTrue");
-  EXPECT_EQ(render("{% if messages[0].content is string and messages[0].role is not none %}ok{% endif %}",
-                   kConversation),
-            "ok");
+  EXPECT_EQ(
+      render("{% if messages[0].content is string and messages[0].role is not none %}ok{% endif %}", kConversation),
+      "ok");
 }
 
 TEST(ChatTemplate, StringAndDictMethods) {
@@ -382,10 +390,12 @@ TEST(ChatTemplate, StringAndDictMethods) {
                    "{{ ' a  b '.split() }}|{{ 'a,b,c'.split(',', 1) }}|{{ 'ab'.upper() }}{{ 'AB'.lower() }}|"
                    "{{ 'hello world'.title() }}"),
             "a b|a|a|TrueTrueTrue|['a', 'b', 'c']|['a', 'b']|['a', 'b,c']|ABab|Hello World");
-  EXPECT_EQ(render("{{ messages[0].get('role') }}|{{ messages[0].get('x') }}|{{ messages[0].get('x', 'd') }}|"
-                   "{{ messages[0].keys()|list }}|{{ messages[0].values()|list|length }}|{{ messages[0].items()|list|first }}",
-                   kConversation),
-            "system|None|d|['role', 'content']|2|('role', 'system')");
+  EXPECT_EQ(
+      render(
+          "{{ messages[0].get('role') }}|{{ messages[0].get('x') }}|{{ messages[0].get('x', 'd') }}|"
+          "{{ messages[0].keys()|list }}|{{ messages[0].values()|list|length }}|{{ messages[0].items()|list|first }}",
+          kConversation),
+      "system|None|d|['role', 'content']|2|('role', 'system')");
   EXPECT_EQ(render("{% set content = messages[2].content %}{% if '</think>' in content %}{% endif %}"
                    "{{ 'a</think>b'.split('</think>')[-1] }}",
                    kConversation),
@@ -493,7 +503,8 @@ TEST(ChatTemplate, OutputSizeAndWorkAreCapped) {
 // render or throw tern::Error (never another exception, a crash or a hang).
 TEST(ChatTemplate, GarbageTemplatesRenderOrThrowError) {
   const std::vector<std::string> seeds = {
-      kBitNetWithBos, kLlama3Instruct,
+      kBitNetWithBos,
+      kLlama3Instruct,
       "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
       "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] }}\n{% endif %}\n"
       "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
@@ -503,11 +514,14 @@ TEST(ChatTemplate, GarbageTemplatesRenderOrThrowError) {
       "{{ 'a' ~ 1.5e3 ~ [1, (2,), {'k': none}] ~ ('%s-%d' % ('x', 2)) }}{{ messages[0].get('role', 'x')[::-1] }}",
   };
   const std::vector<std::string> vocab = {
-      "{%", "%}", "{{", "}}", "{#", "#}", "-", "+", " ", "\n", "\t", "'", "\"", "(", ")", "[", "]", "{", "}", "|",
-      ":", ",", ".", "=", "~", "*", "**", "/", "//", "%", "if ", "endif", "for ", " in ", "endfor", "else", "elif ",
-      "set ", "loop", "ns", "not ", " and ", " or ", " is ", "defined", "none", "1", "0", "-1", "2.5", "1e308", "'x'",
-      "messages", "message", "content", "role", "trim", "length", "namespace(", "range(", "break", "continue", "raw",
-      "endraw", "\\", "\\u00e9", "\xC3\xA9", "\xFF", "tojson", "items()", "join", "recursive", "macro", "}}}", "{{{",
+      "{%",    "%}",        "{{",       "}}",      "{#",      "#}",      "-",        "+",      " ",          "\n",
+      "\t",    "'",         "\"",       "(",       ")",       "[",       "]",        "{",      "}",          "|",
+      ":",     ",",         ".",        "=",       "~",       "*",       "**",       "/",      "//",         "%",
+      "if ",   "endif",     "for ",     " in ",    "endfor",  "else",    "elif ",    "set ",   "loop",       "ns",
+      "not ",  " and ",     " or ",     " is ",    "defined", "none",    "1",        "0",      "-1",         "2.5",
+      "1e308", "'x'",       "messages", "message", "content", "role",    "trim",     "length", "namespace(", "range(",
+      "break", "continue",  "raw",      "endraw",  "\\",      "\\u00e9", "\xC3\xA9", "\xFF",   "tojson",     "items()",
+      "join",  "recursive", "macro",    "}}}",     "{{{",
   };
   std::mt19937 rng(20240611);
   auto pick = [&](size_t n) { return static_cast<size_t>(rng() % n); };
@@ -516,7 +530,8 @@ TEST(ChatTemplate, GarbageTemplatesRenderOrThrowError) {
   for (int iter = 0; iter < 2000; ++iter) {
     std::string t;
     if (iter % 4 == 3) {  // pure random sequence of vocabulary pieces and bytes
-      for (size_t n = pick(40); n > 0; --n) t += pick(5) == 0 ? std::string(1, static_cast<char>(rng())) : vocab[pick(vocab.size())];
+      for (size_t n = pick(40); n > 0; --n)
+        t += pick(5) == 0 ? std::string(1, static_cast<char>(rng())) : vocab[pick(vocab.size())];
     } else {
       t = seeds[pick(seeds.size())];
       for (size_t edits = 1 + pick(4); edits > 0; --edits) {
