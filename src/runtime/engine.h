@@ -36,6 +36,10 @@ class Engine {
   virtual int64_t context_length() const = 0;
 };
 
+// The checks every Engine::forward makes before touching its cache: token ids inside the
+// vocabulary and pos + n within the context. Throws tern::Error.
+void check_forward_args(const ModelConfig& c, std::span<const int32_t> tokens, int64_t pos, int64_t ctx);
+
 std::unique_ptr<Engine> make_cpu_engine(const Model& model, const EngineOptions& opts);
 // The CUDA backend (backend/cuda/cuda_engine.cu): defined only in builds with
 // TERN_HAVE_CUDA. make_cuda_engine throws tern::Error when no device is usable;

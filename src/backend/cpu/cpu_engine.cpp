@@ -71,10 +71,7 @@ class CpuEngine final : public Engine {
   void forward(std::span<const int32_t> tokens, float* logits, Logits which) override {
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (n == 0) return;
-    for (int64_t i = 0; i < n; ++i) {
-      if (tokens[i] < 0 || tokens[i] >= c_.vocab) fail("token id {} at position {} is outside the vocabulary (size {})", tokens[i], pos_ + i, c_.vocab);
-    }
-    if (pos_ + n > ctx_) fail("{} tokens at position {} exceed the context length {}", n, pos_, ctx_);
+    check_forward_args(c_, tokens, pos_, ctx_);
     resize(n);
     for (int64_t i = 0; i < n; ++i) m_.embedding.row_to_f32(tokens[i], x_.data() + i * c_.hidden);
     for (int64_t l = 0; l < c_.n_layers; ++l) layer(l, n);

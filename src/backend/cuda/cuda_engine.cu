@@ -194,14 +194,7 @@ class CudaEngine final : public Engine {
   void forward(std::span<const int32_t> tokens, float* logits, Logits which) override {
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (n == 0) return;
-    for (int64_t i = 0; i < n; ++i) {
-      if (tokens[i] < 0 || tokens[i] >= c_.vocab)
-        cuda::throw_error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(pos_ + i) +
-                    " is outside the vocabulary (size " + std::to_string(c_.vocab) + ")");
-    }
-    if (pos_ + n > ctx_)
-      cuda::throw_error(std::to_string(n) + " tokens at position " + std::to_string(pos_) + " exceed the context length " +
-                  std::to_string(ctx_));
+    check_forward_args(c_, tokens, pos_, ctx_);
     if (n == 1) {
       decode(tokens[0], logits, which);
       return;
