@@ -12,6 +12,7 @@
 
 #include "model/model.h"
 #include "tern/error.h"
+#include "test_util.h"
 #include "tokenizer/chat_template.h"
 
 namespace tern {
@@ -34,16 +35,7 @@ std::string render(const std::string& source, Messages messages = {}) {
   return ChatTemplate(source).render(inputs(std::move(messages)));
 }
 
-// The tern::Error message of f, or "" if it throws nothing.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 std::string render_error(const std::string& source, Messages messages = {}) {
   return error_of([&] { render(source, messages); });

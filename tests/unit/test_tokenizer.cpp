@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "tern/error.h"
+#include "test_util.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/tokenizer.h"
@@ -22,16 +23,7 @@ std::vector<std::string> pieces(std::string_view text) {
   return {views.begin(), views.end()};
 }
 
-// Runs f and returns the tern::Error message it throws ("" if it throws nothing).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 // A temporary directory removed at the end of the test.
 struct TempDir {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "tern/error.h"
+
 namespace tern::test {
 
 // A fresh directory removed when the object dies.
@@ -32,6 +34,17 @@ struct TempDir {
   }
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
+
+// Runs f and returns the tern::Error message it throws ("" if it throws nothing).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 inline std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
