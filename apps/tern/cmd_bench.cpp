@@ -1,16 +1,25 @@
-// tern bench -m MODEL [-p 512] [-n 128] [-r 3] [--backend cpu] [--threads N] [--json]
+// tern bench -m MODEL [-p 512] [-n 128] [-B 1,8,32,64] [-r 3] [--backend cpu|cuda|auto]
+//            [--threads N] [--lm-head f16|int8] [--bw GB/s] [--json]
 // Like llama-bench: pp = one forward over N prompt tokens; tg = N single-token decode
-// steps from an empty cache. Reports tokens/s as mean +- sample standard deviation.
+// steps from an empty cache, greedy (the backend's argmax: only token ids come back);
+// tgN@B = N decode steps of B sequences at once from empty caches, aggregate tokens/s.
+// Decode figures carry the memory-bandwidth roofline: the bytes a step must read
+// (every weight once, plus each sequence's KV cache) at the measured bandwidth (GPU:
+// device-to-device copy, read + write; CPU: streaming read). Mean +- sample std dev.
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "commands.h"
+#include "engine_flags.h"
 #include "model_flags.h"
 #include "runtime/engine.h"
 #include "tern/error.h"
+#include "util/membw.h"
 #include "util/parse.h"
 
 namespace tern::cli {
@@ -19,8 +28,9 @@ namespace {
 
 struct Result {
   std::string test;
-  int64_t n_prompt = 0, n_gen = 0;
+  int64_t n_prompt = 0, n_gen = 0, n_batch = 1;
   std::vector<double> tps;
+  double roofline = 0;  // tok/s at the bandwidth limit; 0 = none (prefill)
   double mean() const {
     double s = 0;
     for (double x : tps) s += x;
@@ -34,22 +44,40 @@ struct Result {
   }
 };
 
+// Bytes one decode step must read besides the KV cache: ternary weights at 2 bits
+// (as stored, rows padded to 128), the norms, and the LM head.
+double weight_bytes(const Model& m, LmHead head) {
+  double b = 0;
+  for (const Layer& L : m.layers) {
+    for (const TernaryMatrix* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) b += static_cast<double>(t->rows) * t->row_bytes;
+    b += 4.0 * (L.attn_norm.size() + L.attn_sub_norm.size() + L.ffn_norm.size() + L.ffn_sub_norm.size());
+  }
+  const double cells = static_cast<double>(m.embedding.rows) * m.embedding.cols;
+  b += head == LmHead::Int8 ? cells + 4.0 * m.embedding.rows : static_cast<double>(m.embedding.nbytes());
+  return b;
+}
+
 }  // namespace
 
 Action add_bench(CLI::App& app) {
   struct Opts {
     ModelFlags model;
-    std::string p = "512", n = "128", backend = "cpu";
+    std::string p = "512", n = "128", batch, backend = "cpu", lm_head = "f16";
     int reps = 3, threads = 0;
+    double bw = 0;
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
   o->model.add(app);
   app.add_option("-p,--n-prompt", o->p, "Prompt lengths, comma-separated (0 = skip)")->capture_default_str();
   app.add_option("-n,--n-gen", o->n, "Generation lengths, comma-separated (0 = skip)")->capture_default_str();
+  app.add_option("-B,--batch", o->batch,
+                 "Batched decode: sequence counts, comma-separated (default 1,8,32,64 on CUDA, none on CPU; 0 = skip)");
   app.add_option("-r,--repetitions", o->reps, "Repetitions of each test")->capture_default_str()->check(CLI::Range(1, 1000));
-  app.add_option("--backend", o->backend, "cpu or auto")->capture_default_str();
+  app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  add_lm_head_option(app, o->lm_head);
+  app.add_option("--bw", o->bw, "Memory bandwidth for the roofline in GB/s (default: measured)");
   app.add_flag("--json", o->json, "Print results as JSON");
   return [o] {
     std::vector<int64_t> pps = parse_int_list(o->p, "-p", 0, 1 << 20), tgs = parse_int_list(o->n, "-n", 0, 1 << 20);
@@ -61,58 +89,114 @@ Action add_bench(CLI::App& app) {
     eo.backend = o->backend;
     eo.threads = o->threads;
     eo.ctx = longest;
+    eo.lm_head = parse_lm_head(o->lm_head);
     auto engine = make_engine(m, eo);
+    const bool on_gpu = engine->name().rfind("cuda", 0) == 0;
+    std::vector<int64_t> batches =
+        parse_int_list(o->batch.empty() ? (on_gpu ? "1,8,32,64" : "0") : o->batch, "--batch", 0, 4096);
+    std::erase(batches, 0);
+    int64_t max_b = 1;
+    for (int64_t b : batches) max_b = std::max(max_b, b);
+    std::unique_ptr<Engine> batched;  // n_seq = the largest batch (one engine: the weights once)
+    if (max_b > 1) {
+      EngineOptions bo = eo;
+      bo.n_seq = static_cast<int>(max_b);
+      engine.reset();  // one copy of the weights at a time
+      batched = make_engine(m, bo);
+    }
+    Engine& e1 = batched ? *batched : *engine;
+
+    double bw = o->bw * 1e9;
+    if (bw <= 0) {
+#ifdef TERN_HAVE_CUDA
+      if (on_gpu) bw = cuda_copy_bandwidth();
+#endif
+      if (bw <= 0) bw = cpu_read_bandwidth(o->threads > 0 ? o->threads : static_cast<int>(std::thread::hardware_concurrency()));
+    }
+    const double wbytes = weight_bytes(m, eo.lm_head);
+    const double kv_per_pos = 2.0 * 4.0 * m.config.n_layers * m.config.kv_dim();  // float32 K and V
+    // Roofline tok/s of n steps of B sequences from empty caches (step i reads i+1 positions).
+    auto roofline = [&](int64_t n, int64_t B) {
+      const double bytes = n * wbytes + B * kv_per_pos * (n * (n + 1) / 2.0);
+      return B * n / (bytes / bw);
+    };
+
     const int64_t V = m.config.vocab;
     std::vector<float> logits(V);
     // Fixed pseudo-random prompt tokens: speed must not depend on which ids they are.
-    std::vector<int32_t> toks(longest);
-    for (int64_t i = 0; i < longest; ++i) toks[i] = static_cast<int32_t>((i * 2654435761u) % V);
+    std::vector<int32_t> toks(std::max(longest, max_b));
+    for (size_t i = 0; i < toks.size(); ++i) toks[i] = static_cast<int32_t>((i * 2654435761u) % V);
     using clock = std::chrono::steady_clock;
     auto run_pp = [&](int64_t n) {
-      engine->reset();
+      e1.reset();
       auto t0 = clock::now();
-      engine->forward(std::span<const int32_t>(toks.data(), n), logits.data(), Logits::Last);
+      e1.forward(std::span<const int32_t>(toks.data(), n), logits.data(), Logits::Last);
       return std::chrono::duration<double>(clock::now() - t0).count();
     };
-    auto run_tg = [&](int64_t n) {
-      engine->reset();
+    // n steps of B sequences 0..B-1, each fed its own greedy output.
+    auto run_tg = [&](int64_t n, int64_t B) {
+      std::vector<int> seqs(B);
+      std::vector<int32_t> cur(toks.begin(), toks.begin() + B), next(B);
+      for (int64_t b = 0; b < B; ++b) {
+        seqs[b] = static_cast<int>(b);
+        e1.reset(static_cast<int>(b));
+      }
       auto t0 = clock::now();
-      int32_t t = toks[0];
       for (int64_t i = 0; i < n; ++i) {
-        engine->forward(std::span<const int32_t>(&t, 1), logits.data(), Logits::Last);
-        t = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        e1.decode(seqs, cur, nullptr, next.data());
+        std::swap(cur, next);
       }
       return std::chrono::duration<double>(clock::now() - t0).count();
     };
     std::vector<Result> results;
-    auto measure = [&](const std::string& name, int64_t np, int64_t ng, auto fn, int64_t n) {
-      Result r{name, np, ng, {}};
-      fn(std::min<int64_t>(n, 16));  // warm-up: page in weights, spin up threads
-      for (int i = 0; i < o->reps; ++i) r.tps.push_back(n / fn(n));
+    auto measure = [&](Result r, auto fn, int64_t tokens) {
+      fn();  // warm-up: page in weights, capture graphs, spin up threads
+      for (int i = 0; i < o->reps; ++i) r.tps.push_back(tokens / fn());
+      if (!o->json) {
+        fmt::print(stderr, "  {}: {:.2f} tok/s{}\n", r.test, r.mean(),
+                   r.roofline > 0 ? fmt::format(" ({:.1f}% of the {:.0f} tok/s roofline)", 100 * r.mean() / r.roofline, r.roofline)
+                                  : "");
+      }
       results.push_back(r);
-      if (!o->json) fmt::print(stderr, "  {}: {:.2f} tok/s\n", name, r.mean());
     };
     for (int64_t n : pps) {
-      if (n > 0) measure("pp" + std::to_string(n), n, 0, run_pp, n);
+      if (n > 0) measure(Result{"pp" + std::to_string(n), n, 0, 1, {}, 0}, [&] { return run_pp(n); }, n);
     }
     for (int64_t n : tgs) {
-      if (n > 0) measure("tg" + std::to_string(n), 0, n, run_tg, n);
+      if (n <= 0) continue;
+      measure(Result{"tg" + std::to_string(n), 0, n, 1, {}, roofline(n, 1)}, [&] { return run_tg(n, 1); }, n);
+      for (int64_t B : batches) {
+        measure(Result{"tg" + std::to_string(n) + "@B" + std::to_string(B), 0, n, B, {}, roofline(n, B)},
+                [&] { return run_tg(n, B); }, n * B);
+      }
     }
-    std::string model_desc = fmt::format("{} {}L {}d ({})", m.config.arch, m.config.n_layers, m.config.hidden, m.source_format);
+    const std::string model_desc =
+        fmt::format("{} {}L {}d ({})", m.config.arch, m.config.n_layers, m.config.hidden, m.source_format);
+    const std::string backend = e1.name();
     if (o->json) {
       nlohmann::json out = nlohmann::json::array();
       for (const Result& r : results) {
-        out.push_back({{"model", model_desc}, {"backend", engine->name()}, {"test", r.test}, {"n_prompt", r.n_prompt},
-                       {"n_gen", r.n_gen}, {"avg_ts", r.mean()}, {"stddev_ts", r.sd()}, {"samples_ts", r.tps}});
+        nlohmann::json j = {{"model", model_desc}, {"backend", backend}, {"test", r.test}, {"n_prompt", r.n_prompt},
+                            {"n_gen", r.n_gen}, {"n_batch", r.n_batch}, {"avg_ts", r.mean()}, {"stddev_ts", r.sd()},
+                            {"samples_ts", r.tps}, {"lm_head", o->lm_head}};
+        if (r.roofline > 0) {
+          j["roofline_ts"] = r.roofline;
+          j["pct_roofline"] = 100 * r.mean() / r.roofline;
+          j["bandwidth_gbs"] = bw / 1e9;
+        }
+        out.push_back(j);
       }
       fmt::print("{}\n", out.dump(2));
     } else {
-      fmt::print("| {:<48} | {:<16} | {:>8} | {:>20} |\n", "model", "backend", "test", "t/s");
-      fmt::print("| {:-<48} | {:-<16} | {:->8} | {:->20} |\n", "", "", "", "");
+      fmt::print("| {:<44} | {:<28} | {:>12} | {:>20} | {:>10} |\n", "model", "backend", "test", "t/s", "roofline");
+      fmt::print("| {:-<44} | {:-<28} | {:->12} | {:->20} | {:->10} |\n", "", "", "", "", "");
       for (const Result& r : results) {
-        fmt::print("| {:<48} | {:<16} | {:>8} | {:>20} |\n", model_desc, engine->name(), r.test,
-                   fmt::format("{:.2f} ± {:.2f}", r.mean(), r.sd()));
+        fmt::print("| {:<44} | {:<28} | {:>12} | {:>20} | {:>10} |\n", model_desc, backend, r.test,
+                   fmt::format("{:.2f} ± {:.2f}", r.mean(), r.sd()),
+                   r.roofline > 0 ? fmt::format("{:.1f}%", 100 * r.mean() / r.roofline) : "");
       }
+      fmt::print("roofline: {:.3f} GB per step + KV cache, at {:.0f} GB/s ({})\n", wbytes / 1e9, bw / 1e9,
+                 o->bw > 0 ? "--bw" : on_gpu ? "measured device copy, read + write" : "measured streaming read");
     }
     return 0;
   };

@@ -1,6 +1,8 @@
-// tern generate -m MODEL -p PROMPT [-n 128] [sampling flags] [--chat] [--system S] [--stats]
+// tern generate -m MODEL -p PROMPT [-n 128] [sampling flags] [--chat] [--system S] [--stats] [--lm-head int8]
 // tern chat -m MODEL [--system S] [sampling flags]
 #include <fmt/core.h>
+
+#include <chrono>
 
 #include <unistd.h>
 
@@ -26,10 +28,16 @@ void print_text(std::string_view s) {
   std::fflush(stdout);
 }
 
-void print_stats(const Model& m, const GenerateResult& r) {
+struct LoadTimes {
+  double model = 0, engine = 0;  // seconds: reading the model; building the engine (uploads)
+};
+
+void print_stats(const Model& m, const GenerateResult& r, const LoadTimes& lt) {
   const double n = static_cast<double>(r.tokens.size());
   const double tps = r.decode_seconds > 0 ? n / r.decode_seconds : 0;
-  fmt::print("\nPerformance: {:.1f} TPS ({:.1f} ms/token), prefill {:.0f} tok/s ({} tokens)\n", tps, tps > 0 ? 1000.0 / tps : 0.0,
+  fmt::print("\nLoad: model {:.2f} s, engine {:.2f} s; first token {:.2f} s after start\n", lt.model, lt.engine,
+             lt.model + lt.engine + r.prefill_seconds);
+  fmt::print("Performance: {:.1f} TPS ({:.1f} ms/token), prefill {:.0f} tok/s ({} tokens)\n", tps, tps > 0 ? 1000.0 / tps : 0.0,
              r.prefill_seconds > 0 ? r.n_prompt / r.prefill_seconds : 0.0, r.n_prompt);
   fmt::print("Model: {}\n", describe_model(m));
 }
@@ -57,7 +65,11 @@ Action add_generate(CLI::App& app) {
     if (o->prompt.empty()) fail("generate: give a prompt with -p or -f");
     if (!o->system.empty() && !o->chat) fail("--system needs --chat");
     SamplingParams sp = o->gen.sampling_params();
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
     Model m = o->model.load();
+    LoadTimes lt;
+    lt.model = std::chrono::duration<double>(clock::now() - t0).count();
     if (m.tokenizer.empty()) fail("{}: the model has no tokenizer", m.path);
     Tokenizer tok(m.tokenizer);
     std::vector<int32_t> ids;
@@ -69,7 +81,9 @@ Action add_generate(CLI::App& app) {
     } else {
       ids = tok.encode(o->prompt, m.tokenizer.add_bos && !o->no_bos);
     }
+    const auto t1 = clock::now();
     auto engine = make_engine(m, o->gen.engine_options(m.config));
+    lt.engine = std::chrono::duration<double>(clock::now() - t1).count();
     GenerateOptions go;
     go.n_predict = o->gen.n_predict;
     go.sampling = sp;
@@ -77,7 +91,7 @@ Action add_generate(CLI::App& app) {
     go.stop_tokens = default_stop_tokens(m.tokenizer);
     GenerateResult r = generate(*engine, tok, ids, go, print_text);
     if (o->stats) {
-      print_stats(m, r);
+      print_stats(m, r, lt);
     } else {
       print_text("\n");
     }
@@ -97,7 +111,11 @@ Action add_chat(CLI::App& app) {
   app.add_option("--system", o->system, "System message");
   return [o] {
     SamplingParams sp = o->gen.sampling_params();
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
     Model m = o->model.load();
+    LoadTimes lt;
+    lt.model = std::chrono::duration<double>(clock::now() - t0).count();
     if (m.tokenizer.empty()) fail("{}: the model has no tokenizer", m.path);
     Tokenizer tok(m.tokenizer);
     ChatPrompter prompter(m.tokenizer);

@@ -1,8 +1,8 @@
-// tern logits -m MODEL (--tokens 1,2,3 | -p TEXT) -o OUT.npy [--backend cpu] [--batch N]
+// tern logits -m MODEL (--tokens 1,2,3 | -p TEXT) -o OUT.npy [--backend cpu] [--batch N] [--lm-head int8]
 #include <fmt/core.h>
 
-
 #include "commands.h"
+#include "engine_flags.h"
 #include "model_flags.h"
 #include "runtime/engine.h"
 #include "tern/error.h"
@@ -15,7 +15,7 @@ namespace tern::cli {
 Action add_logits(CLI::App& app) {
   struct Opts {
     ModelFlags model;
-    std::string tokens, prompt, out, backend = "cpu";
+    std::string tokens, prompt, out, backend = "cpu", lm_head = "f16";
     int threads = 0;
     int64_t batch = 0;
     bool no_bos = false;
@@ -26,8 +26,9 @@ Action add_logits(CLI::App& app) {
   auto* p = app.add_option("-p,--prompt", o->prompt, "Text, tokenized with the model's tokenizer");
   t->excludes(p);
   app.add_option("-o,--output", o->out, "Output .npy (float32, shape [n_tokens, vocab])")->required();
-  app.add_option("--backend", o->backend, "cpu or auto")->capture_default_str();
+  app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  add_lm_head_option(app, o->lm_head);
   app.add_option("--batch", o->batch, "Tokens per forward call (default: all at once; 1 = token-by-token decode)");
   app.add_flag("--no-bos", o->no_bos, "With -p: do not prepend BOS");
   return [o] {
@@ -45,6 +46,7 @@ Action add_logits(CLI::App& app) {
     EngineOptions eo;
     eo.backend = o->backend;
     eo.threads = o->threads;
+    eo.lm_head = parse_lm_head(o->lm_head);
     eo.ctx = static_cast<int64_t>(ids.size());
     if (eo.ctx > m.config.ctx) fail("{} tokens exceed the model's context length {}", ids.size(), m.config.ctx);
     auto engine = make_engine(m, eo);

@@ -1,7 +1,8 @@
-// tern perplexity -m MODEL -f TEXT [--ctx 512] [--stride N]
+// tern perplexity -m MODEL -f TEXT [--ctx 512] [--stride N] [--lm-head int8]
 #include <fmt/core.h>
 
 #include "commands.h"
+#include "engine_flags.h"
 #include "model_flags.h"
 #include "runtime/perplexity.h"
 #include "tern/error.h"
@@ -13,7 +14,7 @@ namespace tern::cli {
 Action add_perplexity(CLI::App& app) {
   struct Opts {
     ModelFlags model;
-    std::string file, backend = "auto";
+    std::string file, backend = "auto", lm_head = "f16";
     int64_t ctx = 512, stride = 0;
     int threads = 0;
   };
@@ -22,8 +23,9 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("-f,--file", o->file, "Text file")->required();
   app.add_option("-c,--ctx", o->ctx, "Tokens per chunk / window")->capture_default_str();
   app.add_option("--stride", o->stride, "Sliding-window stride (HF style); 0 = llama-perplexity chunks")->capture_default_str();
-  app.add_option("--backend", o->backend, "cpu or auto")->capture_default_str();
+  app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  add_lm_head_option(app, o->lm_head);
   return [o] {
     std::string text = read_text_file(o->file);
     Model m = o->model.load();
@@ -33,6 +35,7 @@ Action add_perplexity(CLI::App& app) {
     EngineOptions eo;
     eo.backend = o->backend;
     eo.threads = o->threads;
+    eo.lm_head = parse_lm_head(o->lm_head);
     eo.ctx = o->ctx;
     auto engine = make_engine(m, eo);
     const int32_t bos = m.tokenizer.add_bos ? m.tokenizer.bos : -1;

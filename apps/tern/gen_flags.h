@@ -1,10 +1,11 @@
 // Flags shared by generate and chat: sampling (llama.cpp's names), length, stops,
-// backend and context size.
+// backend, context size and LM head.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
 #include <vector>
 
+#include "engine_flags.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
 #include "runtime/sampler.h"
@@ -19,6 +20,7 @@ struct GenFlags {
   std::string backend = "auto";
   int threads = 0;
   int64_t ctx = 0;
+  std::string lm_head = "f16";
 
   void add(CLI::App& app, int64_t default_n) {
     n_predict = default_n;
@@ -31,9 +33,10 @@ struct GenFlags {
     app.add_option("--repeat-last-n", sampling.repeat_last_n, "Tokens the repetition penalty looks back over")->capture_default_str();
     app.add_option("-s,--seed", seed, "Random seed (-1 = random)")->capture_default_str();
     app.add_option("--stop", stop, "Stop when this text is generated (repeatable)");
-    app.add_option("--backend", backend, "cpu or auto")->capture_default_str();
+    app.add_option("--backend", backend, "cpu, cuda or auto")->capture_default_str();
     app.add_option("-t,--threads", threads, "CPU threads (default: all cores)");
     app.add_option("-c,--ctx", ctx, "Context size in tokens (default: the model's)");
+    add_lm_head_option(app, lm_head);
   }
 
   SamplingParams sampling_params() const {
@@ -51,6 +54,7 @@ struct GenFlags {
     eo.backend = backend;
     eo.threads = threads;
     eo.ctx = ctx > 0 ? ctx : c.ctx;
+    eo.lm_head = parse_lm_head(lm_head);
     return eo;
   }
 };

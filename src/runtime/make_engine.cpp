@@ -1,9 +1,13 @@
+#include <cmath>
+#include <vector>
+
 #include "runtime/engine.h"
 #include "tern/error.h"
 
 namespace tern {
 
-void check_forward_args(const ModelConfig& c, std::span<const int32_t> tokens, int64_t pos, int64_t ctx) {
+void check_forward_args(const ModelConfig& c, int seq, int n_seq, std::span<const int32_t> tokens, int64_t pos, int64_t ctx) {
+  if (seq < 0 || seq >= n_seq) fail("sequence {} is out of range (the engine has {} sequence{})", seq, n_seq, n_seq == 1 ? "" : "s");
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= c.vocab) {
       fail("token id {} at position {} is outside the vocabulary (size {})", tokens[i], pos + static_cast<int64_t>(i), c.vocab);
@@ -11,6 +15,29 @@ void check_forward_args(const ModelConfig& c, std::span<const int32_t> tokens, i
   }
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (pos + n > ctx) fail("{} tokens at position {} exceed the context length {}", n, pos, ctx);
+}
+
+// An empty batch is a valid no-op; a sequence twice in one step would need its second
+// token to see the first one's KV entry, which a single batched step cannot give.
+void check_decode_shape(int n_seq, std::span<const int> seqs, std::span<const int32_t> tokens) {
+  if (seqs.size() != tokens.size()) fail("decode: {} sequences but {} tokens (one token per sequence)", seqs.size(), tokens.size());
+  std::vector<char> seen(n_seq > 0 ? n_seq : 0, 0);
+  for (int s : seqs) {
+    if (s < 0 || s >= n_seq) fail("decode: sequence {} is out of range (the engine has {} sequence{})", s, n_seq, n_seq == 1 ? "" : "s");
+    if (seen[s]) fail("decode: sequence {} appears more than once in one step", s);
+    seen[s] = 1;
+  }
+}
+
+int32_t argmax(const float* v, int64_t n) {
+  // NaN compares false with everything, so it can neither win nor displace a number;
+  // a row with only NaNs gives 0.
+  int64_t best = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(v[i])) continue;
+    if (best < 0 || v[i] > v[best]) best = i;
+  }
+  return static_cast<int32_t>(best < 0 ? 0 : best);
 }
 
 std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts) {

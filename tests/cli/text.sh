@@ -29,6 +29,8 @@ expect_fail "not a token id" sh -c "echo '1 two 3' | '$TERN' detokenize -m '$M'"
 expect_ok "$TERN" generate -m "$M" -p "Once upon a time" -n 12 --temp 0 --stats
 grep -q "^Performance: .* TPS (.* ms/token), prefill .* tok/s (.* tokens)" "$WORK/out" && ok || bad "no Performance line: $(cat "$WORK/out")"
 grep -q "^Model: BitNet b1.58 .*(2 layers, 256 dim" "$WORK/out" && ok || bad "no Model line"
+grep -q "^Load: model [0-9.]* s, engine [0-9.]* s; first token [0-9.]* s after start" "$WORK/out" && ok || bad "no Load line"
+tail -1 "$WORK/out" | grep -q "^Model: " && ok || bad "--stats must end with the Model line"
 "$TERN" generate -m "$G" -p "Once upon a time" -n 16 --temp 0.9 --seed 42 >"$WORK/s1" 2>/dev/null
 "$TERN" generate -m "$G" -p "Once upon a time" -n 16 --temp 0.9 --seed 42 >"$WORK/s2" 2>/dev/null
 same_file "$WORK/s1" "$WORK/s2"

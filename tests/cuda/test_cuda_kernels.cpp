@@ -14,6 +14,7 @@
 #include "runtime/engine.h"
 #include "test_util.h"
 #include "util/half.h"
+#include "util/thread_pool.h"
 
 namespace tern {
 namespace {
@@ -78,14 +79,17 @@ TEST(CudaKernels, NormQuantMatchesCpuExactly) {
   }
 }
 
+// Small M takes the GEMM's split-K path (launch_gemm splits K when there are few
+// blocks); 16384 rows x 200 tokens has enough blocks to run unsplit.
 TEST(CudaKernels, TernaryDotsExactGemvAndGemm) {
   SKIP_WITHOUT_GPU();
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 128}, {7, 200}, {13, 384}, {100, 2560}, {33, 6912},
-                                                          {640, 2560}, {2565, 2560}, {257, 6912}, {3, 1000}};
+                                                          {640, 2560}, {2565, 2560}, {257, 6912}, {3, 1000}, {16384, 256}};
   for (auto [rows, cols] : shapes) {
     TernaryMatrix w = random_ternary(rows, cols);
     const int64_t padded = w.padded_cols();
-    for (int64_t M : {1, 3, 17, 70}) {
+    for (int64_t M : {1, 3, 17, 70, 200}) {
+      if ((M == 200) != (rows == 16384)) continue;
       std::uniform_int_distribution<int> d(-128, 127);
       std::vector<int8_t> q(M * padded, 0);
       for (int64_t m = 0; m < M; ++m) {
@@ -192,7 +196,8 @@ TEST(CudaKernels, AttentionDecodeRopeCacheAndSplits) {
     int n_heads, n_kv, hd, pos, splits;
   };
   for (Case c : std::vector<Case>{{4, 2, 64, 0, 1}, {4, 2, 64, 10, 1}, {20, 5, 128, 300, 8}, {20, 5, 128, 5, 32},
-                                  {6, 3, 32, 77, 3}, {16, 1, 256, 40, 4}}) {
+                                  {6, 3, 32, 77, 3}, {16, 1, 256, 40, 4},
+                                  {20, 5, 128, 1500, 16}, {4, 2, 64, 700, 8}}) {  // splits of >= 128 positions
     const int qd = c.n_heads * c.hd, kvd = c.n_kv * c.hd;
     const float theta = 500000.0f;
     auto qkv = randn(qd + 2 * kvd), kc = randn(static_cast<size_t>(c.pos) * kvd + 1), vc = randn(static_cast<size_t>(c.pos) * kvd + 1);
@@ -234,6 +239,8 @@ FloatMatrix random_embedding(FloatType type, int64_t V, int64_t H) {
   return m;
 }
 
+// Both head paths (CUDA-core GEMV passes, cuBLAS with split inputs) and the fused
+// argmax, against cpu::rmsnorm + cpu::dot_f32.
 TEST(CudaKernels, LmHeadAllTypes) {
   SKIP_WITHOUT_GPU();
   for (FloatType type : {FloatType::F16, FloatType::BF16, FloatType::F32}) {
@@ -241,9 +248,8 @@ TEST(CudaKernels, LmHeadAllTypes) {
       FloatMatrix emb = random_embedding(type, V, H);
       auto normw = randn(H, 0.1f);
       for (auto& v : normw) v += 1.0f;
-      for (int64_t M : {1, 3, 6}) {
+      for (int64_t M : {1, 3, 6, 70}) {
         auto x = randn(M * H);
-        auto got = ct::lm_head(emb, x.data(), normw.data(), M, 1e-5f);
         std::vector<float> want(M * V), xn(H), row(H);
         for (int64_t m = 0; m < M; ++m) {
           cpu::rmsnorm(x.data() + m * H, normw.data(), H, 1e-5f, xn.data());
@@ -252,10 +258,52 @@ TEST(CudaKernels, LmHeadAllTypes) {
             want[m * V + v] = cpu::dot_f32(row.data(), xn.data(), H);
           }
         }
-        EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5)
-            << float_type_name(type) << " V=" << V << " H=" << H << " M=" << M;
-        for (int64_t m = 0; m < M; ++m)
-          EXPECT_EQ(test::argmax(got.data() + m * V, V), test::argmax(want.data() + m * V, V));
+        for (bool gemm : {false, true}) {
+          if (!gemm && M > 6) continue;
+          auto got = ct::lm_head(emb, x.data(), normw.data(), M, 1e-5f, gemm);
+          const std::string what = std::string(float_type_name(type)) + " V=" + std::to_string(V) + " H=" + std::to_string(H) +
+                                   " M=" + std::to_string(M) + (gemm ? " cuBLAS" : " GEMV");
+          EXPECT_LT(test::rel_l2(got.logits.data(), want.data(), want.size()), 1e-5) << what;
+          for (int64_t m = 0; m < M; ++m) {
+            EXPECT_EQ(got.argmax[m], static_cast<int32_t>(test::argmax(want.data() + m * V, V))) << what << " row " << m;
+            EXPECT_EQ(got.argmax[m], argmax(got.logits.data() + m * V, V)) << what << " fused argmax, row " << m;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The int8 head (model/head_i8.h): exact int32 dots and the same two float roundings as
+// the definition, so GEMV and cuBLAS paths equal a direct CPU evaluation bit for bit.
+TEST(CudaKernels, LmHeadInt8MatchesDefinition) {
+  SKIP_WITHOUT_GPU();
+  ThreadPool pool(2);
+  for (auto [V, H] : std::vector<std::pair<int64_t, int64_t>>{{1001, 256}, {3000, 2560}, {77, 36}, {130, 100}}) {
+    FloatMatrix emb = random_embedding(FloatType::F16, V, H);
+    const HeadI8 h8 = quantize_head_i8(emb, pool);
+    auto normw = randn(H, 0.1f);
+    for (auto& v : normw) v += 1.0f;
+    for (int64_t M : {1, 5}) {
+      auto x = randn(M * H);
+      std::vector<float> want(M * V), xn(H);
+      std::vector<int8_t> qx(H);
+      for (int64_t m = 0; m < M; ++m) {
+        cpu::rmsnorm(x.data() + m * H, normw.data(), H, 1e-5f, xn.data());
+        int32_t qsum = 0;
+        const float s = cpu::quantize_row_i8(xn.data(), H, H, qx.data(), &qsum);
+        for (int64_t v = 0; v < V; ++v) {
+          int32_t d = 0;
+          for (int64_t c = 0; c < H; ++c) d += static_cast<int32_t>(h8.q[v * H + c]) * qx[c];
+          want[m * V + v] = head_i8_logit(d, s, h8.scale[v]);
+        }
+      }
+      for (bool gemm : {false, true}) {
+        auto got = ct::lm_head(emb, x.data(), normw.data(), M, 1e-5f, gemm, &h8);
+        const std::string what = "V=" + std::to_string(V) + " H=" + std::to_string(H) + " M=" + std::to_string(M) +
+                                 (gemm ? " cuBLAS" : " GEMV");
+        EXPECT_EQ(got.logits, want) << what;
+        for (int64_t m = 0; m < M; ++m) EXPECT_EQ(got.argmax[m], argmax(want.data() + m * V, V)) << what;
       }
     }
   }

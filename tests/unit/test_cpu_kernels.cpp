@@ -158,5 +158,19 @@ TEST(CpuKernels, DotF32) {
   }
 }
 
+// Exact, including the extremes: -128 * -128 summed over a 2560-wide row.
+TEST(CpuKernels, DotI8IsExact) {
+  auto rng = rng_for_test();
+  std::uniform_int_distribution<int> d(-128, 127);
+  for (int64_t n : {0, 1, 31, 32, 33, 2560}) {
+    std::vector<int8_t> a(n), b(n);
+    int64_t want = 0;
+    for (int64_t i = 0; i < n; ++i) a[i] = static_cast<int8_t>(d(rng)), b[i] = static_cast<int8_t>(d(rng)), want += a[i] * b[i];
+    EXPECT_EQ(cpu::dot_i8(a.data(), b.data(), n), want) << n;
+  }
+  std::vector<int8_t> lo(2560, -128);
+  EXPECT_EQ(cpu::dot_i8(lo.data(), lo.data(), 2560), 2560 * 128 * 128);
+}
+
 }  // namespace
 }  // namespace tern

@@ -1,12 +1,13 @@
 // The CPU engine: the exact BitNet b1.58 forward pass over a batch of M tokens of
-// one sequence, layer by layer, with a float32 KV cache. Every ternary linear reads
-// each weight row once per batch (rows outer, tokens inner), so prefill is a real
-// matrix-matrix product rather than M matrix-vector products.
+// one sequence, layer by layer, with a float32 KV cache per sequence. Every ternary
+// linear reads each weight row once per batch (rows outer, tokens inner), so prefill
+// is a real matrix-matrix product rather than M matrix-vector products.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "model/head_i8.h"
 #include "runtime/engine.h"
 #include "tern/error.h"
 #include "util/thread_pool.h"
@@ -53,35 +54,83 @@ class CpuEngine final : public Engine {
  public:
   CpuEngine(const Model& model, const EngineOptions& opts)
       : m_(model), c_(model.config), pool_(opts.threads), ctx_(opts.ctx > 0 ? opts.ctx : model.config.ctx) {
-    // Left uninitialised: pages are only touched as positions are filled.
+    if (opts.n_seq < 1) fail("the engine needs at least one sequence (n_seq {})", opts.n_seq);
+    // Left uninitialised: pages are only touched as positions are filled, so sequences
+    // (and context) that are never used cost address space, not memory.
     const size_t cache = static_cast<size_t>(c_.n_layers) * ctx_ * c_.kv_dim();
-    k_cache_.reset(new float[cache]);
-    v_cache_.reset(new float[cache]);
+    seqs_.resize(opts.n_seq);
+    for (Seq& s : seqs_) {
+      s.k.reset(new float[cache]);
+      s.v.reset(new float[cache]);
+    }
     inv_freq_.resize(c_.head_dim / 2);
     cpu::rope_inv_freq(c_.rope_theta, c_.head_dim, inv_freq_.data());
+    int8_head_ = opts.lm_head == LmHead::Int8;
+    if (int8_head_) head_i8_ = quantize_head_i8(m_.embedding, pool_);
   }
+
+  using Engine::forward;
+  using Engine::position;
+  using Engine::reset;
+  using Engine::truncate;
 
   const ModelConfig& config() const override { return c_; }
   std::string name() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
-  int64_t position() const override { return pos_; }
+  int n_seq() const override { return static_cast<int>(seqs_.size()); }
+  int64_t position(int seq) const override { return seqs_[checked(seq)].pos; }
   int64_t context_length() const override { return ctx_; }
-  void reset() override { pos_ = 0; }
-  void truncate(int64_t n) override { pos_ = std::clamp<int64_t>(n, 0, pos_); }
+  void reset(int seq) override { seqs_[checked(seq)].pos = 0; }
+  void truncate(int seq, int64_t n) override {
+    Seq& s = seqs_[checked(seq)];
+    s.pos = std::clamp<int64_t>(n, 0, s.pos);
+  }
 
-  void forward(std::span<const int32_t> tokens, float* logits, Logits which) override {
+  void forward(int seq, std::span<const int32_t> tokens, float* logits, Logits which) override {
+    const int64_t pos = seq >= 0 && seq < n_seq() ? seqs_[seq].pos : 0;
+    check_forward_args(c_, seq, n_seq(), tokens, pos, ctx_);
+    run(seqs_[seq], tokens, logits, which);
+  }
+
+  // For now each sequence's token goes through the single-sequence path in turn: exact
+  // and the same logits as forward(), but it reads every weight once per sequence. A
+  // batched CPU step (one weight pass for all sequences, attention per sequence) is
+  // later work.
+  void decode(std::span<const int> seqs, std::span<const int32_t> tokens, float* logits, int32_t* argmax) override {
+    // Everything is checked before any sequence runs, so an error advances none.
+    check_decode_args(c_, n_seq(), seqs, tokens, ctx_, [&](int s) { return seqs_[s].pos; });
+    const int64_t V = c_.vocab;
+    if (!logits && argmax) row_.resize(V);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      float* row = logits ? logits + static_cast<int64_t>(i) * V : row_.data();
+      run(seqs_[seqs[i]], tokens.subspan(i, 1), row, logits || argmax ? Logits::Last : Logits::None);
+      if (argmax) argmax[i] = tern::argmax(row, V);
+    }
+  }
+
+ private:
+  struct Seq {
+    std::unique_ptr<float[]> k, v;  // [layer][ctx][kv_dim]
+    int64_t pos = 0;
+  };
+
+  size_t checked(int seq) const {
+    if (seq < 0 || seq >= n_seq()) fail("sequence {} is out of range (the engine has {} sequences)", seq, n_seq());
+    return static_cast<size_t>(seq);
+  }
+
+  // tokens are already checked.
+  void run(Seq& s, std::span<const int32_t> tokens, float* logits, Logits which) {
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (n == 0) return;
-    check_forward_args(c_, tokens, pos_, ctx_);
     resize(n);
     for (int64_t i = 0; i < n; ++i) m_.embedding.row_to_f32(tokens[i], x_.data() + i * c_.hidden);
-    for (int64_t l = 0; l < c_.n_layers; ++l) layer(l, n);
-    pos_ += n;
+    for (int64_t l = 0; l < c_.n_layers; ++l) layer(s, l, n);
+    s.pos += n;
     if (which == Logits::None) return;
     const int64_t first = which == Logits::All ? 0 : n - 1;
     lm_head(first, n, logits);
   }
 
- private:
   void resize(int64_t n) {
     const int64_t widest = std::max({c_.hidden, c_.q_dim(), c_.ffn});
     x_.resize(n * c_.hidden);
@@ -100,7 +149,8 @@ class CpuEngine final : public Engine {
     });
   }
 
-  void layer(int64_t li, int64_t n) {
+  void layer(Seq& s, int64_t li, int64_t n) {
+    const int64_t pos = s.pos;
     const Layer& L = m_.layers[li];
     const int64_t H = c_.hidden, KV = c_.kv_dim(), QD = c_.q_dim(), F = c_.ffn, hd = c_.head_dim;
     // Attention block.
@@ -109,20 +159,20 @@ class CpuEngine final : public Engine {
     ternary_linear(L.q, acts_, q_.data(), false, pool_);
     ternary_linear(L.k, acts_, k_.data(), false, pool_);
     ternary_linear(L.v, acts_, v_.data(), false, pool_);
-    float* kc = k_cache_.get() + li * ctx_ * KV;
-    float* vc = v_cache_.get() + li * ctx_ * KV;
+    float* kc = s.k.get() + li * ctx_ * KV;
+    float* vc = s.v.get() + li * ctx_ * KV;
     for (int64_t i = 0; i < n; ++i) {
-      cpu::rope_neox(q_.data() + i * QD, c_.n_heads, hd, pos_ + i, inv_freq_.data());
-      cpu::rope_neox(k_.data() + i * KV, c_.n_kv_heads, hd, pos_ + i, inv_freq_.data());
-      std::copy_n(k_.data() + i * KV, KV, kc + (pos_ + i) * KV);
-      std::copy_n(v_.data() + i * KV, KV, vc + (pos_ + i) * KV);
+      cpu::rope_neox(q_.data() + i * QD, c_.n_heads, hd, pos + i, inv_freq_.data());
+      cpu::rope_neox(k_.data() + i * KV, c_.n_kv_heads, hd, pos + i, inv_freq_.data());
+      std::copy_n(k_.data() + i * KV, KV, kc + (pos + i) * KV);
+      std::copy_n(v_.data() + i * KV, KV, vc + (pos + i) * KV);
     }
     const int64_t group = c_.n_heads / c_.n_kv_heads;
     pool_.parallel_for(n * c_.n_heads, [&](int64_t b, int64_t e) {
-      std::vector<float> scores(pos_ + n);
+      std::vector<float> scores(pos + n);
       for (int64_t j = b; j < e; ++j) {
         const int64_t i = j / c_.n_heads, h = j % c_.n_heads, g = h / group;
-        cpu::attention_head(q_.data() + i * QD + h * hd, kc + g * hd, vc + g * hd, KV, pos_ + i + 1, hd, scores.data(),
+        cpu::attention_head(q_.data() + i * QD + h * hd, kc + g * hd, vc + g * hd, KV, pos + i + 1, hd, scores.data(),
                             att_.data() + i * QD + h * hd);
       }
     });
@@ -146,6 +196,10 @@ class CpuEngine final : public Engine {
   void lm_head(int64_t first, int64_t n, float* logits) {
     const int64_t H = c_.hidden, rows = n - first;
     norm_rows(x_.data() + first * H, m_.output_norm, rows, H, norm_.data());
+    if (int8_head_) {
+      lm_head_i8(rows, logits);
+      return;
+    }
     pool_.parallel_for(c_.vocab, [&](int64_t b, int64_t e) {
       std::vector<float> w(H);
       for (int64_t v = b; v < e; ++v) {
@@ -158,15 +212,41 @@ class CpuEngine final : public Engine {
     }, 64);
   }
 
+  // The int8 head (model/head_i8.h) on the normed rows in norm_: each row quantized
+  // like a ternary linear's input (no padding: the head has no 128-blocks), then exact
+  // int32 dots with the int8 rows.
+  void lm_head_i8(int64_t rows, float* logits) {
+    const int64_t H = c_.hidden;
+    head_x_.resize(rows * H);
+    head_s_.resize(rows);
+    for (int64_t i = 0; i < rows; ++i) {
+      int32_t qsum;
+      head_s_[i] = cpu::quantize_row_i8(norm_.data() + i * H, H, H, head_x_.data() + i * H, &qsum);
+    }
+    pool_.parallel_for(c_.vocab, [&](int64_t b, int64_t e) {
+      for (int64_t v = b; v < e; ++v) {
+        const int8_t* w = head_i8_.q.data() + v * H;
+        for (int64_t i = 0; i < rows; ++i) {
+          const int32_t d = cpu::dot_i8(w, head_x_.data() + i * H, H);
+          logits[i * c_.vocab + v] = head_i8_logit(d, head_s_[i], head_i8_.scale[v]);
+        }
+      }
+    }, 64);
+  }
+
   const Model& m_;
   ModelConfig c_;
   ThreadPool pool_;
   int64_t ctx_;
-  int64_t pos_ = 0;
-  std::unique_ptr<float[]> k_cache_, v_cache_;
+  std::vector<Seq> seqs_;
   std::vector<float> inv_freq_;
   std::vector<float> x_, norm_, q_, k_, v_, att_, gate_, up_;
+  std::vector<float> row_;  // decode's logits row when only argmax is wanted
   QuantizedActs acts_;
+  bool int8_head_ = false;
+  HeadI8 head_i8_;
+  std::vector<int8_t> head_x_;  // the int8 head's quantized input rows
+  std::vector<float> head_s_;
 };
 
 }  // namespace

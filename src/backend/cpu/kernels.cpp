@@ -103,6 +103,12 @@ float dot_f32(const float* a, const float* b, int64_t n) {
   return (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail;
 }
 
+int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {
+  int32_t acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc += static_cast<int32_t>(a[i]) * b[i];
+  return acc;
+}
+
 void gated_activation(const float* g, const float* u, int64_t n, Activation act, float* h) {
   switch (act) {
     case Activation::Relu2:

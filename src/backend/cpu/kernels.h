@@ -33,6 +33,10 @@ void attention_head(const float* q, const float* k, const float* v, int64_t stri
 // Float dot product with 16 partial sums (vectorisable without -ffast-math).
 float dot_f32(const float* a, const float* b, int64_t n);
 
+// Exact int32 dot of two int8 vectors (the int8 LM head: model/head_i8.h). Exact for
+// n < 2^17 (127 * 128 * n fits int32), far above any hidden size.
+int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n);
+
 // h = act(g) * u elementwise.
 void gated_activation(const float* g, const float* u, int64_t n, Activation act, float* h);
 

@@ -99,16 +99,19 @@ __device__ __forceinline__ void attend(SoftmaxState<EPL, GB>& st, const float (&
 }
 
 // Keys t0, t0 + step, ... < t1; key(t) gives the K and V rows.
+// Keys are taken U at a time so that U rows of K and V are in flight at once: 8 when
+// the registers allow (short decode contexts are a chain of these round trips).
 template <int EPL, int GB, class Key>
 __device__ __forceinline__ void attend_range(SoftmaxState<EPL, GB>& st, const float (&q)[GB][EPL], int t0, int t1, int step,
                                              Key key, int lane, float scale) {
+  constexpr int U = EPL * GB <= 16 ? 8 : 4;
   int t = t0;
-  for (; t + 3 * step < t1; t += 4 * step) {
-    const float* kr[4];
-    const float* vr[4];
+  for (; t + (U - 1) * step < t1; t += U * step) {
+    const float* kr[U];
+    const float* vr[U];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) key(t + u * step, kr[u], vr[u]);
-    attend<EPL, GB, 4>(st, q, kr, vr, lane, scale);
+    for (int u = 0; u < U; ++u) key(t + u * step, kr[u], vr[u]);
+    attend<EPL, GB, U>(st, q, kr, vr, lane, scale);
   }
   for (; t < t1; t += step) {
     const float* kr[1];
@@ -125,6 +128,8 @@ struct DecodeArgs {
   float* vc;
   const float2* rope;
   const int32_t* d_pos;
+  const int32_t* d_seq;  // null: sequence 0
+  int64_t seq_stride;    // floats between two sequences' caches
   float* partial;
   int32_t* counters;
   float* out;
@@ -144,28 +149,49 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
   const int G = a.sh.n_heads / a.sh.n_kv;
   const int h0 = blockIdx.x * GB, kvh = h0 / G;
   pdl_trigger();
-  pdl_wait();
+  // Position and sequence were copied in before the step's first kernel ran, so they
+  // may be read before the wait (saves a dependent round trip).
   const int pos = *a.d_pos, n_ctx = pos + 1;
-  // Splits of at least 32 positions: short contexts skip the cross-block merge.
-  const int splits = min(static_cast<int>(gridDim.y), (n_ctx + 31) / 32), split = blockIdx.y;
+  const int64_t seq_off = a.d_seq != nullptr ? *a.d_seq * a.seq_stride : 0;
+  pdl_wait();
+  // Splits of at least 128 positions (16 keys per warp): short contexts skip the
+  // cross-block merge, whose fence + atomic + second pass cost more than the keys.
+  const int splits = min(static_cast<int>(gridDim.y), (n_ctx + 127) / 128), split = blockIdx.y;
   if (split >= splits) return;
   const int kv_dim = a.sh.kv_dim;
   const float* qraw = a.qkv + h0 * hd;
   const float* kraw = a.qkv + a.sh.qd + kvh * hd;
   const float* vraw = kraw + kv_dim;
 
-  for (int idx = threadIdx.x; idx < (GB + 1) * half; idx += kThreads) {
-    const int gi = idx / half, i = idx % half;
-    const float2 cs = a.rope[static_cast<int64_t>(pos) * half + i];
-    const float* src = gi < GB ? qraw + gi * hd : kraw;
-    float* dst = gi < GB ? sq + gi * hd : sk;
-    rope_pair(src[i], src[i + half], cs, dst[i], dst[i + half]);
+  // Every load of the RoPE step is issued before the first shared-memory store (the
+  // compiler cannot reorder loads through generic pointers past those stores).
+  constexpr int kItems = ((GB + 1) * half + kThreads - 1) / kThreads;
+  float2 cs[kItems];
+  float x0[kItems], x1[kItems];
+#pragma unroll
+  for (int n = 0; n < kItems; ++n) {
+    const int idx = threadIdx.x + n * kThreads, gi = idx / half, i = idx % half;
+    if (idx < (GB + 1) * half) {
+      const float* src = gi < GB ? qraw + gi * hd : kraw;
+      cs[n] = a.rope[static_cast<int64_t>(pos) * half + i];
+      x0[n] = src[i];
+      x1[n] = src[i + half];
+    }
   }
-  for (int d = threadIdx.x; d < hd; d += kThreads) sv[d] = vraw[d];
+  const float vnew = threadIdx.x < hd ? vraw[threadIdx.x] : 0.0f;  // hd <= 256 = kThreads
+#pragma unroll
+  for (int n = 0; n < kItems; ++n) {
+    const int idx = threadIdx.x + n * kThreads, gi = idx / half, i = idx % half;
+    if (idx < (GB + 1) * half) {
+      float* dst = gi < GB ? sq + gi * hd : sk;
+      rope_pair(x0[n], x1[n], cs[n], dst[i], dst[i + half]);
+    }
+  }
+  if (threadIdx.x < hd) sv[threadIdx.x] = vnew;
   __syncthreads();
   if (split == 0 && h0 % G == 0) {
-    float* kd = a.kc + static_cast<int64_t>(pos) * kv_dim + kvh * hd;
-    float* vd = a.vc + static_cast<int64_t>(pos) * kv_dim + kvh * hd;
+    float* kd = a.kc + seq_off + static_cast<int64_t>(pos) * kv_dim + kvh * hd;
+    float* vd = a.vc + seq_off + static_cast<int64_t>(pos) * kv_dim + kvh * hd;
     for (int d = threadIdx.x; d < hd; d += kThreads) {
       kd[d] = sk[d];
       vd[d] = sv[d];
@@ -183,8 +209,8 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
   const int chunk = (n_ctx + splits - 1) / splits;
   const int tb = split * chunk, te = min(n_ctx, tb + chunk);
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  const float* kc = a.kc + kvh * hd;
-  const float* vc = a.vc + kvh * hd;
+  const float* kc = a.kc + seq_off + kvh * hd;
+  const float* vc = a.vc + seq_off + kvh * hd;
   attend_range<EPL, GB>(
       st, q, tb + warp, te, kWarps,
       [&](int t, const float*& kr, const float*& vr) {
@@ -263,7 +289,8 @@ struct PrefillArgs {
   int ldq;
   const float* kc;
   const float* vc;
-  int M, pos0;
+  int M;
+  RowMap rows;
   float* out;
   int ldo;
 };
@@ -279,7 +306,7 @@ __global__ void __launch_bounds__(kThreads) attn_prefill_kernel(const PrefillArg
   const int i = blockIdx.y;
   const int G = a.sh.n_heads / a.sh.n_kv;
   const int h0 = blockIdx.x * GB, kvh = h0 / G;
-  const int n_ctx = a.pos0 + i + 1;
+  const int n_ctx = a.rows.pos_of(i) + 1;
   const int kv_dim = a.sh.kv_dim;
   float q[GB][EPL];
   const float* qrow = a.q + static_cast<int64_t>(i) * a.ldq + h0 * hd;
@@ -291,8 +318,8 @@ __global__ void __launch_bounds__(kThreads) attn_prefill_kernel(const PrefillArg
   SoftmaxState<EPL, GB> st;
   st.init();
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  const float* kc = a.kc + kvh * hd;
-  const float* vc = a.vc + kvh * hd;
+  const float* kc = a.kc + a.rows.cache_offset(i) + kvh * hd;
+  const float* vc = a.vc + a.rows.cache_offset(i) + kvh * hd;
   attend_range<EPL, GB>(
       st, q, warp, n_ctx, kWarps,
       [&](int t, const float*& kr, const float*& vr) {
@@ -330,12 +357,12 @@ __global__ void __launch_bounds__(kThreads) attn_prefill_kernel(const PrefillArg
 
 // Prefill RoPE + cache write, one block per token. CPU reference: cpu::rope_neox and
 // the cache copy in CpuEngine::layer.
-__global__ void __launch_bounds__(kThreads) rope_kv_kernel(const AttnShape sh, float* qkv, int ldq, int pos0,
+__global__ void __launch_bounds__(kThreads) rope_kv_kernel(const AttnShape sh, float* qkv, int ldq, const RowMap rows,
                                                            const float2* __restrict__ rope, float* kc, float* vc) {
-  const int i = blockIdx.x, pos = pos0 + i, hd = sh.hd, half = hd / 2;
+  const int i = blockIdx.x, pos = rows.pos_of(i), hd = sh.hd, half = hd / 2;
   float* row = qkv + static_cast<int64_t>(i) * ldq;
-  float* kd = kc + static_cast<int64_t>(pos) * sh.kv_dim;
-  float* vd = vc + static_cast<int64_t>(pos) * sh.kv_dim;
+  float* kd = kc + rows.cache_offset(i) + static_cast<int64_t>(pos) * sh.kv_dim;
+  float* vd = vc + rows.cache_offset(i) + static_cast<int64_t>(pos) * sh.kv_dim;
   for (int idx = threadIdx.x; idx < (sh.n_heads + sh.n_kv) * half; idx += kThreads) {
     const int h = idx / half, j = idx % half;
     const float2 cs = rope[static_cast<int64_t>(pos) * half + j];
@@ -430,22 +457,23 @@ std::vector<float> rope_table(float theta, int hd, int npos) {
 }
 
 void launch_attn_decode(const AttnShape& sh, const float* qkv, float* kc, float* vc, const float* rope, const int32_t* d_pos,
-                        int splits, float* partial, int32_t* counters, float* out, cudaStream_t st, bool pdl) {
-  const DecodeArgs a{sh, qkv, kc, vc, reinterpret_cast<const float2*>(rope), d_pos, partial, counters, out};
+                        const int32_t* d_seq, int64_t seq_stride, int splits, float* partial, int32_t* counters, float* out,
+                        cudaStream_t st, bool pdl) {
+  const DecodeArgs a{sh, qkv, kc, vc, reinterpret_cast<const float2*>(rope), d_pos, d_seq, seq_stride, partial, counters, out};
   dispatch<DecodeLaunch>(sh, a, splits, st, pdl);
 }
 
-void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, int pos0, const float* rope, float* kc, float* vc,
+void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, const RowMap& rows, const float* rope, float* kc, float* vc,
                     cudaStream_t st) {
   if (M <= 0) return;
-  rope_kv_kernel<<<M, kThreads, 0, st>>>(sh, qkv, ldq, pos0, reinterpret_cast<const float2*>(rope), kc, vc);
+  rope_kv_kernel<<<M, kThreads, 0, st>>>(sh, qkv, ldq, rows, reinterpret_cast<const float2*>(rope), kc, vc);
   TERN_CUDA_LAUNCHED("rope_kv_kernel");
 }
 
-void launch_attn_prefill(const AttnShape& sh, const float* q, int ldq, const float* kc, const float* vc, int M, int pos0,
-                         float* out, int ldo, cudaStream_t st) {
+void launch_attn_prefill(const AttnShape& sh, const float* q, int ldq, const float* kc, const float* vc, int M,
+                         const RowMap& rows, float* out, int ldo, cudaStream_t st) {
   if (M <= 0) return;
-  const PrefillArgs a{sh, q, ldq, kc, vc, M, pos0, out, ldo};
+  const PrefillArgs a{sh, q, ldq, kc, vc, M, rows, out, ldo};
   dispatch<PrefillLaunch>(sh, a, st);
 }
 

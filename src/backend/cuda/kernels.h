@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace tern::cuda {
@@ -84,7 +85,16 @@ struct GemmArgs {
   float* out = nullptr;  // [M][ldo]
   int ldo = 0;
   int32_t* raw = nullptr;  // kEpiRaw: [M][ldo]
+  // Split-K scratch (small M; null: no split): gemm_split_part_ints() ints, and
+  // kMaxSplitPositions counters that start at 0 (the kernel leaves them at 0).
+  int32_t* split_part = nullptr;
+  int32_t* split_count = nullptr;
 };
+constexpr int kMaxSplits = 4, kMaxSplitPositions = 4096;
+// K slices launch_gemm uses for these weights and M (1 = no split).
+int gemm_k_splits(const TernDev& w, int M);
+// Ints of split_part enough for any launch: every split launch has <= 2 * SMs + positions blocks.
+inline size_t gemm_split_part_ints(int sms) { return static_cast<size_t>(4 * sms + 64) * 32 * 256; }
 void launch_gemm(int epi, const GemmArgs& a, cudaStream_t st);
 
 // ---- attention.cu ----
@@ -97,25 +107,92 @@ bool attn_head_dim_supported(int hd);  // 32, 64, 128, 256
 // RoPE table [npos][hd/2] of (cos, sin) pairs, computed on the host exactly as
 // cpu::rope_neox does (angle = float(pos) * inv_freq[i], std::cos / std::sin).
 std::vector<float> rope_table(float theta, int hd, int npos);
-// Decode, one token at position *d_pos: ropes q and the new k (raw from qkv = [qd + 2 kv_dim]),
+// Which position and which sequence's cache each of M rows belongs to: a prompt of one
+// sequence (pos = pos0 + i, sequence 0 of the cache pointers passed) or one token of
+// each of M sequences (batched decode: pos[i], seq[i], device arrays).
+struct RowMap {
+  int pos0 = 0;
+  const int32_t* pos = nullptr;
+  const int32_t* seq = nullptr;
+  int64_t seq_stride = 0;  // floats between two sequences' caches
+  __host__ __device__ int pos_of(int i) const { return pos != nullptr ? pos[i] : pos0 + i; }
+  __host__ __device__ int64_t cache_offset(int i) const { return seq != nullptr ? seq[i] * seq_stride : 0; }
+};
+// Decode, one token at position *d_pos of sequence *d_seq (null: 0; caches seq_stride floats apart): ropes q and the new k (raw from qkv = [qd + 2 kv_dim]),
 // writes k/v to the cache at *d_pos, attends over 0..*d_pos split in up to `splits` parts
 // of >= 32 positions (flash-decoding; the last block of each head group merges). out = [qd].
 // partial: (n_heads / gb) * splits * gb * (hd + 2) floats; counters: n_heads / gb ints, zeroed once.
 void launch_attn_decode(const AttnShape& sh, const float* qkv, float* kc, float* vc, const float* rope, const int32_t* d_pos,
-                        int splits, float* partial, int32_t* counters, float* out, cudaStream_t st, bool pdl = false);
-// Prefill: rope q in place and k, write k/v of tokens 0..M-1 (positions pos0..) to the cache.
-void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, int pos0, const float* rope, float* kc, float* vc,
+                        const int32_t* d_seq, int64_t seq_stride, int splits, float* partial, int32_t* counters, float* out,
+                        cudaStream_t st, bool pdl = false);
+// Prefill / batched decode: rope q in place and k, write k/v of rows 0..M-1 to the cache.
+void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, const RowMap& rows, const float* rope, float* kc, float* vc,
                     cudaStream_t st);
-// Prefill causal attention of M query tokens (positions pos0..pos0+M-1) over the cache.
-void launch_attn_prefill(const AttnShape& sh, const float* q, int ldq, const float* kc, const float* vc, int M, int pos0,
-                         float* out, int ldo, cudaStream_t st);
+// Causal attention of M query rows, row i over its cache positions 0..rows.pos_of(i).
+void launch_attn_prefill(const AttnShape& sh, const float* q, int ldq, const float* kc, const float* vc, int M,
+                         const RowMap& rows, float* out, int ldo, cudaStream_t st);
+
+// ---- greedy argmax (lm_head.cu, head_gemm.cu) ----
+// A device-side argmax result packs (order-preserving bits of the logit) << 32 |
+// (0xffffffff - index), so the unsigned maximum (atomicMax) is the largest logit and,
+// among equal logits, the lowest index (tern::argmax). NaN maps below every number.
+// 0 = no candidate yet (the embedding kernel resets it at the start of a step).
+__host__ __device__ inline unsigned long long argmax_key(float v, int idx) {
+  uint32_t u;
+  if (v == 0.0f) v = 0.0f;  // -0 == +0
+  memcpy(&u, &v, 4);
+  const uint32_t ord = v != v ? 0u : (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(ord) << 32) | (0xffffffffu - static_cast<uint32_t>(idx));
+}
+inline int32_t argmax_from_key(unsigned long long k) {
+  return k == 0 ? 0 : static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(k & 0xffffffffu));
+}
 
 // ---- lm_head.cu ----
 // Float type codes: 0 F32, 1 F16, 2 BF16.
-// x[m][c] = embedding[tokens[m]][c] as float.
-void launch_embed(const void* emb, int type, int H, const int32_t* tokens, int M, float* x, cudaStream_t st);
-// logits[m][v] = dot(embedding[v], RMSNorm(x_m) * normw) for m < ntok (x rows of length H).
+// x[m][c] = embedding[tokens[m]][c] as float; best[m] = 0 when best is non-null.
+void launch_embed(const void* emb, int type, int H, const int32_t* tokens, int M, float* x, cudaStream_t st,
+                  unsigned long long* best = nullptr);
+// logits[m][v] = dot(embedding[v], RMSNorm(x_m) * normw) for m < ntok (x rows of length H),
+// on CUDA cores in passes of <= 4 tokens (decode: one). best[m]: fused argmax (atomicMax
+// of argmax_key; must start at 0) when non-null.
 void launch_lm_head(const void* emb, int type, int V, int H, const float* x, int ntok, const float* normw, float eps,
-                    float* logits, cudaStream_t st, bool pdl = false);
+                    float* logits, cudaStream_t st, bool pdl = false, unsigned long long* best = nullptr);
+// The int8 head (model/head_i8.h): q [V][H] int8, scale [V]; x quantized per token like a
+// ternary linear input. One token (decode), fused argmax as above.
+void launch_lm_head_i8(const int8_t* q, const float* scale, int V, int H, const float* x, const float* normw, float eps,
+                       float* logits, cudaStream_t st, bool pdl = false, unsigned long long* best = nullptr);
+
+// ---- head_gemm.cu: the LM head for M > 1 rows (batched decode, prefill logits) ----
+// On cuBLAS tensor cores, exact to ~1e-6: the normed input is split into 2 (F16 head) or
+// 3 (BF16 head) 16-bit terms whose sum is the float32 value, all terms in ONE GEMM
+// (the head is read once), then summed per logit. F32 heads use SGEMM, the int8 head an
+// int8 GEMM with the same epilogue as launch_lm_head_i8.
+struct HeadWeights {
+  const void* emb = nullptr;  // tied embedding [V][H] in its stored type
+  int type = 1;               // 0 F32, 1 F16, 2 BF16
+  int V = 0, H = 0;
+  const int8_t* q8 = nullptr;  // int8 head (null: exact head)
+  const float* scale8 = nullptr;
+};
+class HeadGemm {
+ public:
+  static constexpr int kMaxRows = 64;  // rows per GEMM (longer inputs run in chunks)
+  HeadGemm(const HeadWeights& w, cudaStream_t st);
+  ~HeadGemm();
+  HeadGemm(const HeadGemm&) = delete;
+  HeadGemm& operator=(const HeadGemm&) = delete;
+  // logits [M][V] (device) for x [M][H]; best[m] = argmax_key of row m's maximum when non-null
+  // (reset here: a memset node, fine inside a graph since no PDL edge crosses it).
+  void run(const float* x, int M, const float* normw, float eps, float* logits, unsigned long long* best, cudaStream_t st);
+
+ private:
+  HeadWeights w_;
+  void* handle_ = nullptr;  // cublasHandle_t
+  void* workspace_ = nullptr;
+  void* xs_ = nullptr;       // split / quantized inputs
+  float* xscale_ = nullptr;  // int8: per-row activation scales
+  void* acc_ = nullptr;      // GEMM output [terms * kMaxRows][V] (float or int32)
+};
 
 }  // namespace tern::cuda

@@ -10,6 +10,9 @@
 
 namespace tern::cuda {
 
+// Multiprocessors of the current device (cached; 132 if the query fails). weights.cu.
+int sm_count();
+
 template <class... KArgs, class... Args>
 void launch_kernel(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,
                    Args&&... args) {

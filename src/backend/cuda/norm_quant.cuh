@@ -71,8 +71,10 @@ __device__ __forceinline__ float4 norm4(const float4 x, const float4 w, float r)
 
 __device__ __forceinline__ int q8(float y, float s) { return static_cast<int>(fminf(127.0f, fmaxf(-128.0f, rintf(y * s)))); }
 
-// PER slots of 4 elements per thread: n <= 4 * NT * PER.
-template <int NT, int PER, class Row>
+// PER slots of 4 elements per thread: n <= 4 * NT * PER. DEFER_QSUM: the sum of the
+// int8 values is left as per-warp partials in sc.i[0 .. NT/32) for the caller to add
+// after its next barrier (saves the decode GEMV a block reduction); qsum_out unused.
+template <int NT, int PER, class Row, bool DEFER_QSUM = false>
 __device__ __forceinline__ void norm_quant_regs(Row row, const float* __restrict__ w, int n, int kwords, float eps,
                                                 uint32_t* __restrict__ dst, float* s_out, int32_t* qsum_out, NormScratch& sc) {
   const int ngroups = (n + 3) / 4;
@@ -112,10 +114,16 @@ __device__ __forceinline__ void norm_quant_regs(Row row, const float* __restrict
     }
   }
   for (int g = ngroups + threadIdx.x; g < kwords; g += NT) dst[perm_word(g)] = 0;
-  sum = block_reduce<NT>(sum, sc.i, SumOp{});
-  if (threadIdx.x == 0) {
-    *s_out = s;
-    *qsum_out = sum;
+  if constexpr (DEFER_QSUM) {
+    sum = warp_sum(sum);
+    if ((threadIdx.x & 31) == 0) sc.i[threadIdx.x >> 5] = sum;
+    if (threadIdx.x == 0) *s_out = s;
+  } else {
+    sum = block_reduce<NT>(sum, sc.i, SumOp{});
+    if (threadIdx.x == 0) {
+      *s_out = s;
+      *qsum_out = sum;
+    }
   }
 }
 

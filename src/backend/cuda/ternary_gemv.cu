@@ -77,7 +77,22 @@ __global__ void __launch_bounds__(kThreads, PER <= 3 ? 3 : 2) gemv_kernel(const 
     }
   }
 
+  // Epilogue constants are weights too: fetched before the wait, not after the dot.
+  const int ej = threadIdx.x >> 4, er = threadIdx.x & 15;
+  const bool epi_thread = threadIdx.x < TPB * 16 && tile0 + ej < p.w.ntiles;
+  TileMeta meta{};
+  if (epi_thread) meta = p.w.meta[tile0 + ej];
+  TileMeta gate_meta{};
+  if constexpr (EPI == kEpiGateUp) {
+    if (threadIdx.x < TPB * 8 && tile0 + 2 * ej < p.w.ntiles) gate_meta = p.w.meta[tile0 + 2 * ej];
+  }
+
   pdl_wait();
+  // The residual this thread will add to: loaded now, in parallel with the input.
+  float resid = 0.0f;
+  if constexpr (EPI == kEpiAdd) {
+    if (epi_thread && er < meta.valid) resid = p.out[meta.out_row0 + er];
+  }
   if (p.preq != nullptr) {
     for (int i = threadIdx.x; i < kwords; i += kThreads) act[i] = p.preq[i];
     if (threadIdx.x == 0) {
@@ -86,7 +101,7 @@ __global__ void __launch_bounds__(kThreads, PER <= 3 ? 3 : 2) gemv_kernel(const 
     }
   } else {
     if constexpr (PER > 0) {
-      norm_quant_regs<kThreads, PER>(PlainRow{p.in, p.n}, p.normw, p.n, kwords, p.eps, act, &s_scale, &s_qsum, sc);
+      norm_quant_regs<kThreads, PER, PlainRow, true>(PlainRow{p.in, p.n}, p.normw, p.n, kwords, p.eps, act, &s_scale, &s_qsum, sc);
     } else {
       norm_quant_loop<kThreads>(PlainRow{p.in, p.n}, p.normw, p.n, kwords, p.eps, act, &s_scale, &s_qsum, sc);
     }
@@ -118,26 +133,30 @@ __global__ void __launch_bounds__(kThreads, PER <= 3 ? 3 : 2) gemv_kernel(const 
   }
   __syncthreads();
 
-  if (threadIdx.x < TPB * 16) {
-    const int j = threadIdx.x >> 4, r = threadIdx.x & 15;
-    if (tile0 + j < p.w.ntiles) {
-      int d = 0;
+  if (epi_thread) {
+    const int j = ej, r = er;
+    int qs = s_qsum;
+    if (PER > 0 && p.preq == nullptr) {  // norm_quant_regs left per-warp partials
+      qs = 0;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) d += part[w][j][r];
-      d -= s_qsum;
-      const TileMeta m = p.w.meta[tile0 + j];
-      // Explicit roundings: a contracted fma(d/s, m, x) in the residual add would differ
-      // from the CPU's two roundings by an ulp, and int8 rounding ties amplify that.
-      const float y = __fmul_rn(__fdiv_rn(static_cast<float>(d), s_scale), m.scale);
-      if constexpr (EPI == kEpiStore) {
-        if (r < m.valid) p.out[m.out_row0 + r] = y;
-      } else if constexpr (EPI == kEpiAdd) {
-        if (r < m.valid) p.out[m.out_row0 + r] = __fadd_rn(p.out[m.out_row0 + r], y);
-      } else if constexpr (EPI == kEpiRaw) {
-        if (r < m.valid) p.raw[m.out_row0 + r] = d;
-      } else {
-        ys[threadIdx.x] = y;
-      }
+      for (int w = 0; w < kWarps; ++w) qs += sc.i[w];
+    }
+    int d = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) d += part[w][j][r];
+    d -= qs;
+    const TileMeta m = meta;
+    // Explicit roundings: a contracted fma(d/s, m, x) in the residual add would differ
+    // from the CPU's two roundings by an ulp, and int8 rounding ties amplify that.
+    const float y = __fmul_rn(__fdiv_rn(static_cast<float>(d), s_scale), m.scale);
+    if constexpr (EPI == kEpiStore) {
+      if (r < m.valid) p.out[m.out_row0 + r] = y;
+    } else if constexpr (EPI == kEpiAdd) {
+      if (r < m.valid) p.out[m.out_row0 + r] = __fadd_rn(resid, y);
+    } else if constexpr (EPI == kEpiRaw) {
+      if (r < m.valid) p.raw[m.out_row0 + r] = d;
+    } else {
+      ys[threadIdx.x] = y;
     }
   }
   if constexpr (EPI == kEpiGateUp) {
@@ -146,7 +165,7 @@ __global__ void __launch_bounds__(kThreads, PER <= 3 ? 3 : 2) gemv_kernel(const 
     if (threadIdx.x < TPB * 8) {
       const int pr = threadIdx.x >> 4, r = threadIdx.x & 15;
       if (tile0 + 2 * pr < p.w.ntiles) {
-        const TileMeta m = p.w.meta[tile0 + 2 * pr];
+        const TileMeta m = gate_meta;
         if (r < m.valid) p.out[m.out_row0 + r] = gated(ys[2 * pr * 16 + r], ys[(2 * pr + 1) * 16 + r], p.act);
       }
     }

@@ -13,6 +13,21 @@ namespace tern::cuda::testing {
 
 namespace {
 
+// Split-K scratch, so that small-M GEMMs in these tests take the split path like the
+// engine's batched decode (launch_gemm decides the split from the shape).
+struct SplitScratch {
+  DevBuf part, count;
+  explicit SplitScratch(GemmArgs& g) : part(gemm_split_part_ints(132 * 2) * sizeof(int32_t)), count(kMaxSplitPositions * sizeof(int32_t)) {
+    TERN_CUDA_CHECK(cudaMemset(count.as<void>(), 0, count.size()));
+    g.split_part = part.as<int32_t>();
+    g.split_count = count.as<int32_t>();
+  }
+};
+
+}  // namespace
+
+namespace {
+
 template <class T>
 DevBuf poisoned(size_t n) {
   DevBuf b(std::max<size_t>(n, 1) * sizeof(T));
@@ -104,6 +119,7 @@ std::vector<int32_t> ternary_dots(const TernaryMatrix& w, const int8_t* q, int64
     g.M = static_cast<int>(M);
     g.raw = raw.as<int32_t>();
     g.ldo = static_cast<int>(w.rows);
+    SplitScratch split(g);
     launch_gemm(kEpiRaw, g, nullptr);
     TERN_CUDA_CHECK(cudaDeviceSynchronize());
   }
@@ -138,6 +154,7 @@ std::vector<float> ternary_linear(const TernaryMatrix& w, const float* x, const 
     g.M = static_cast<int>(M);
     g.out = out.as<float>();
     g.ldo = static_cast<int>(rows);
+    SplitScratch split(g);
     launch_gemm(add ? kEpiAdd : kEpiStore, g, nullptr);
     TERN_CUDA_CHECK(cudaDeviceSynchronize());
   }
@@ -169,7 +186,9 @@ std::vector<float> attention_prefill(const std::vector<float>& q, const std::vec
   sh.gb = attn_heads_per_block(n_heads, n_kv);
   DevBuf dq = upload_vec(q), dk = upload_vec(k), dv = upload_vec(v);
   DevBuf out = nan_buf(static_cast<size_t>(M) * sh.qd);
-  launch_attn_prefill(sh, dq.as<float>(), sh.qd, dk.as<float>(), dv.as<float>(), M, pos0, out.as<float>(), sh.qd, nullptr);
+  RowMap rows;
+  rows.pos0 = pos0;
+  launch_attn_prefill(sh, dq.as<float>(), sh.qd, dk.as<float>(), dv.as<float>(), M, rows, out.as<float>(), sh.qd, nullptr);
   return download<float>(out, static_cast<size_t>(M) * sh.qd);
 }
 
@@ -194,7 +213,7 @@ std::vector<float> attention_decode(const std::vector<float>& qkv_raw, const std
   DevBuf out = nan_buf(sh.qd);
   // Twice: the second run checks that the split counters were reset.
   for (int rep = 0; rep < 2; ++rep) {
-    launch_attn_decode(sh, dqkv.as<float>(), dk.as<float>(), dv.as<float>(), drope.as<float>(), dpos.as<int32_t>(), splits,
+    launch_attn_decode(sh, dqkv.as<float>(), dk.as<float>(), dv.as<float>(), drope.as<float>(), dpos.as<int32_t>(), nullptr, 0, splits,
                        partial.as<float>(), counters.as<int32_t>(), out.as<float>(), nullptr);
   }
   std::vector<float> kall = download<float>(dk, rows * sh.kv_dim), vall = download<float>(dv, rows * sh.kv_dim);
@@ -203,14 +222,38 @@ std::vector<float> attention_decode(const std::vector<float>& qkv_raw, const std
   return download<float>(out, sh.qd);
 }
 
-std::vector<float> lm_head(const FloatMatrix& emb, const float* x, const float* normw, int64_t M, float eps) {
+HeadResult lm_head(const FloatMatrix& emb, const float* x, const float* normw, int64_t M, float eps, bool gemm, const HeadI8* i8) {
   const int V = static_cast<int>(emb.rows), H = static_cast<int>(emb.cols);
   DevBuf de = upload_bytes(emb.data, emb.nbytes());
   DevBuf dx = upload_bytes(x, M * H * sizeof(float)), dw = upload_bytes(normw, H * sizeof(float));
   DevBuf out = nan_buf(static_cast<size_t>(M) * V);
-  launch_lm_head(de.as<void>(), type_code(emb.type), V, H, dx.as<float>(), static_cast<int>(M), dw.as<float>(), eps,
-                 out.as<float>(), nullptr);
-  return download<float>(out, static_cast<size_t>(M) * V);
+  DevBuf best(M * sizeof(unsigned long long));
+  TERN_CUDA_CHECK(cudaMemset(best.as<void>(), 0, best.size()));
+  DevBuf q8, s8;
+  HeadWeights hw;
+  hw.emb = de.as<void>(), hw.type = type_code(emb.type), hw.V = V, hw.H = H;
+  if (i8 != nullptr) {
+    q8 = upload_vec(i8->q);
+    s8 = upload_vec(i8->scale);
+    hw.q8 = q8.as<int8_t>(), hw.scale8 = s8.as<float>();
+  }
+  if (gemm) {
+    HeadGemm hg(hw, nullptr);
+    hg.run(dx.as<float>(), static_cast<int>(M), dw.as<float>(), eps, out.as<float>(), best.as<unsigned long long>(), nullptr);
+    TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  } else if (i8 != nullptr) {
+    for (int64_t m = 0; m < M; ++m) {
+      launch_lm_head_i8(hw.q8, hw.scale8, V, H, dx.as<float>() + m * H, dw.as<float>(), eps, out.as<float>() + m * V, nullptr,
+                        false, best.as<unsigned long long>() + m);
+    }
+  } else {
+    launch_lm_head(de.as<void>(), type_code(emb.type), V, H, dx.as<float>(), static_cast<int>(M), dw.as<float>(), eps,
+                   out.as<float>(), nullptr, false, best.as<unsigned long long>());
+  }
+  HeadResult r;
+  r.logits = download<float>(out, static_cast<size_t>(M) * V);
+  for (unsigned long long k : download<unsigned long long>(best, M)) r.argmax.push_back(argmax_from_key(k));
+  return r;
 }
 
 }  // namespace tern::cuda::testing

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/head_i8.h"
 #include "model/model.h"
 
 namespace tern::cuda::testing {
@@ -44,7 +45,14 @@ std::vector<float> attention_decode(const std::vector<float>& qkv_raw, const std
                                     const std::vector<float>& v_cache, int n_heads, int n_kv, int hd, int pos, float theta,
                                     int splits, std::vector<float>* k_row, std::vector<float>* v_row);
 
-// LM head: logits [M][V] = emb . (RMSNorm(x_m) * normw).
-std::vector<float> lm_head(const FloatMatrix& emb, const float* x, const float* normw, int64_t M, float eps);
+// LM head: logits [M][V] = emb . (RMSNorm(x_m) * normw) and each row's argmax (computed on
+// the device). gemm: the cuBLAS path (HeadGemm) instead of the CUDA-core GEMV. i8: the
+// int8 head (model/head_i8.h) made from emb.
+struct HeadResult {
+  std::vector<float> logits;
+  std::vector<int32_t> argmax;
+};
+HeadResult lm_head(const FloatMatrix& emb, const float* x, const float* normw, int64_t M, float eps, bool gemm = false,
+                   const HeadI8* i8 = nullptr);
 
 }  // namespace tern::cuda::testing

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/launch.h"
 #include "backend/cuda/weights.h"
 
 namespace tern::cuda {
@@ -81,6 +82,18 @@ DevTernary upload_ternary(const std::vector<const TernaryMatrix*>& parts, const 
   d.view.ntiles = ntiles;
   d.view.nblk = nblk;
   return d;
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return 132;
+    }
+    return sms;
+  }();
+  return n;
 }
 
 }  // namespace tern::cuda
