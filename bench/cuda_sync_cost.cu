@@ -2,7 +2,8 @@
 // boundary inside a CUDA graph (with and without programmatic dependent launch) versus
 // a grid-wide barrier inside one persistent kernel. Each phase does a token amount of
 // dependent work (every block reads what another block wrote in the previous phase).
-// Build and run: nvcc -O3 -arch=sm_90 -std=c++17 bench/cuda_sync_cost.cu -o cuda_sync_cost && ./cuda_sync_cost
+// Built as build/cuda_sync_cost with the CUDA backend; standalone:
+//   nvcc -O3 -arch=sm_90 -std=c++17 bench/cuda_sync_cost.cu -o cuda_sync_cost && ./cuda_sync_cost
 #include <cuda_runtime.h>
 
 #include <cstdio>
