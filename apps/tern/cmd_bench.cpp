@@ -1,5 +1,5 @@
 // tern bench -m MODEL [-p 512] [-n 128] [-B 1,8,32,64] [-r 3] [--backend cpu|cuda|auto]
-//            [--threads N] [--lm-head f16|int8] [--bw GB/s] [--json]
+//            [--threads N] [--lm-head f16|int8] [--lora DIR[:S]] [--bw GB/s] [--json]
 // Like llama-bench: pp = one forward over N prompt tokens; tg = N single-token decode
 // steps from an empty cache, greedy (the backend's argmax: only token ids come back);
 // tgN@B = N decode steps of B sequences at once from empty caches, aggregate tokens/s.
@@ -63,6 +63,7 @@ Action add_bench(CLI::App& app) {
   struct Opts {
     ModelFlags model;
     std::string p = "512", n = "128", batch, backend = "cpu", lm_head = "f16";
+    std::vector<std::string> lora;
     int reps = 3, threads = 0;
     double bw = 0;
     bool json = false;
@@ -77,6 +78,7 @@ Action add_bench(CLI::App& app) {
   app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   add_lm_head_option(app, o->lm_head);
+  add_lora_option(app, o->lora);
   app.add_option("--bw", o->bw, "Memory bandwidth for the roofline in GB/s (default: measured)");
   app.add_flag("--json", o->json, "Print results as JSON");
   return [o] {
@@ -90,6 +92,7 @@ Action add_bench(CLI::App& app) {
     eo.threads = o->threads;
     eo.ctx = longest;
     eo.lm_head = parse_lm_head(o->lm_head);
+    eo.loras = load_loras(o->lora, m.config);
     auto engine = make_engine(m, eo);
     const bool on_gpu = engine->name().rfind("cuda", 0) == 0;
     std::vector<int64_t> batches =

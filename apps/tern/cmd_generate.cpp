@@ -1,4 +1,4 @@
-// tern generate -m MODEL -p PROMPT [-n 128] [sampling flags] [--chat] [--system S] [--stats] [--lm-head int8]
+// tern generate -m MODEL -p PROMPT [-n 128] [sampling flags] [--chat] [--system S] [--stats] [--lm-head int8] [--lora DIR[:S]]
 // tern chat -m MODEL [--system S] [sampling flags]
 #include <fmt/core.h>
 

@@ -1,4 +1,4 @@
-// tern perplexity -m MODEL -f TEXT [--ctx 512] [--stride N] [--lm-head int8]
+// tern perplexity -m MODEL -f TEXT [--ctx 512] [--stride N] [--lm-head int8] [--lora DIR[:S]]
 #include <fmt/core.h>
 
 #include "commands.h"
@@ -15,6 +15,7 @@ Action add_perplexity(CLI::App& app) {
   struct Opts {
     ModelFlags model;
     std::string file, backend = "auto", lm_head = "f16";
+    std::vector<std::string> lora;
     int64_t ctx = 512, stride = 0;
     int threads = 0;
   };
@@ -26,6 +27,7 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   add_lm_head_option(app, o->lm_head);
+  add_lora_option(app, o->lora);
   return [o] {
     std::string text = read_text_file(o->file);
     Model m = o->model.load();
@@ -36,6 +38,7 @@ Action add_perplexity(CLI::App& app) {
     eo.backend = o->backend;
     eo.threads = o->threads;
     eo.lm_head = parse_lm_head(o->lm_head);
+    eo.loras = load_loras(o->lora, m.config);
     eo.ctx = o->ctx;
     auto engine = make_engine(m, eo);
     const int32_t bos = m.tokenizer.add_bos ? m.tokenizer.bos : -1;

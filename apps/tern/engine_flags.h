@@ -1,11 +1,16 @@
 // Engine flags shared by the commands that run a model (generate, chat, logits,
-// perplexity): the LM head's precision.
+// perplexity, bench): the LM head's precision and LoRA adapters.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cmath>
+#include <filesystem>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/engine.h"
 #include "tern/error.h"
+#include "train/lora_adapter.h"
 
 namespace tern::cli {
 
@@ -23,6 +28,42 @@ inline LmHead parse_lm_head(const std::string& s) {
   if (s == "f16" || s.empty()) return LmHead::Exact;
   if (s == "int8") return LmHead::Int8;
   fail("--lm-head: unknown value '{}' (expected f16 or int8)", s);
+}
+
+// --lora DIR[:scale], repeatable: peft LoRA adapters added on top of the model in the
+// order given (scale multiplies the adapter's own alpha / r; default 1).
+inline void add_lora_option(CLI::App& app, std::vector<std::string>& specs) {
+  app.add_option("--lora", specs, "LoRA adapter directory (HF peft format), DIR or DIR:SCALE (default scale 1); repeatable")
+      ->allow_extra_args(false);
+}
+
+// "DIR" or "DIR:SCALE" -> (dir, scale). A directory whose own name holds ':' is taken whole.
+inline std::pair<std::string, float> parse_lora_spec(const std::string& spec) {
+  std::error_code ec;
+  const size_t colon = spec.rfind(':');
+  if (colon == std::string::npos || std::filesystem::is_directory(spec, ec)) return {spec, 1.0f};
+  const std::string dir = spec.substr(0, colon), num = spec.substr(colon + 1);
+  if (dir.empty()) fail("--lora: '{}' names no directory (expected DIR or DIR:SCALE)", spec);
+  float scale = 0;
+  try {
+    size_t used = 0;
+    scale = std::stof(num, &used);
+    if (used != num.size()) throw std::invalid_argument(num);
+  } catch (const std::exception&) {
+    fail("--lora: scale '{}' in '{}' is not a number (expected DIR or DIR:SCALE)", num, spec);
+  }
+  if (!std::isfinite(scale)) fail("--lora: scale '{}' in '{}' is not finite", num, spec);
+  return {dir, scale};
+}
+
+// Loads every --lora adapter and checks it against the model it will run on.
+inline std::vector<LoraRef> load_loras(const std::vector<std::string>& specs, const ModelConfig& c) {
+  std::vector<LoraRef> refs;
+  for (const std::string& spec : specs) {
+    auto [dir, scale] = parse_lora_spec(spec);
+    refs.push_back({std::make_shared<const LoraAdapter>(load_peft_adapter(dir, c)), scale});
+  }
+  return refs;
 }
 
 }  // namespace tern::cli

@@ -1,5 +1,5 @@
 // Flags shared by generate and chat: sampling (llama.cpp's names), length, stops,
-// backend, context size and LM head.
+// backend, context size, LM head and LoRA adapters.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
@@ -21,6 +21,7 @@ struct GenFlags {
   int threads = 0;
   int64_t ctx = 0;
   std::string lm_head = "f16";
+  std::vector<std::string> lora;
 
   void add(CLI::App& app, int64_t default_n) {
     n_predict = default_n;
@@ -37,6 +38,7 @@ struct GenFlags {
     app.add_option("-t,--threads", threads, "CPU threads (default: all cores)");
     app.add_option("-c,--ctx", ctx, "Context size in tokens (default: the model's)");
     add_lm_head_option(app, lm_head);
+    add_lora_option(app, lora);
   }
 
   SamplingParams sampling_params() const {
@@ -55,6 +57,7 @@ struct GenFlags {
     eo.threads = threads;
     eo.ctx = ctx > 0 ? ctx : c.ctx;
     eo.lm_head = parse_lm_head(lm_head);
+    eo.loras = load_loras(lora, c);
     return eo;
   }
 };

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add("chat", "Interactive multi-turn chat", tern::cli::add_chat);
   add("perplexity", "Perplexity of a text file (llama-perplexity / HF sliding window)", tern::cli::add_perplexity);
   add("bench", "Prompt-processing and generation speed (like llama-bench)", tern::cli::add_bench);
+  add("lora-init", "Write a fresh LoRA adapter (HF peft format) for a model", tern::cli::add_lora_init);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -48,13 +48,7 @@ double get_num(const json& j, const std::string& key, const std::string& file, d
 
 HfConfig read_config(const std::string& dir) {
   const std::string file = (std::filesystem::path(dir) / "config.json").string();
-  json j;
-  try {
-    j = json::parse(read_text_file(file));
-  } catch (const json::exception& e) {
-    fail("{}: invalid JSON: {}", file, e.what());
-  }
-  if (!j.is_object()) fail("{}: expected a JSON object", file);
+  json j = read_json_object(file);
   std::string model_type = j.value("model_type", "");
   bool arch_ok = model_type == "bitnet";
   if (j.contains("architectures") && j["architectures"].is_array()) {

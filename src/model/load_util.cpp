@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "tern/error.h"
+#include "util/atomic_file.h"
 #include "util/half.h"
 
 namespace tern {
@@ -57,6 +58,17 @@ void check_model_shapes(const Model& m, const std::string& where) {
     norm(l.ffn_norm, "ffn_norm", c.hidden);
     norm(l.ffn_sub_norm, "ffn_sub_norm", c.ffn);
   }
+}
+
+nlohmann::json read_json_object(const std::string& file) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(file));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: invalid JSON: {}", file, e.what());
+  }
+  if (!j.is_object()) fail("{}: expected a JSON object", file);
+  return j;
 }
 
 }  // namespace tern

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "model/model.h"
 
 namespace tern {
@@ -14,6 +16,10 @@ class Reader;
 }
 // The tokenizer.* metadata of a GGUF (empty TokenizerData if it has none).
 TokenizerData read_gguf_tokenizer(const gguf::Reader& r);
+
+// Reads and parses a JSON file that must hold an object; throws "FILE: invalid JSON: ..."
+// or "FILE: expected a JSON object".
+nlohmann::json read_json_object(const std::string& file);
 
 // Widens F32/F16/BF16 elements to float.
 std::vector<float> to_f32(FloatType type, const uint8_t* data, int64_t n);

@@ -8,30 +8,17 @@
 #include "tokenizer/tokenizer.h"
 #include "util/half.h"
 #include "util/parse.h"
+#include "util/rng.h"
 
 namespace tern {
 
 namespace {
 
-// splitmix64: fast, seedable, good enough for weights.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  float uniform() { return static_cast<float>(next() >> 40) * (1.0f / 16777216.0f); }  // [0, 1)
-  float normal() {
-    float u1 = std::max(uniform(), 1e-7f), u2 = uniform();
-    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
-  }
-};
+using Rng = SplitMix64;
 
 // A scale that bf16 and fp16 both hold exactly, so every output format (HF bf16
 // weight_scale, I2_S f32, TQ fp16) stores the very same model.
-float exact_scale(Rng& rng) { return bf16_to_f32(f32_to_bf16(0.5f + 1.5f * rng.uniform())); }
+float exact_scale(Rng& rng) { return bf16_to_f32(f32_to_bf16(0.5f + 1.5f * rng.uniform_f())); }
 
 TernaryMatrix random_ternary(Rng& rng, int64_t rows, int64_t cols) {
   std::vector<int8_t> w(rows * cols);
@@ -41,7 +28,7 @@ TernaryMatrix random_ternary(Rng& rng, int64_t rows, int64_t cols) {
 
 std::vector<float> random_norm(Rng& rng, int64_t n) {
   std::vector<float> v(n);
-  for (auto& x : v) x = bf16_to_f32(f32_to_bf16(1.0f + 0.2f * rng.normal()));
+  for (auto& x : v) x = bf16_to_f32(f32_to_bf16(1.0f + 0.2f * rng.normal_f()));
   return v;
 }
 
@@ -75,7 +62,7 @@ Model synth_model(const ModelConfig& cfg, uint64_t seed) {
   m.source_format = "synthetic (seed " + std::to_string(seed) + ")";
   m.weight_type = "synthetic";
   auto emb = std::make_shared<std::vector<uint16_t>>(cfg.vocab * cfg.hidden);
-  for (auto& h : *emb) h = f32_to_f16(rng.normal());
+  for (auto& h : *emb) h = f32_to_f16(rng.normal_f());
   m.embedding = {FloatType::F16, cfg.vocab, cfg.hidden, emb->data(), emb};
   m.output_norm = random_norm(rng, cfg.hidden);
   for (int64_t i = 0; i < cfg.n_layers; ++i) {

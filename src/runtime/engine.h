@@ -10,12 +10,21 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 
 namespace tern {
 
 enum class LmHead { Exact, Int8 };
+
+struct LoraAdapter;  // train/lora_adapter.h
+// An adapter applied at inference (--lora DIR[:scale]): each adapted linear adds
+// scale * adapter.scaling() * B(A(x)) on its float input.
+struct LoraRef {
+  std::shared_ptr<const LoraAdapter> adapter;
+  float scale = 1.0f;
+};
 
 struct EngineOptions {
   std::string backend = "cpu";  // "cpu", "cuda" or "auto" (CUDA when a GPU is present)
@@ -26,6 +35,7 @@ struct EngineOptions {
   // per-row scale and the normed input to int8 per token (quantize_head_i8): half the
   // bytes of an F16 head, logits within ~1e-2 relative of the exact head.
   LmHead lm_head = LmHead::Exact;
+  std::vector<LoraRef> loras;  // applied in order; empty: the base model
 };
 
 enum class Logits { None, Last, All };

@@ -1,12 +1,27 @@
 // Helpers shared by the CUDA engine tests.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <memory>
+#include <span>
+#include <vector>
 #include <string>
 
 #include "model/model.h"
 #include "runtime/engine.h"
 
 namespace tern::test {
+
+// Logits of every position, `step` tokens per forward call (sequence 0).
+inline std::vector<float> run_all_logits(Engine& e, const std::vector<int32_t>& toks, size_t step) {
+  const int64_t V = e.config().vocab;
+  std::vector<float> out(toks.size() * V, NAN);
+  for (size_t i = 0; i < toks.size(); i += step) {
+    const size_t len = std::min(step, toks.size() - i);
+    e.forward(std::span<const int32_t>(toks.data() + i, len), out.data() + i * V, Logits::All);
+  }
+  return out;
+}
 
 inline std::unique_ptr<Engine> make_test_engine(const Model& m, const std::string& backend, int64_t ctx, int n_seq = 1,
                                                 LmHead head = LmHead::Exact) {

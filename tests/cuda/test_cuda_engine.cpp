@@ -46,15 +46,7 @@ std::unique_ptr<Engine> engine(const Model& m, const std::string& backend, int64
 }
 
 // Logits of every position, `step` tokens per forward call.
-std::vector<float> run(Engine& e, const std::vector<int32_t>& toks, size_t step) {
-  const int64_t V = e.config().vocab;
-  std::vector<float> out(toks.size() * V, NAN);
-  for (size_t i = 0; i < toks.size(); i += step) {
-    const size_t len = std::min(step, toks.size() - i);
-    e.forward(std::span<const int32_t>(toks.data() + i, len), out.data() + i * V, Logits::All);
-  }
-  return out;
-}
+std::vector<float> run(Engine& e, const std::vector<int32_t>& toks, size_t step) { return test::run_all_logits(e, toks, step); }
 
 std::vector<float> run(const Model& m, const std::string& backend, const std::vector<int32_t>& toks, size_t step) {
   auto e = engine(m, backend, static_cast<int64_t>(toks.size()));

@@ -2,14 +2,18 @@
 // one sequence, layer by layer, with a float32 KV cache per sequence. Every ternary
 // linear reads each weight row once per batch (rows outer, tokens inner), so prefill
 // is a real matrix-matrix product rather than M matrix-vector products.
+// LoRA adapters (EngineOptions::loras) add their branch to each adapted linear's output
+// from the same float input the linear quantizes (backend/cpu/lora_apply.h).
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/lora_apply.h"
 #include "model/head_i8.h"
 #include "runtime/engine.h"
 #include "tern/error.h"
+#include "train/lora_adapter.h"
 #include "util/thread_pool.h"
 
 namespace tern {
@@ -67,6 +71,14 @@ class CpuEngine final : public Engine {
     cpu::rope_inv_freq(c_.rope_theta, c_.head_dim, inv_freq_.data());
     int8_head_ = opts.lm_head == LmHead::Int8;
     if (int8_head_) head_i8_ = quantize_head_i8(m_.embedding, pool_);
+    for (size_t i = 0; i < opts.loras.size(); ++i) {
+      const LoraRef& ref = opts.loras[i];
+      const std::string where = ref.adapter && !ref.adapter->source.empty() ? ref.adapter->source : fmt::format("LoRA adapter {}", i + 1);
+      if (!ref.adapter) fail("{}: no adapter", where);
+      if (!std::isfinite(ref.scale)) fail("{}: scale {} is not finite", where, ref.scale);
+      check_lora_adapter(*ref.adapter, c_, where);
+      loras_.push_back(ref);
+    }
   }
 
   using Engine::forward;
@@ -159,6 +171,9 @@ class CpuEngine final : public Engine {
     ternary_linear(L.q, acts_, q_.data(), false, pool_);
     ternary_linear(L.k, acts_, k_.data(), false, pool_);
     ternary_linear(L.v, acts_, v_.data(), false, pool_);
+    add_loras(li, Proj::Q, norm_.data(), n, q_.data());  // before RoPE, as q_proj's output
+    add_loras(li, Proj::K, norm_.data(), n, k_.data());
+    add_loras(li, Proj::V, norm_.data(), n, v_.data());
     float* kc = s.k.get() + li * ctx_ * KV;
     float* vc = s.v.get() + li * ctx_ * KV;
     for (int64_t i = 0; i < n; ++i) {
@@ -179,17 +194,36 @@ class CpuEngine final : public Engine {
     norm_rows(att_.data(), L.attn_sub_norm, n, QD, norm_.data());
     acts_.quantize(norm_.data(), n, QD, pool_);
     ternary_linear(L.o, acts_, x_.data(), true, pool_);
+    // o_proj's output went straight into the residual; its LoRA branch follows it there.
+    add_loras(li, Proj::O, norm_.data(), n, x_.data());
     // Feed-forward block.
     norm_rows(x_.data(), L.ffn_norm, n, H, norm_.data());
     acts_.quantize(norm_.data(), n, H, pool_);
     ternary_linear(L.gate, acts_, gate_.data(), false, pool_);
     ternary_linear(L.up, acts_, up_.data(), false, pool_);
+    add_loras(li, Proj::Gate, norm_.data(), n, gate_.data());
+    add_loras(li, Proj::Up, norm_.data(), n, up_.data());
     pool_.parallel_for(n, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) cpu::gated_activation(gate_.data() + i * F, up_.data() + i * F, F, c_.act, gate_.data() + i * F);
     });
     norm_rows(gate_.data(), L.ffn_sub_norm, n, F, norm_.data());
     acts_.quantize(norm_.data(), n, F, pool_);
     ternary_linear(L.down, acts_, x_.data(), true, pool_);
+    add_loras(li, Proj::Down, norm_.data(), n, x_.data());
+  }
+
+  // y[n, out] += scale * scaling * B(A x) for every adapter that adapts projection p of
+  // layer li; x [n, in] is the linear's float input. Adapters apply in the given order.
+  void add_loras(int64_t li, Proj p, const float* x, int64_t n, float* y) {
+    for (const LoraRef& ref : loras_) {
+      const std::optional<LoraWeights>& w = ref.adapter->layers[li][static_cast<int>(p)];
+      if (!w) continue;
+      const float s = ref.scale * ref.adapter->scaling();
+      const int64_t r = ref.adapter->rank;
+      lora_t_.resize(n * r);
+      pool_.parallel_for(n, [&](int64_t b, int64_t e) { cpu::lora_down(*w, x + b * w->in, e - b, lora_t_.data() + b * r); });
+      pool_.parallel_for(w->out, [&](int64_t b, int64_t e) { cpu::lora_up_add(*w, s, lora_t_.data(), n, y, b, e); }, 16);
+    }
   }
 
   // logits[i - first] = embedding . final_norm(x_i) for tokens first..n-1.
@@ -247,6 +281,8 @@ class CpuEngine final : public Engine {
   HeadI8 head_i8_;
   std::vector<int8_t> head_x_;  // the int8 head's quantized input rows
   std::vector<float> head_s_;
+  std::vector<LoraRef> loras_;  // checked against the model; the shared_ptrs keep them alive
+  std::vector<float> lora_t_;   // A x for every token, [n, rank]
 };
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <map>
 #include <utility>
@@ -27,6 +28,7 @@
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/weights.h"
 #include "model/head_i8.h"
+#include "train/lora_adapter.h"
 #include "util/thread_pool.h"
 #include "runtime/engine.h"
 
@@ -154,6 +156,7 @@ class CudaEngine final : public Engine {
       d.ffn_sub_norm = upload_vec(L.ffn_sub_norm);
       layers_.push_back(std::move(d));
     }
+    upload_loras(opts.loras);
     emb_type_ = float_type_code(model.embedding.type);
     emb_ = upload_bytes(model.embedding.data, model.embedding.nbytes());
     HeadWeights hw;
@@ -191,6 +194,7 @@ class CudaEngine final : public Engine {
     logits_ = DevBuf(static_cast<size_t>(V) * sizeof(float));
     if (maxb_ > 1) blogits_ = DevBuf(static_cast<size_t>(maxb_) * V * sizeof(float));
     params_ = DevBuf(3 * M * sizeof(int32_t));
+    if (lora_rmax_ > 0) lora_t_ = DevBuf(M * lora_rmax_ * sizeof(float));
     split_part_ = DevBuf(gemm_split_part_ints(prop.multiProcessorCount) * sizeof(int32_t));
     split_count_ = DevBuf(kMaxSplitPositions * sizeof(int32_t));
     TERN_CUDA_CHECK(cudaMemsetAsync(split_count_.as<void>(), 0, split_count_.size(), st));
@@ -293,6 +297,66 @@ class CudaEngine final : public Engine {
     }
   }
 
+  // LoRA groups: the linears sharing an input. kLoraQKV {q,k,v} on attn_norm(x), kLoraO {o}
+  // on attn_sub_norm(att), kLoraGU {gate,up} on ffn_norm(x), kLoraDown {down} on
+  // ffn_sub_norm(act(gate)*up). See LoraDev in kernels.h.
+  enum { kLoraQKV = 0, kLoraO, kLoraGU, kLoraDown, kLoraGroups };
+  struct LoraGroupDev {
+    DevBuf A, B;
+    LoraDev view;
+  };
+
+  void upload_loras(const std::vector<LoraRef>& loras) {
+    if (loras.empty()) return;
+    const int64_t H = c_.hidden, QD = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn;
+    struct Member {
+      Proj p;
+      int64_t offset;  // first output row within the group
+    };
+    const std::vector<Member> members[kLoraGroups] = {
+        {{Proj::Q, 0}, {Proj::K, QD}, {Proj::V, QD + KV}}, {{Proj::O, 0}}, {{Proj::Gate, 0}, {Proj::Up, F}}, {{Proj::Down, 0}}};
+    const int64_t in[kLoraGroups] = {H, QD, H, F}, out[kLoraGroups] = {QD + 2 * KV, H, 2 * F, H};
+    lora_.resize(c_.n_layers);
+    for (int64_t l = 0; l < c_.n_layers; ++l) {
+      for (int g = 0; g < kLoraGroups; ++g) {
+        int R = 0;
+        for (const LoraRef& ref : loras) {
+          for (const Member& mb : members[g]) {
+            if (ref.adapter->layers.at(l)[static_cast<int>(mb.p)]) R += ref.adapter->rank;
+          }
+        }
+        if (R == 0) continue;
+        std::vector<float> A(static_cast<size_t>(R) * in[g]), B(static_cast<size_t>(out[g]) * R, 0.0f);
+        int j0 = 0;
+        for (const LoraRef& ref : loras) {
+          const float scale = ref.scale * ref.adapter->scaling();
+          for (const Member& mb : members[g]) {
+            const auto& w = ref.adapter->layers.at(l)[static_cast<int>(mb.p)];
+            if (!w) continue;
+            const int r = ref.adapter->rank;
+            if (w->in != in[g] || static_cast<int64_t>(w->A.size()) != r * in[g] || static_cast<int64_t>(w->B.size()) != w->out * r) {
+              cuda::throw_error("--lora: adapter shapes do not match the model at layer " + std::to_string(l) + " " + proj_name(mb.p));
+            }
+            std::copy(w->A.begin(), w->A.end(), A.begin() + static_cast<int64_t>(j0) * in[g]);
+            for (int64_t o = 0; o < w->out; ++o) {
+              for (int k = 0; k < r; ++k) B[(mb.offset + o) * R + j0 + k] = scale * w->B[o * r + k];
+            }
+            j0 += r;
+          }
+        }
+        LoraGroupDev& d = lora_[l][g];
+        d.A = upload_vec(A);
+        d.B = upload_vec(B);
+        d.view.A = d.A.as<float>(), d.view.B = d.B.as<float>(), d.view.R = R;
+        d.view.n = static_cast<int>(in[g]), d.view.out = static_cast<int>(out[g]);
+        lora_rmax_ = std::max(lora_rmax_, R);
+      }
+    }
+  }
+
+  // The LoRA group g of layer l (R == 0: none).
+  LoraDev lora(size_t l, int g) const { return lora_.empty() ? LoraDev{} : lora_[l][g].view; }
+
   // Layer l's cache of sequence seq.
   float* kcache(size_t l, int seq = 0) const { return kc_.as<float>() + (l * n_seq_ + seq) * seq_stride_; }
   float* vcache(size_t l, int seq = 0) const { return vc_.as<float>() + (l * n_seq_ + seq) * seq_stride_; }
@@ -325,21 +389,33 @@ class CudaEngine final : public Engine {
     bool first = true;  // the first kernel after the embedding may not overlap it (PDL
                         // edges link kernels only, and the embedding follows a copy)
     auto pdl = [&] { return use_pdl_ && !std::exchange(first, false); };
+    float* lt = lora_t_.as<float>();
+    // LoRA: t = A . xn of the group (one small kernel), B . t fused into the GEMV epilogue.
+    auto with_lora = [&](GemvArgs& a, const LoraDev& lg, const float* in, const float* normw) {
+      a.lora_R = lg.R;
+      if (lg.R == 0) return;
+      launch_lora_a(lg, in, lg.n, false, 0, normw, eps, 1, lt, st, pdl());
+      a.lora_B = lg.B, a.lora_t = lt;
+    };
     for (size_t l = 0; l < layers_.size(); ++l) {
       const LayerDev& L = layers_[l];
       GemvArgs a;
       a.eps = eps;
       a.w = L.qkv.view, a.in = x, a.normw = L.attn_norm.as<float>(), a.n = H, a.out = qkv_.as<float>();
+      with_lora(a, lora(l, kLoraQKV), x, L.attn_norm.as<float>());
       if (on("qkv")) launch_gemv(kEpiStore, a, st, pdl());
       if (on("attn")) {
         launch_attn_decode(ash_, qkv_.as<float>(), kcache(l), vcache(l), rope_.as<float>(), params + 1, params + 2, seq_stride_,
                            splits_, partial_.as<float>(), counters_.as<int32_t>(), att_.as<float>(), st, pdl());
       }
       a.w = L.o.view, a.in = att_.as<float>(), a.normw = L.attn_sub_norm.as<float>(), a.n = QD, a.out = x;
+      with_lora(a, lora(l, kLoraO), att_.as<float>(), L.attn_sub_norm.as<float>());
       if (on("o")) launch_gemv(kEpiAdd, a, st, pdl());
       a.w = L.gu.view, a.in = x, a.normw = L.ffn_norm.as<float>(), a.n = H, a.out = h_.as<float>(), a.act = act_code(c_.act);
+      with_lora(a, lora(l, kLoraGU), x, L.ffn_norm.as<float>());
       if (on("gu")) launch_gemv(kEpiGateUp, a, st, pdl());
       a.w = L.down.view, a.in = h_.as<float>(), a.normw = L.ffn_sub_norm.as<float>(), a.n = F, a.out = x;
+      with_lora(a, lora(l, kLoraDown), h_.as<float>(), L.ffn_sub_norm.as<float>());
       if (on("down")) launch_gemv(kEpiAdd, a, st, pdl());
     }
     head(x, 1, logits_.as<float>(), best, st, pdl());
@@ -370,6 +446,7 @@ class CudaEngine final : public Engine {
       if (norm) launch_norm_quant(x, H, L.attn_norm.as<float>(), H, eps, M, act, L.qkv.view.kwords(), s, qsum, st);
       g.w = L.qkv.view, g.out = qkv_.as<float>(), g.ldo = ldq;
       if (gemm) launch_gemm(kEpiStore, g, st);
+      lora_rows(lora(l, kLoraQKV), x, H, false, L.attn_norm.as<float>(), M, qkv_.as<float>(), ldq, st);
       if (rope) launch_rope_kv(ash_, qkv_.as<float>(), ldq, M, rows, rope_.as<float>(), kcache(l, seq0), vcache(l, seq0), st);
       if (attn) {
         launch_attn_prefill(ash_, qkv_.as<float>(), ldq, kcache(l, seq0), vcache(l, seq0), M, rows, att_.as<float>(), QD, st);
@@ -379,16 +456,30 @@ class CudaEngine final : public Engine {
       }
       g.w = L.o.view, g.out = x, g.ldo = H;
       if (gemm) launch_gemm(kEpiAdd, g, st);
+      lora_rows(lora(l, kLoraO), att_.as<float>(), QD, false, L.attn_sub_norm.as<float>(), M, x, H, st);
       if (norm) launch_norm_quant(x, H, L.ffn_norm.as<float>(), H, eps, M, act, L.gu.view.kwords(), s, qsum, st);
       g.w = L.gu.view, g.out = gu_.as<float>(), g.ldo = 2 * F;
       if (gemm) launch_gemm(kEpiStore, g, st);
+      lora_rows(lora(l, kLoraGU), x, H, false, L.ffn_norm.as<float>(), M, gu_.as<float>(), 2 * F, st);
       if (norm) {
         launch_norm_quant_gated(gu_.as<float>(), F, L.ffn_sub_norm.as<float>(), eps, act_code(c_.act), M, act,
                                 L.down.view.kwords(), s, qsum, st);
       }
       g.w = L.down.view, g.out = x, g.ldo = H;
+      // The down input (act(gate) * up) is read by lora_a before the GEMM adds into x.
+      lora_rows(lora(l, kLoraDown), gu_.as<float>(), 2 * F, true, L.ffn_sub_norm.as<float>(), M, nullptr, 0, st);
       if (gemm) launch_gemm(kEpiAdd, g, st);
+      if (lora(l, kLoraDown).R > 0) launch_lora_b(lora(l, kLoraDown), lora_t_.as<float>(), M, x, H, st);
     }
+  }
+
+  // LoRA over M rows: t = A . xn (input rows at stride ldx; gated: [gate | up] rows), then
+  // out += B . t unless out is null (the caller adds B . t itself, later).
+  void lora_rows(const LoraDev& lg, const float* in, int ldx, bool gated, const float* normw, int M, float* out, int ldo,
+                 cudaStream_t st) {
+    if (lg.R == 0) return;
+    launch_lora_a(lg, in, ldx, gated, act_code(c_.act), normw, c_.rms_eps, M, lora_t_.as<float>(), st);
+    if (out != nullptr) launch_lora_b(lg, lora_t_.as<float>(), M, out, ldo, st);
   }
 
   // One token of each of B sequences (params: tokens[B], positions[B], sequences[B]).
@@ -498,6 +589,9 @@ class CudaEngine final : public Engine {
   int maxm_ = 1, maxb_ = 1;
   DevBuf x_, qkv_, att_, gu_, h_, act_, s_, qsum_, tok_, logits_, blogits_, logits_all_, params_, best_, partial_, counters_;
   DevBuf split_part_, split_count_;  // split-K scratch of the small-M GEMMs (batched decode)
+  std::vector<std::array<LoraGroupDev, kLoraGroups>> lora_;  // per layer; empty without --lora
+  int lora_rmax_ = 0;
+  DevBuf lora_t_;  // [rows][lora_rmax_]: A . xn of the current group
   AttnShape ash_;
   int splits_ = 1;
   Pinned<int32_t> h_params_;

@@ -86,4 +86,11 @@ __device__ __forceinline__ float gated(float g, float u, int act) {
   return 0.5f * g * (1.0f + erff(g * 0.70710678f)) * u;
 }
 
+// One LoRA output: sum_j b[j] * t[j] (a row of the stacked B times the A outputs).
+__device__ __forceinline__ float lora_dot(const float* __restrict__ b, const float* __restrict__ t, int R) {
+  float s = 0.0f;
+  for (int j = 0; j < R; ++j) s += b[j] * t[j];
+  return s;
+}
+
 }  // namespace tern::cuda

@@ -72,6 +72,10 @@ struct GemvArgs {
   float* out = nullptr;
   int32_t* raw = nullptr;
   int act = 0;  // kEpiGateUp activation: 0 relu2, 1 silu, 2 gelu
+  // LoRA (lora.cu): y[row] += lora_B[row] . lora_t before the epilogue's store/add/gating.
+  const float* lora_B = nullptr;
+  const float* lora_t = nullptr;
+  int lora_R = 0;
 };
 void launch_gemv(int epi, const GemvArgs& a, cudaStream_t st, bool pdl = false);
 
@@ -131,6 +135,22 @@ void launch_rope_kv(const AttnShape& sh, float* qkv, int ldq, int M, const RowMa
 // Causal attention of M query rows, row i over its cache positions 0..rows.pos_of(i).
 void launch_attn_prefill(const AttnShape& sh, const float* q, int ldq, const float* kc, const float* vc, int M,
                          const RowMap& rows, float* out, int ldo, cudaStream_t st);
+
+// ---- lora.cu: LoRA adapters at inference (train/lora_adapter.h) ----
+// One input group of linears ({q,k,v}, {o}, {gate,up}, {down}) with every adapter of its
+// projections stacked: A [R][n], B [out][R] dense (zeros outside a row's own projection,
+// each adapter's scale folded in), out rows in the group's output order.
+struct LoraDev {
+  const float* A = nullptr;
+  const float* B = nullptr;
+  int R = 0, n = 0, out = 0;
+};
+// t[m][j] = A[j] . (RMSNorm(input_m) * normw), input rows of length n at stride ldx, or
+// with gated the FFN input act(gate) * up from rows [gate | up] of length 2n.
+void launch_lora_a(const LoraDev& l, const float* x, int ldx, bool gated, int act_kind, const float* normw, float eps, int M,
+                   float* t, cudaStream_t st, bool pdl = false);
+// out[m][o] += B[o] . t[m] for m < M, o < out (row stride ldo).
+void launch_lora_b(const LoraDev& l, const float* t, int M, float* out, int ldo, cudaStream_t st, bool pdl = false);
 
 // ---- greedy argmax (lm_head.cu, head_gemm.cu) ----
 // A device-side argmax result packs (order-preserving bits of the logit) << 32 |

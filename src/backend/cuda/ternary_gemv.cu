@@ -148,7 +148,8 @@ __global__ void __launch_bounds__(kThreads, PER <= 3 ? 3 : 2) gemv_kernel(const 
     const TileMeta m = meta;
     // Explicit roundings: a contracted fma(d/s, m, x) in the residual add would differ
     // from the CPU's two roundings by an ulp, and int8 rounding ties amplify that.
-    const float y = __fmul_rn(__fdiv_rn(static_cast<float>(d), s_scale), m.scale);
+    float y = __fmul_rn(__fdiv_rn(static_cast<float>(d), s_scale), m.scale);
+    if (p.lora_R > 0 && r < m.valid) y = __fadd_rn(y, lora_dot(p.lora_B + static_cast<int64_t>(m.out_row0 + r) * p.lora_R, p.lora_t, p.lora_R));
     if constexpr (EPI == kEpiStore) {
       if (r < m.valid) p.out[m.out_row0 + r] = y;
     } else if constexpr (EPI == kEpiAdd) {
