@@ -5,7 +5,6 @@
 #include <fmt/core.h>
 
 #include <filesystem>
-#include <sstream>
 
 #include "commands.h"
 #include "model_flags.h"
@@ -14,26 +13,6 @@
 
 namespace tern::cli {
 
-namespace {
-
-std::vector<Proj> parse_targets(const std::string& s) {
-  std::vector<Proj> out;
-  std::stringstream ss(s);
-  std::string name;
-  while (std::getline(ss, name, ',')) {
-    if (name == "all" || name == "all-linear") {
-      for (int p = 0; p < kProjCount; ++p) out.push_back(static_cast<Proj>(p));
-      continue;
-    }
-    std::optional<Proj> p = parse_proj(name);
-    if (!p) fail("--targets: unknown projection '{}' (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all)", name);
-    out.push_back(*p);
-  }
-  if (out.empty()) fail("--targets: expected a comma-separated list of projections");
-  return out;
-}
-
-}  // namespace
 
 Action add_lora_init(CLI::App& app) {
   struct Opts {
@@ -54,7 +33,7 @@ Action add_lora_init(CLI::App& app) {
   app.add_option("--b-std", o->b_std, "Standard deviation of B (0: B = 0, the adapter starts as a no-op)")->capture_default_str();
   app.add_flag("--force", o->force, "Overwrite an adapter already in the directory");
   return [o] {
-    std::vector<Proj> targets = parse_targets(o->targets);
+    std::vector<Proj> targets = parse_lora_targets(o->targets);
     namespace fs = std::filesystem;
     std::error_code ec;
     for (const char* f : {"adapter_config.json", "adapter_model.safetensors"}) {

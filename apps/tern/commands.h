@@ -19,5 +19,6 @@ Action add_generate(CLI::App& app);
 Action add_chat(CLI::App& app);
 Action add_perplexity(CLI::App& app);
 Action add_lora_init(CLI::App& app);
+Action add_finetune(CLI::App& app);
 
 }  // namespace tern::cli

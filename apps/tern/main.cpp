@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add("perplexity", "Perplexity of a text file (llama-perplexity / HF sliding window)", tern::cli::add_perplexity);
   add("bench", "Prompt-processing and generation speed (like llama-bench)", tern::cli::add_bench);
   add("lora-init", "Write a fresh LoRA adapter (HF peft format) for a model", tern::cli::add_lora_init);
+  add("finetune", "Train a LoRA adapter on Alpaca / text / chat data", tern::cli::add_finetune);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -229,6 +229,26 @@ const char* proj_name(Proj p) {
   return i >= 0 && i < kProjCount ? kProjName[i] : "?";
 }
 
+std::vector<Proj> parse_lora_targets(const std::string& s) {
+  std::vector<Proj> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    const size_t e = std::min(s.find(',', b), s.size());
+    const std::string name = s.substr(b, e - b);
+    b = e + 1;
+    if (name.empty()) continue;
+    if (name == "all" || name == "all-linear") {
+      for (int p = 0; p < kProjCount; ++p) out.push_back(static_cast<Proj>(p));
+      continue;
+    }
+    std::optional<Proj> p = parse_proj(name);
+    if (!p) fail("--targets: unknown projection '{}' (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all)", name);
+    if (std::find(out.begin(), out.end(), *p) == out.end()) out.push_back(*p);
+  }
+  if (out.empty()) fail("--targets: expected a comma-separated list of projections");
+  return out;
+}
+
 std::optional<Proj> parse_proj(const std::string& name) {
   for (int p = 0; p < kProjCount; ++p) {
     if (name == kProjName[p]) return static_cast<Proj>(p);

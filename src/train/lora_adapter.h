@@ -25,6 +25,8 @@ enum class Proj { Q = 0, K, V, O, Gate, Up, Down };
 constexpr int kProjCount = 7;
 const char* proj_name(Proj p);  // "q_proj", ..., "down_proj" (peft's target_modules names)
 std::optional<Proj> parse_proj(const std::string& name);  // the inverse; nullopt if unknown
+// "q_proj,v_proj" or "all" (peft's "all-linear" too) -> projections; throws naming --targets.
+std::vector<Proj> parse_lora_targets(const std::string& s);
 // {out, in} of projection p in a model of config c (q: {q_dim, hidden}, ...).
 std::pair<int64_t, int64_t> proj_shape(const ModelConfig& c, Proj p);
 // peft's tensor name: "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight".

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# tern finetune end to end on a synthetic tiny model: the loss falls, the outputs exist and
+# the adapter loads with --lora, --resume continues exactly (same adapter bytes as an
+# uninterrupted run), and bad data or flags exit 1 naming the file or flag.
+source "$(dirname "$0")/lib.bash"
+
+expect_ok "$TERN" synth --shape tiny -o "$WORK/t.gguf" --seed 3
+cat >"$WORK/data.json" <<'JSON'
+[{"instruction": "Say hello", "input": "", "output": "hello hello"},
+ {"instruction": "Say bye", "input": "", "output": "bye bye bye"},
+ {"instruction": "Repeat", "input": "one two", "output": "one two one two"},
+ {"instruction": "Count", "input": "", "output": "one two three"},
+ {"text": "a plain text record for language modelling"},
+ {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}]
+JSON
+model=(-m "$WORK/t.gguf" --rank 4 --alpha 8 --dropout 0.1 --batch-size 2 --lr 5e-3
+        --lr-schedule constant --max-grad-norm 1 -t 2)
+common=("${model[@]}" --data "$WORK/data.json")
+
+# 12 straight steps, checkpoints every 6.
+expect_ok "$TERN" finetune "${common[@]}" -o "$WORK/a" --max-steps 12 --save-every 6
+for f in adapter_config.json adapter_model.safetensors metrics.jsonl loss_curve.svg checkpoint-6/optimizer.safetensors \
+         checkpoint-12/trainer_state.json; do
+  [ -s "$WORK/a/$f" ] && ok || bad "missing $f"
+done
+[ "$(grep -c '"loss"' "$WORK/a/metrics.jsonl")" = 12 ] && ok || bad "metrics.jsonl should have 12 step lines"
+grep -q "<svg" "$WORK/a/loss_curve.svg" && ok || bad "loss_curve.svg is not an SVG"
+first=$(head -1 "$WORK/a/metrics.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+last=$(grep '"loss"' "$WORK/a/metrics.jsonl" | tail -1 | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' && ok || bad "loss did not fall: $first -> $last"
+
+# 6 steps, then --resume to 12: the same adapter, byte for byte.
+expect_ok "$TERN" finetune "${common[@]}" -o "$WORK/b" --max-steps 6 --save-every 6
+expect_ok "$TERN" finetune "${common[@]}" -o "$WORK/b" --max-steps 12 --save-every 6 --resume
+same_file "$WORK/a/adapter_model.safetensors" "$WORK/b/adapter_model.safetensors"
+same_file "$WORK/a/checkpoint-12/optimizer.safetensors" "$WORK/b/checkpoint-12/optimizer.safetensors"
+
+# The trained adapter is usable at inference, and --init-adapter starts from it.
+expect_ok "$TERN" generate -m "$WORK/t.gguf" -p "Say hello" -n 4 --temp 0 --backend cpu --lora "$WORK/a"
+expect_ok "$TERN" finetune "${common[@]}" -o "$WORK/c" --max-steps 1 --init-adapter "$WORK/a" --eval-split 0.3
+
+# Bad input.
+expect_fail "$WORK/none.json" "$TERN" finetune "${model[@]}" -o "$WORK/d" --data "$WORK/none.json"
+printf '[{"instruction": "x", "output": ' >"$WORK/bad.json"
+expect_fail "bad.json" "$TERN" finetune "${model[@]}" -o "$WORK/d" --data "$WORK/bad.json"
+expect_fail "no checkpoint-N" "$TERN" finetune "${common[@]}" -o "$WORK/fresh" --resume
+expect_fail "--targets" "$TERN" finetune "${common[@]}" -o "$WORK/d" --targets qq_proj
+expect_fail "--optimizer" "$TERN" finetune "${common[@]}" -o "$WORK/d" --optimizer adam
+expect_fail "--eval-split" "$TERN" finetune "${common[@]}" -o "$WORK/d" --eval-split 1.5
+finish
