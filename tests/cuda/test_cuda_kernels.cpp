@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "backend/cpu/kernels.h"
 #include "backend/cuda/testing.h"
+#include "train/ops.h"
 #include "model/model.h"
 #include "runtime/engine.h"
 #include "test_util.h"
@@ -305,6 +307,39 @@ TEST(CudaKernels, LmHeadInt8MatchesDefinition) {
         EXPECT_EQ(got.logits, want) << what;
         for (int64_t m = 0; m < M; ++m) EXPECT_EQ(got.argmax[m], argmax(want.data() + m * V, V)) << what;
       }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tern
+
+namespace tern {
+namespace {
+
+// The training loss over the tied head (head_loss.cu) against the CPU reference
+// (train::rmsnorm_fwd -> cross_entropy_fwd_bwd -> rmsnorm_bwd), F16/BF16/F32 heads, more
+// rows than one chunk, ignored labels.
+TEST(CudaKernels, HeadLossMatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  for (FloatType type : {FloatType::F16, FloatType::BF16, FloatType::F32}) {
+    for (auto [V, H, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1001, 256, 37}, {3000, 512, 150}, {77, 36, 5}}) {
+      FloatMatrix emb = random_embedding(type, V, H);
+      auto normw = randn(H, 0.1f);
+      for (auto& v : normw) v += 1.0f;
+      auto x = randn(M * H);
+      std::vector<int32_t> labels(M);
+      for (int64_t m = 0; m < M; ++m) labels[m] = m % 5 == 3 ? train::kIgnore : static_cast<int32_t>((m * 37 + 11) % V);
+      const int64_t n_norm = M - (M + 1) / 5;
+      std::vector<float> xn(M * H), dxn(M * H), want(M * H);
+      train::rmsnorm_fwd<float>(x.data(), normw.data(), M, H, 1e-5f, xn.data());
+      const double want_loss = train::cross_entropy_fwd_bwd<float>(xn.data(), emb, labels.data(), M, n_norm, 1.0, dxn.data());
+      train::rmsnorm_bwd<float>(x.data(), normw.data(), dxn.data(), M, H, 1e-5f, want.data());
+      auto got = ct::head_loss(emb, x.data(), normw.data(), labels.data(), M, n_norm, 1e-5f);
+      const std::string what = std::string(float_type_name(type)) + " V=" + std::to_string(V) + " H=" + std::to_string(H) +
+                               " M=" + std::to_string(M);
+      EXPECT_NEAR(got.loss, want_loss, 1e-5 * std::fabs(want_loss)) << what;
+      EXPECT_LT(test::rel_l2(got.dx.data(), want.data(), want.size()), 1e-4) << what;
     }
   }
 }

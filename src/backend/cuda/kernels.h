@@ -215,4 +215,13 @@ class HeadGemm {
   void* acc_ = nullptr;      // GEMM output [terms * kMaxRows][V] (float or int32)
 };
 
+// ---- head_loss.cu: the training loss (LoRA fine-tuning) ----
+// loss = sum over rows m with labels[m] >= 0 of -log softmax(RMSNorm(x_m) E^T)[labels[m]],
+// divided by n_norm (train::cross_entropy_fwd_bwd's convention: labels already aligned,
+// -100 ignored), and dx [M][H] = its gradient w.r.t. x (through the output RMSNorm with
+// weight normw). `head` computes the logits (its weights must be hw, exact head). Returns
+// the loss; synchronizes st.
+double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps, const int32_t* labels,
+                         int M, int64_t n_norm, float* dx, cudaStream_t st);
+
 }  // namespace tern::cuda

@@ -256,4 +256,21 @@ HeadResult lm_head(const FloatMatrix& emb, const float* x, const float* normw, i
   return r;
 }
 
+HeadLossResult head_loss(const FloatMatrix& emb, const float* x, const float* normw, const int32_t* labels, int64_t M, int64_t n_norm,
+                         float eps) {
+  const int V = static_cast<int>(emb.rows), H = static_cast<int>(emb.cols);
+  DevBuf de = upload_bytes(emb.data, emb.nbytes());
+  DevBuf dx_in = upload_bytes(x, M * H * sizeof(float)), dw = upload_bytes(normw, H * sizeof(float));
+  DevBuf dl = upload_bytes(labels, M * sizeof(int32_t));
+  DevBuf out = nan_buf(static_cast<size_t>(M) * H);
+  HeadWeights hw;
+  hw.emb = de.as<void>(), hw.type = type_code(emb.type), hw.V = V, hw.H = H;
+  HeadGemm head(hw, nullptr);
+  HeadLossResult r;
+  r.loss = head_loss_fwd_bwd(head, hw, dx_in.as<float>(), dw.as<float>(), eps, dl.as<int32_t>(), static_cast<int>(M), n_norm,
+                             out.as<float>(), nullptr);
+  r.dx = download<float>(out, static_cast<size_t>(M) * H);
+  return r;
+}
+
 }  // namespace tern::cuda::testing

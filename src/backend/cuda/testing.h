@@ -55,4 +55,12 @@ struct HeadResult {
 HeadResult lm_head(const FloatMatrix& emb, const float* x, const float* normw, int64_t M, float eps, bool gemm = false,
                    const HeadI8* i8 = nullptr);
 
+// Training loss over the tied head (head_loss.cu): loss and dx [M][H] for x [M][H].
+struct HeadLossResult {
+  double loss = 0;
+  std::vector<float> dx;
+};
+HeadLossResult head_loss(const FloatMatrix& emb, const float* x, const float* normw, const int32_t* labels, int64_t M, int64_t n_norm,
+                         float eps);
+
 }  // namespace tern::cuda::testing
