@@ -1,6 +1,8 @@
 // Device-side helpers shared by the CUDA kernels: warp/block reductions, the int8
 // tensor-core instruction, cp.async and streaming loads.
 #pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -84,6 +86,27 @@ __device__ __forceinline__ float gated(float g, float u, int act) {
   }
   if (act == 1) return g / (1.0f + expf(-g)) * u;
   return 0.5f * g * (1.0f + erff(g * 0.70710678f)) * u;
+}
+
+// Stores v as 16-bit terms whose sum is v to ~22 bits (tensor-core GEMMs on split inputs,
+// head_gemm.cu / head_loss.cu): TYPE 1 = 2 F16 terms, TYPE 2 = 3 BF16 terms, term t at
+// out[at + t * stride] (out of __half or __nv_bfloat16).
+template <int TYPE>
+__device__ __forceinline__ void store_split(void* out, int64_t at, int64_t stride, float v) {
+  if constexpr (TYPE == 1) {
+    __half* o = static_cast<__half*>(out);
+    const __half hi = __float2half_rn(v);
+    o[at] = hi;
+    o[at + stride] = __float2half_rn(v - __half2float(hi));
+  } else {
+    __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out);
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    const float r1 = v - __bfloat162float(hi);
+    const __nv_bfloat16 mid = __float2bfloat16_rn(r1);
+    o[at] = hi;
+    o[at + stride] = mid;
+    o[at + 2 * stride] = __float2bfloat16_rn(r1 - __bfloat162float(mid));
+  }
 }
 
 // One LoRA output: sum_j b[j] * t[j] (a row of the stacked B times the A outputs).

@@ -64,19 +64,8 @@ __global__ void __launch_bounds__(kThreads) head_prep_kernel(const float* __rest
       const int64_t at = static_cast<int64_t>(m) * H + i;
       if constexpr (MODE == 0) {
         static_cast<float*>(out)[at] = v;
-      } else if constexpr (MODE == 1) {
-        __half* o = static_cast<__half*>(out);
-        const __half hi = __float2half_rn(v);
-        o[at] = hi;
-        o[at + stride] = __float2half_rn(v - __half2float(hi));
       } else {
-        __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out);
-        const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-        const float r1 = v - __bfloat162float(hi);
-        const __nv_bfloat16 mid = __float2bfloat16_rn(r1);
-        o[at] = hi;
-        o[at + stride] = mid;
-        o[at + 2 * stride] = __float2bfloat16_rn(r1 - __bfloat162float(mid));
+        store_split<MODE>(out, at, stride, v);
       }
     }
   }

@@ -71,22 +71,7 @@ __global__ void __launch_bounds__(kThreads) ce_rows_kernel(float* __restrict__ l
     const int e = amax > 0.0f ? -ilogbf(amax) : 0;  // 2^e * amax in [1, 2)
     const int64_t stride = static_cast<int64_t>(R) * V;
     for (int v = threadIdx.x; v < V; v += kThreads) {
-      const float d = ldexpf(row[v], e);
-      const int64_t at = static_cast<int64_t>(m) * V + v;
-      if constexpr (TYPE == 1) {
-        __half* o = static_cast<__half*>(split);
-        const __half hi = __float2half_rn(d);
-        o[at] = hi;
-        o[at + stride] = __float2half_rn(d - __half2float(hi));
-      } else {
-        __nv_bfloat16* o = static_cast<__nv_bfloat16*>(split);
-        const __nv_bfloat16 hi = __float2bfloat16_rn(d);
-        const float r1 = d - __bfloat162float(hi);
-        const __nv_bfloat16 mid = __float2bfloat16_rn(r1);
-        o[at] = hi;
-        o[at + stride] = mid;
-        o[at + 2 * stride] = __float2bfloat16_rn(r1 - __bfloat162float(mid));
-      }
+      store_split<TYPE>(split, static_cast<int64_t>(m) * V + v, stride, ldexpf(row[v], e));
     }
     if (threadIdx.x == 0) rscale[m] = ldexpf(1.0f, -e);
   }
