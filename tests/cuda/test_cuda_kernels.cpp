@@ -346,3 +346,53 @@ TEST(CudaKernels, HeadLossMatchesCpuReference) {
 
 }  // namespace
 }  // namespace tern
+
+namespace tern {
+namespace {
+
+// split_gemm keeps float32 accuracy on 16-bit tensor cores, including rows of tiny values
+// (the row scale) and rows of zeros.
+TEST(CudaKernels, SplitGemmIsFloatAccurate) {
+  SKIP_WITHOUT_GPU();
+  for (FloatType type : {FloatType::F16, FloatType::BF16, FloatType::F32}) {
+    for (auto [M, N, K] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{5, 300, 64}, {70, 1001, 256}, {1, 77, 36}}) {
+      FloatMatrix W = random_embedding(type, N, K);
+      auto A = randn(M * N);
+      for (int64_t i = 0; i < N; ++i) A[i] *= 1e-9f;  // row 0 tiny: F16 alone would flush it
+      if (M > 2) std::fill(A.begin() + N, A.begin() + 2 * N, 0.0f);  // row 1 zero
+      auto got = ct::split_gemm(A.data(), M, N, W, 0.5f);
+      std::vector<double> want(M * K, 0.0);
+      std::vector<float> wr(K);
+      for (int64_t n = 0; n < N; ++n) {
+        W.row_to_f32(n, wr.data());
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k) want[m * K + k] += 0.5 * double(A[m * N + n]) * wr[k];
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        std::vector<float> g(got.begin() + m * K, got.begin() + (m + 1) * K), w(want.begin() + m * K, want.begin() + (m + 1) * K);
+        const double err = m == 1 && M > 2 ? test::rel_l2(g.data(), std::vector<float>(K, 0.0f).data(), K) : test::rel_l2(g.data(), w.data(), K);
+        if (m == 1 && M > 2) {
+          for (float x : g) EXPECT_EQ(x, 0.0f);
+        } else {
+          EXPECT_LT(err, 2e-6) << float_type_name(type) << " M=" << M << " N=" << N << " K=" << K << " row " << m;
+        }
+      }
+    }
+  }
+}
+
+// The STE backward of a ternary linear (dx = m * Wq^T dy) against train::ternary_linear_bwd.
+TEST(CudaKernels, TernaryLinearBackwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (auto [rows, cols, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{100, 256, 7}, {640, 2560, 33}, {13, 200, 1}}) {
+    TernaryMatrix w = random_ternary(rows, cols);
+    auto dy = randn(M * rows);
+    std::vector<float> want(M * cols);
+    train::ternary_linear_bwd<float>(w, dy.data(), M, want.data());
+    auto got = ct::ternary_linear_bwd(w, dy.data(), M);
+    EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5) << rows << "x" << cols << " M=" << M;
+  }
+}
+
+}  // namespace
+}  // namespace tern

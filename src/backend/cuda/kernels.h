@@ -215,7 +215,12 @@ class HeadGemm {
   void* acc_ = nullptr;      // GEMM output [terms * kMaxRows][V] (float or int32)
 };
 
-// ---- head_loss.cu: the training loss (LoRA fine-tuning) ----
+// ---- split_gemm.cu / head_loss.cu / ternary_bwd.cu: training (LoRA fine-tuning) ----
+// C [M][K] = alpha * A [M][N] . W [N][K]: A float32 (device), W row-major in type 0 F32,
+// 1 F16 or 2 BF16, to float32 accuracy on tensor cores (row-scaled 16-bit split of A).
+// Synchronizes st (it frees its scratch).
+void split_gemm(const float* A, int M, int N, const void* W, int type, int K, float alpha, float* C, cudaStream_t st);
+
 // loss = sum over rows m with labels[m] >= 0 of -log softmax(RMSNorm(x_m) E^T)[labels[m]],
 // divided by n_norm (train::cross_entropy_fwd_bwd's convention: labels already aligned,
 // -100 ignored), and dx [M][H] = its gradient w.r.t. x (through the output RMSNorm with

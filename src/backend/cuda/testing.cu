@@ -273,4 +273,22 @@ HeadLossResult head_loss(const FloatMatrix& emb, const float* x, const float* no
   return r;
 }
 
+std::vector<float> ternary_linear_bwd(const TernaryMatrix& w, const float* dy, int64_t M) {
+  DevBuf w16 = upload_ternary_f16(w);
+  DevBuf ddy = upload_bytes(dy, M * w.rows * sizeof(float));
+  DevBuf out = nan_buf(static_cast<size_t>(M) * w.cols);
+  tern::cuda::split_gemm(ddy.as<float>(), static_cast<int>(M), static_cast<int>(w.rows), w16.as<void>(), 1, static_cast<int>(w.cols), w.scale,
+             out.as<float>(), nullptr);
+  return download<float>(out, static_cast<size_t>(M) * w.cols);
+}
+
+std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatMatrix& W, float alpha) {
+  DevBuf da = upload_bytes(A, M * N * sizeof(float)), dw = upload_bytes(W.data, W.nbytes());
+  DevBuf out = nan_buf(static_cast<size_t>(M) * W.cols);
+  tern::cuda::split_gemm(da.as<float>(), static_cast<int>(M), static_cast<int>(N), dw.as<void>(), type_code(W.type), static_cast<int>(W.cols), alpha,
+             out.as<float>(), nullptr);
+  TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  return download<float>(out, static_cast<size_t>(M) * W.cols);
+}
+
 }  // namespace tern::cuda::testing

@@ -63,4 +63,9 @@ struct HeadLossResult {
 HeadLossResult head_loss(const FloatMatrix& emb, const float* x, const float* normw, const int32_t* labels, int64_t M, int64_t n_norm,
                          float eps);
 
+// STE backward of a ternary linear on the GPU: dx [M][cols] = scale * dy [M][rows] . Wq.
+std::vector<float> ternary_linear_bwd(const TernaryMatrix& w, const float* dy, int64_t M);
+// split_gemm with a random-access F16/BF16/F32 W: C [M][K] = alpha * A [M][N] . W [N][K].
+std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatMatrix& W, float alpha);
+
 }  // namespace tern::cuda::testing

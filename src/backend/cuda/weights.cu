@@ -96,4 +96,13 @@ int sm_count() {
   return n;
 }
 
+DevBuf upload_ternary_f16(const TernaryMatrix& w) {
+  constexpr uint16_t kF16[3] = {0xBC00u, 0x0000u, 0x3C00u};  // -1, 0, +1
+  std::vector<uint16_t> h(static_cast<size_t>(w.rows) * w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    for (int64_t c = 0; c < w.cols; ++c) h[r * w.cols + c] = kF16[w.get(r, c) + 1];
+  }
+  return upload_vec(h);
+}
+
 }  // namespace tern::cuda

@@ -50,4 +50,8 @@ struct DevTernary {
 DevTernary upload_ternary(const std::vector<const TernaryMatrix*>& parts, const std::vector<int>& out_offsets,
                           bool interleave, cudaStream_t st);
 
+// The ternary values of w (-1, 0, 1, exact in F16) as a dense row-major F16 [rows][cols]
+// matrix, for the training backward dx = scale * dy . Wq (split_gemm type 1).
+DevBuf upload_ternary_f16(const TernaryMatrix& w);
+
 }  // namespace tern::cuda
