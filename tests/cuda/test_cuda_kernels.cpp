@@ -396,3 +396,52 @@ TEST(CudaKernels, TernaryLinearBackwardMatchesCpu) {
 
 }  // namespace
 }  // namespace tern
+
+namespace tern {
+namespace {
+
+// The GPU backward ops (train_ops.cu) against their CPU references in train/ops.h.
+TEST(CudaKernels, TrainingOpsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const int M = 9, n = 300;
+  auto x = randn(M * n), w = randn(n, 0.1f), dy = randn(M * n), acc = randn(M * n);
+  for (auto& v : w) v += 1.0f;
+  for (bool accumulate : {false, true}) {
+    std::vector<float> want = acc;
+    train::rmsnorm_bwd<float>(x.data(), w.data(), dy.data(), M, n, 1e-5f, want.data(), accumulate);
+    auto got = ct::rmsnorm_bwd(x, w, dy, M, n, 1e-5f, acc, accumulate);
+    EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5) << "rmsnorm_bwd accumulate " << accumulate;
+  }
+  for (int act = 0; act < 3; ++act) {
+    auto g = randn(M * n), u = randn(M * n);
+    std::vector<float> wg(M * n), wu(M * n), gg, gu;
+    train::gated_act_bwd<float>(g.data(), u.data(), dy.data(), M * n, static_cast<Activation>(act), wg.data(), wu.data());
+    ct::gated_act_bwd(g, u, dy, act, &gg, &gu);
+    EXPECT_LT(test::rel_l2(gg.data(), wg.data(), wg.size()), 1e-5) << "gated dg act " << act;
+    EXPECT_LT(test::rel_l2(gu.data(), wu.data(), wu.size()), 1e-5) << "gated du act " << act;
+  }
+  const int in = 96, r = 8, out = 70;
+  for (float p : {0.0f, 0.3f}) {
+    auto lx = randn(M * in), A = randn(r * in, 0.1f), B = randn(out * r, 0.1f), ldy = randn(M * out);
+    auto y0 = randn(M * out), dx0 = randn(M * in), dA0 = randn(r * in), dB0 = randn(out * r);
+    std::vector<uint8_t> mask;
+    if (p > 0) {
+      mask.resize(M * in);
+      train::dropout_mask(M * in, p, 17, mask.data());
+    }
+    std::vector<float> u(M * r), y = y0, dx = dx0, dA = dA0, dB = dB0;
+    train::lora_fwd<float>(lx.data(), A.data(), B.data(), M, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p, u.data(), y.data(), true);
+    train::lora_bwd<float>(lx.data(), A.data(), B.data(), u.data(), ldy.data(), M, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p,
+                           dx.data(), dA.data(), dB.data(), true);
+    auto g = ct::lora_round_trip(lx, A, B, M, in, r, out, 2.0f, mask, p, y0, ldy, dx0, dA0, dB0);
+    const std::string what = "lora p=" + std::to_string(p);
+    EXPECT_LT(test::rel_l2(g.u.data(), u.data(), u.size()), 1e-5) << what << " u";
+    EXPECT_LT(test::rel_l2(g.y.data(), y.data(), y.size()), 1e-5) << what << " y";
+    EXPECT_LT(test::rel_l2(g.dx.data(), dx.data(), dx.size()), 1e-5) << what << " dx";
+    EXPECT_LT(test::rel_l2(g.dA.data(), dA.data(), dA.size()), 1e-5) << what << " dA";
+    EXPECT_LT(test::rel_l2(g.dB.data(), dB.data(), dB.size()), 1e-5) << what << " dB";
+  }
+}
+
+}  // namespace
+}  // namespace tern

@@ -52,27 +52,6 @@ __global__ void __launch_bounds__(kThreads) ce_rows_kernel(float* __restrict__ l
   }
 }
 
-// dx[m] = RMSNorm backward of dxn[m] with the output norm weight w
-// (train::rmsnorm_bwd: dx = r w dy - x r^3 / n sum_j w_j dy_j x_j).
-__global__ void __launch_bounds__(kThreads) norm_bwd_kernel(const float* __restrict__ x, const float* __restrict__ w, int H,
-                                                            const float* __restrict__ dxn, float eps, float* __restrict__ dx) {
-  __shared__ double sd[kThreads / 32];
-  const int m = blockIdx.x;
-  const float* xr = x + static_cast<int64_t>(m) * H;
-  const float* dy = dxn + static_cast<int64_t>(m) * H;
-  double ss = 0.0, dot = 0.0;
-  for (int i = threadIdx.x; i < H; i += kThreads) {
-    ss += static_cast<double>(xr[i]) * xr[i];
-    dot += static_cast<double>(w[i]) * dy[i] * xr[i];
-  }
-  ss = block_reduce<kThreads>(ss, sd, SumOp{});
-  dot = block_reduce<kThreads>(dot, sd, SumOp{});
-  const double r = 1.0 / sqrt(ss / H + eps);
-  for (int i = threadIdx.x; i < H; i += kThreads) {
-    dx[static_cast<int64_t>(m) * H + i] = static_cast<float>(r * w[i] * dy[i] - xr[i] * r * r * r / H * dot);
-  }
-}
-
 }  // namespace
 
 double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps, const int32_t* labels,
@@ -92,8 +71,7 @@ double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, 
     ce_rows_kernel<<<n, kThreads, 0, st>>>(logits.as<float>(), V, labels + m0, inv_norm, loss.as<double>());
     TERN_CUDA_LAUNCHED("ce_rows_kernel");
     split_gemm(logits.as<float>(), n, V, hw.emb, hw.type, H, 1.0f, dxn.as<float>(), st);  // dxn = dlogits . E
-    norm_bwd_kernel<<<n, kThreads, 0, st>>>(x + static_cast<int64_t>(m0) * H, normw, H, dxn.as<float>(), eps, dx + static_cast<int64_t>(m0) * H);
-    TERN_CUDA_LAUNCHED("norm_bwd_kernel");
+    launch_rmsnorm_bwd(x + static_cast<int64_t>(m0) * H, normw, dxn.as<float>(), n, H, eps, dx + static_cast<int64_t>(m0) * H, false, st);
     TERN_CUDA_CHECK(cudaMemcpyAsync(host.data(), loss.as<double>(), n * sizeof(double), cudaMemcpyDeviceToHost, st));
     TERN_CUDA_CHECK(cudaStreamSynchronize(st));
     for (int i = 0; i < n; ++i) total += host[i];

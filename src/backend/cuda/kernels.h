@@ -220,6 +220,17 @@ class HeadGemm {
 // 1 F16 or 2 BF16, to float32 accuracy on tensor cores (row-scaled 16-bit split of A).
 // Synchronizes st (it frees its scratch).
 void split_gemm(const float* A, int M, int N, const void* W, int type, int K, float alpha, float* C, cudaStream_t st);
+// train_ops.cu, the float32 GPU versions of train::rmsnorm_bwd, gated_act_bwd (act 0 relu2,
+// 1 silu, 2 gelu), lora_fwd and lora_bwd with the same arguments and accumulate rules
+// (dA, dB always accumulate; mask: uint8 [M][in] on the device when p > 0). The LoRA ones
+// synchronize st.
+void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, int n, float eps, float* dx, bool accumulate,
+                        cudaStream_t st);
+void launch_gated_act_bwd(const float* g, const float* u, const float* dh, int64_t n, int act, float* dg, float* du, cudaStream_t st);
+void lora_fwd_gpu(const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling, const uint8_t* mask,
+                  float p, float* u, float* y, bool accumulate, cudaStream_t st);
+void lora_bwd_gpu(const float* x, const float* A, const float* B, const float* u, const float* dy, int M, int in, int r, int out,
+                  float scaling, const uint8_t* mask, float p, float* dx, float* dA, float* dB, bool accumulate, cudaStream_t st);
 
 // loss = sum over rows m with labels[m] >= 0 of -log softmax(RMSNorm(x_m) E^T)[labels[m]],
 // divided by n_norm (train::cross_entropy_fwd_bwd's convention: labels already aligned,

@@ -291,4 +291,40 @@ std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatM
   return download<float>(out, static_cast<size_t>(M) * W.cols);
 }
 
+std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
+                               float eps, const std::vector<float>& dx_in, bool accumulate) {
+  DevBuf dx_ = upload_vec(x), dw = upload_vec(w), ddy = upload_vec(dy), out = upload_vec(dx_in);
+  launch_rmsnorm_bwd(dx_.as<float>(), dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), accumulate, nullptr);
+  return download<float>(out, dx_in.size());
+}
+
+void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, const std::vector<float>& dh, int act,
+                   std::vector<float>* dg, std::vector<float>* du) {
+  DevBuf dgg = upload_vec(g), duu = upload_vec(u), ddh = upload_vec(dh), og = nan_buf(g.size()), ou = nan_buf(g.size());
+  launch_gated_act_bwd(dgg.as<float>(), duu.as<float>(), ddh.as<float>(), static_cast<int64_t>(g.size()), act, og.as<float>(),
+                       ou.as<float>(), nullptr);
+  *dg = download<float>(og, g.size());
+  *du = download<float>(ou, g.size());
+}
+
+LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
+                          int out, float scaling, const std::vector<uint8_t>& mask, float p, const std::vector<float>& y_in,
+                          const std::vector<float>& dy, const std::vector<float>& dx_in, const std::vector<float>& dA_in,
+                          const std::vector<float>& dB_in) {
+  DevBuf dxx = upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dm = upload_vec(mask.empty() ? std::vector<uint8_t>(1) : mask);
+  DevBuf u = nan_buf(static_cast<size_t>(M) * r), y = upload_vec(y_in), ddy = upload_vec(dy), gx = upload_vec(dx_in);
+  DevBuf gA = upload_vec(dA_in), gB = upload_vec(dB_in);
+  lora_fwd_gpu(dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, dm.as<uint8_t>(), p, u.as<float>(), y.as<float>(),
+               true, nullptr);
+  lora_bwd_gpu(dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), u.as<float>(), ddy.as<float>(), M, in, r, out, scaling, dm.as<uint8_t>(), p,
+               gx.as<float>(), gA.as<float>(), gB.as<float>(), true, nullptr);
+  LoraGrads g;
+  g.u = download<float>(u, static_cast<size_t>(M) * r);
+  g.y = download<float>(y, y_in.size());
+  g.dx = download<float>(gx, dx_in.size());
+  g.dA = download<float>(gA, dA_in.size());
+  g.dB = download<float>(gB, dB_in.size());
+  return g;
+}
+
 }  // namespace tern::cuda::testing

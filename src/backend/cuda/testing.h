@@ -68,4 +68,18 @@ std::vector<float> ternary_linear_bwd(const TernaryMatrix& w, const float* dy, i
 // split_gemm with a random-access F16/BF16/F32 W: C [M][K] = alpha * A [M][N] . W [N][K].
 std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatMatrix& W, float alpha);
 
+// train_ops.cu round trips (host vectors in and out; see kernels.h).
+std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
+                               float eps, const std::vector<float>& dx_in, bool accumulate);
+void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, const std::vector<float>& dh, int act,
+                   std::vector<float>* dg, std::vector<float>* du);
+struct LoraGrads {
+  std::vector<float> u, y, dx, dA, dB;
+};
+// lora_fwd_gpu then lora_bwd_gpu with dy; y starts as y_in (accumulate), dx as dx_in, dA/dB as given.
+LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
+                          int out, float scaling, const std::vector<uint8_t>& mask, float p, const std::vector<float>& y_in,
+                          const std::vector<float>& dy, const std::vector<float>& dx_in, const std::vector<float>& dA_in,
+                          const std::vector<float>& dB_in);
+
 }  // namespace tern::cuda::testing
