@@ -445,3 +445,41 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
 
 }  // namespace
 }  // namespace tern
+
+namespace tern {
+namespace {
+
+// RoPE backward and attention forward/backward for training (train_attention.cu) against
+// train::rope_neox_bwd / attention_fwd / attention_bwd.
+TEST(CudaKernels, TrainingAttentionMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int T, nh, nkv, hd;
+  };
+  for (Case c : std::vector<Case>{{37, 4, 2, 64}, {1, 4, 4, 32}, {70, 8, 2, 128}, {5, 6, 3, 16}}) {
+    const int qd = c.nh * c.hd, kvd = c.nkv * c.hd;
+    auto q = randn(c.T * qd), k = randn(c.T * kvd), v = randn(c.T * kvd), dout = randn(c.T * qd);
+    std::vector<float> out(c.T * qd), lse(c.T * c.nh), dq(c.T * qd), dk(c.T * kvd), dv(c.T * kvd);
+    train::attention_fwd<float>(q.data(), k.data(), v.data(), c.T, c.nh, c.nkv, c.hd, out.data(), lse.data());
+    train::attention_bwd<float>(q.data(), k.data(), v.data(), lse.data(), dout.data(), c.T, c.nh, c.nkv, c.hd, dq.data(), dk.data(),
+                                dv.data());
+    auto g = ct::attention_train(q, k, v, dout, c.T, c.nh, c.nkv, c.hd);
+    const std::string what = "T=" + std::to_string(c.T) + " nh=" + std::to_string(c.nh) + " nkv=" + std::to_string(c.nkv) +
+                             " hd=" + std::to_string(c.hd);
+    EXPECT_LT(test::rel_l2(g.out.data(), out.data(), out.size()), 1e-5) << what << " out";
+    EXPECT_LT(test::rel_l2(g.lse.data(), lse.data(), lse.size()), 1e-6) << what << " lse";
+    EXPECT_LT(test::rel_l2(g.dq.data(), dq.data(), dq.size()), 1e-5) << what << " dq";
+    EXPECT_LT(test::rel_l2(g.dk.data(), dk.data(), dk.size()), 1e-5) << what << " dk";
+    EXPECT_LT(test::rel_l2(g.dv.data(), dv.data(), dv.size()), 1e-5) << what << " dv";
+    // RoPE backward on dq-shaped rows at positions 3.. .
+    std::vector<float> want = dout;
+    std::vector<float> inv(c.hd / 2);
+    cpu::rope_inv_freq(500000.0f, c.hd, inv.data());
+    train::rope_neox_bwd<float>(want.data(), c.T, c.nh, c.hd, 3, inv.data());
+    auto got = ct::rope_bwd(dout, c.T, c.nh, c.hd, 3, 500000.0f);
+    EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-6) << what << " rope";
+  }
+}
+
+}  // namespace
+}  // namespace tern

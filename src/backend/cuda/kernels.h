@@ -231,6 +231,13 @@ void lora_fwd_gpu(const float* x, const float* A, const float* B, int M, int in,
                   float p, float* u, float* y, bool accumulate, cudaStream_t st);
 void lora_bwd_gpu(const float* x, const float* A, const float* B, const float* u, const float* dy, int M, int in, int r, int out,
                   float scaling, const uint8_t* mask, float p, float* dx, float* dA, float* dB, bool accumulate, cudaStream_t st);
+// train_attention.cu: train::rope_neox_bwd (rope = rope_table of the model), attention_fwd
+// (out and lse [T][nh]) and attention_bwd (dk, dv zeroed here, accumulated with atomics).
+void launch_rope_bwd(float* dy, int M, int n_heads, int hd, int pos0, const float* rope, cudaStream_t st);
+void train_attention_fwd(const float* q, const float* k, const float* v, int T, int nh, int nkv, int hd, float* out, float* lse,
+                         cudaStream_t st);
+void train_attention_bwd(const float* q, const float* k, const float* v, const float* lse, const float* dout, int T, int nh, int nkv,
+                         int hd, float* dq, float* dk, float* dv, cudaStream_t st);
 
 // loss = sum over rows m with labels[m] >= 0 of -log softmax(RMSNorm(x_m) E^T)[labels[m]],
 // divided by n_norm (train::cross_entropy_fwd_bwd's convention: labels already aligned,

@@ -327,4 +327,27 @@ LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>&
   return g;
 }
 
+std::vector<float> rope_bwd(const std::vector<float>& dy, int M, int nh, int hd, int pos0, float theta) {
+  DevBuf d = upload_vec(dy), rope = upload_vec(rope_table(theta, hd, pos0 + M));
+  launch_rope_bwd(d.as<float>(), M, nh, hd, pos0, rope.as<float>(), nullptr);
+  return download<float>(d, dy.size());
+}
+
+AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                          const std::vector<float>& dout, int T, int nh, int nkv, int hd) {
+  DevBuf dq_ = upload_vec(q), dk_ = upload_vec(k), dv_ = upload_vec(v), ddo = upload_vec(dout);
+  DevBuf out = nan_buf(q.size()), lse = nan_buf(static_cast<size_t>(T) * nh), gq = nan_buf(q.size()), gk = nan_buf(k.size()),
+         gv = nan_buf(v.size());
+  train_attention_fwd(dq_.as<float>(), dk_.as<float>(), dv_.as<float>(), T, nh, nkv, hd, out.as<float>(), lse.as<float>(), nullptr);
+  train_attention_bwd(dq_.as<float>(), dk_.as<float>(), dv_.as<float>(), lse.as<float>(), ddo.as<float>(), T, nh, nkv, hd, gq.as<float>(),
+                      gk.as<float>(), gv.as<float>(), nullptr);
+  AttnGrads g;
+  g.out = download<float>(out, q.size());
+  g.lse = download<float>(lse, static_cast<size_t>(T) * nh);
+  g.dq = download<float>(gq, q.size());
+  g.dk = download<float>(gk, k.size());
+  g.dv = download<float>(gv, v.size());
+  return g;
+}
+
 }  // namespace tern::cuda::testing

@@ -82,4 +82,13 @@ LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>&
                           const std::vector<float>& dy, const std::vector<float>& dx_in, const std::vector<float>& dA_in,
                           const std::vector<float>& dB_in);
 
+// train_attention.cu round trips: RoPE backward in place on dy [M][nh*hd] (positions
+// pos0..), and attention forward + backward of one sequence.
+std::vector<float> rope_bwd(const std::vector<float>& dy, int M, int nh, int hd, int pos0, float theta);
+struct AttnGrads {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                          const std::vector<float>& dout, int T, int nh, int nkv, int hd);
+
 }  // namespace tern::cuda::testing
