@@ -93,21 +93,15 @@ Action add_bench(CLI::App& app) {
     eo.ctx = longest;
     eo.lm_head = parse_lm_head(o->lm_head);
     eo.loras = load_loras(o->lora, m.config);
-    auto engine = make_engine(m, eo);
-    const bool on_gpu = engine->name().rfind("cuda", 0) == 0;
+    const bool on_gpu = resolve_backend(o->backend) == "cuda";
     std::vector<int64_t> batches =
         parse_int_list(o->batch.empty() ? (on_gpu ? "1,8,32,64" : "0") : o->batch, "--batch", 0, 4096);
     std::erase(batches, 0);
     int64_t max_b = 1;
     for (int64_t b : batches) max_b = std::max(max_b, b);
-    std::unique_ptr<Engine> batched;  // n_seq = the largest batch (one engine: the weights once)
-    if (max_b > 1) {
-      EngineOptions bo = eo;
-      bo.n_seq = static_cast<int>(max_b);
-      engine.reset();  // one copy of the weights at a time
-      batched = make_engine(m, bo);
-    }
-    Engine& e1 = batched ? *batched : *engine;
+    eo.n_seq = static_cast<int>(max_b);  // one engine (the weights uploaded once) serves every test
+    auto engine = make_engine(m, eo);
+    Engine& e1 = *engine;
 
     double bw = o->bw * 1e9;
     if (bw <= 0) {

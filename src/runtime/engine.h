@@ -98,7 +98,10 @@ bool cuda_available();
 // Device-to-device copy bandwidth of the current GPU in bytes/s, read + write counted
 // (the decode roofline `tern bench` compares against). CUDA builds only.
 double cuda_copy_bandwidth();
-// Picks the backend named in opts ("auto" = CUDA when built and a GPU is present).
+// "cpu" or "cuda": what make_engine builds for a --backend value ("auto" = CUDA when built
+// and a GPU is present). Throws tern::Error for unknown or unavailable backends.
+std::string resolve_backend(const std::string& backend);
+// Picks the backend named in opts.
 std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts);
 
 }  // namespace tern

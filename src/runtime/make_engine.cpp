@@ -40,23 +40,32 @@ int32_t argmax(const float* v, int64_t n) {
   return static_cast<int32_t>(best < 0 ? 0 : best);
 }
 
-std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts) {
-  if (opts.backend == "cpu") return make_cpu_engine(model, opts);
-  if (opts.backend == "auto") {
+std::string resolve_backend(const std::string& backend) {
+  if (backend == "cpu") return "cpu";
+  if (backend == "auto") {
 #ifdef TERN_HAVE_CUDA
-    if (cuda_available()) return make_cuda_engine(model, opts);
+    if (cuda_available()) return "cuda";
 #endif
-    return make_cpu_engine(model, opts);
+    return "cpu";
   }
-  if (opts.backend == "cuda") {
+  if (backend == "cuda") {
 #ifdef TERN_HAVE_CUDA
     if (!cuda_available()) fail("--backend cuda: no CUDA device found");
-    return make_cuda_engine(model, opts);
+    return "cuda";
 #else
     fail("--backend cuda: this build has no CUDA backend (build with nvcc and -DTERN_CUDA=ON)");
 #endif
   }
-  fail("--backend: unknown backend '{}' (expected cpu, cuda or auto)", opts.backend);
+  fail("--backend: unknown backend '{}' (expected cpu, cuda or auto)", backend);
+}
+
+std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts) {
+#ifdef TERN_HAVE_CUDA
+  if (resolve_backend(opts.backend) == "cuda") return make_cuda_engine(model, opts);
+#else
+  resolve_backend(opts.backend);  // throws for cuda / unknown names
+#endif
+  return make_cpu_engine(model, opts);
 }
 
 }  // namespace tern

@@ -40,6 +40,14 @@ expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 16 -n 4 -r 2 -t 2
 grep -q "pp16" "$WORK/out" && grep -q "tg4" "$WORK/out" && ok || bad "bench table lacks pp16/tg4"
 expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 8,16 -n 0 -r 1 --json
 grep -q '"avg_ts"' "$WORK/out" && grep -q '"pp8"' "$WORK/out" && ok || bad "bench --json lacks fields"
+# Batched decode rows (-B) with their roofline, in the table and in JSON.
+expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B 1,3 -r 1 -t 2 --bw 10
+grep -q "tg4@B3" "$WORK/out" && grep -q "roofline: .* at 10 GB/s (--bw)" "$WORK/out" && ok || bad "bench -B table: $(cat "$WORK/out")"
+expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B 3 -r 1 -t 2 --json --lm-head int8
+grep -q '"n_batch": 3' "$WORK/out" && grep -q '"pct_roofline"' "$WORK/out" && grep -q '"lm_head": "int8"' "$WORK/out" && ok ||
+  bad "bench -B --json lacks n_batch/pct_roofline/lm_head"
+expect_fail "--batch" "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B x
+expect_fail "unknown backend 'gpu'" "$TERN" bench -m "$WORK/t.gguf" -p 8 -n 0 --backend gpu
 
 # A custom shape.
 expect_ok "$TERN" synth --shape 256,512,1,2,1,300 -o "$WORK/c.gguf" --type tq2_0

@@ -219,19 +219,7 @@ TEST(CudaEngine, ErrorsLeaveCacheIntact) {
   SKIP_WITHOUT_GPU();
   Model m = synth_model(parse_shape("256,512,2,4,2,300"), 5);
   auto e = engine(m, "cuda", 4);
-  std::vector<float> lg(m.config.vocab);
-  std::vector<int32_t> bad = {1, static_cast<int32_t>(m.config.vocab)};
-  EXPECT_THROW(e->forward(bad, lg.data(), Logits::Last), Error);
-  std::vector<int32_t> neg = {-1};
-  EXPECT_THROW(e->forward(neg, lg.data(), Logits::Last), Error);
-  EXPECT_EQ(e->position(), 0);
-  std::vector<int32_t> three = {1, 2, 3};
-  e->forward(three, lg.data(), Logits::Last);
-  EXPECT_THROW(e->forward(three, lg.data(), Logits::Last), Error);
-  EXPECT_EQ(e->position(), 3);
-  std::vector<int32_t> one = {4};
-  EXPECT_NO_THROW(e->forward(one, lg.data(), Logits::Last));
-  EXPECT_EQ(e->position(), 4);
+  test::expect_errors_leave_cache_intact(*e);
 }
 
 TEST(CudaEngine, UnsupportedHeadDimIsACleanError) {

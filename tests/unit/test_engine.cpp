@@ -59,18 +59,7 @@ TEST(Engine, BadTokensAndOverflowThrowAndLeaveCacheIntact) {
   EngineOptions eo;
   eo.ctx = 4;
   auto e = make_cpu_engine(m, eo);
-  std::vector<float> lg(m.config.vocab);
-  std::vector<int32_t> bad = {1, static_cast<int32_t>(m.config.vocab)};
-  EXPECT_THROW(e->forward(bad, lg.data(), Logits::Last), Error);
-  std::vector<int32_t> neg = {-1};
-  EXPECT_THROW(e->forward(neg, lg.data(), Logits::Last), Error);
-  EXPECT_EQ(e->position(), 0);
-  std::vector<int32_t> three = {1, 2, 3};
-  e->forward(three, lg.data(), Logits::Last);
-  EXPECT_THROW(e->forward(three, lg.data(), Logits::Last), Error);
-  EXPECT_EQ(e->position(), 3);
-  std::vector<int32_t> one = {4};
-  EXPECT_NO_THROW(e->forward(one, lg.data(), Logits::Last));
+  test::expect_errors_leave_cache_intact(*e);
 }
 
 // Writing a model in each format and reading it back gives the same logits bit for

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/engine.h"
 #include "tern/error.h"
 
 namespace tern::test {
@@ -85,6 +86,24 @@ inline void expect_logits_match(const std::vector<float>& got, const std::vector
   for (size_t r = 0; r < got.size() / vocab; ++r) {
     EXPECT_EQ(argmax(got.data() + r * vocab, vocab), argmax(want.data() + r * vocab, vocab)) << what << ": argmax differs at position " << r;
   }
+}
+
+// Bad forwards on an engine with a 4-token context (ids outside the vocabulary, context
+// overflow) throw tern::Error and leave the cache as it was (CPU and CUDA engines).
+inline void expect_errors_leave_cache_intact(Engine& e) {
+  std::vector<float> lg(e.config().vocab);
+  std::vector<int32_t> bad = {1, static_cast<int32_t>(e.config().vocab)};
+  EXPECT_THROW(e.forward(bad, lg.data(), Logits::Last), Error);
+  std::vector<int32_t> neg = {-1};
+  EXPECT_THROW(e.forward(neg, lg.data(), Logits::Last), Error);
+  EXPECT_EQ(e.position(), 0);
+  std::vector<int32_t> three = {1, 2, 3};
+  e.forward(three, lg.data(), Logits::Last);
+  EXPECT_THROW(e.forward(three, lg.data(), Logits::Last), Error);
+  EXPECT_EQ(e.position(), 3);
+  std::vector<int32_t> one = {4};
+  EXPECT_NO_THROW(e.forward(one, lg.data(), Logits::Last));
+  EXPECT_EQ(e.position(), 4);
 }
 
 }  // namespace tern::test
