@@ -6,6 +6,8 @@
 // Decode figures carry the memory-bandwidth roofline: the bytes a step must read
 // (every weight once, plus each sequence's KV cache) at the measured bandwidth (GPU:
 // device-to-device copy, read + write; CPU: streaming read). Mean +- sample std dev.
+// --train [--train-batch 8] [--rank 16] [--targets all]: LoRA training steps of
+// batch x (first -p) tokens instead (bench_train.h).
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "bench_train.h"
 #include "commands.h"
 #include "engine_flags.h"
 #include "model_flags.h"
@@ -67,6 +70,9 @@ Action add_bench(CLI::App& app) {
     int reps = 3, threads = 0;
     double bw = 0;
     bool json = false;
+    bool train = false;
+    std::string attn = "tf32";
+    TrainBenchOptions tb;
   };
   auto o = std::make_shared<Opts>();
   o->model.add(app);
@@ -81,7 +87,21 @@ Action add_bench(CLI::App& app) {
   add_lora_option(app, o->lora);
   app.add_option("--bw", o->bw, "Memory bandwidth for the roofline in GB/s (default: measured)");
   app.add_flag("--json", o->json, "Print results as JSON");
+  app.add_flag("--train", o->train, "Measure LoRA training steps (batch x the first -p length) instead");
+  app.add_option("--train-batch", o->tb.batch, "Sequences per training step (--train)")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--rank", o->tb.rank, "LoRA rank (--train)")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--targets", o->tb.targets, "LoRA target projections (--train)")->capture_default_str();
+  app.add_option("--precision", o->attn, "--train on cuda: tf32 or fp32 products (tern finetune --precision)")->capture_default_str();
   return [o] {
+    if (o->train) {
+      Model m = o->model.load();
+      TrainBenchOptions tb = o->tb;
+      tb.backend = o->backend, tb.reps = o->reps, tb.threads = o->threads, tb.json = o->json;
+      tb.seq_len = parse_int_list(o->p, "-p", 2, 1 << 20).at(0);
+      if (o->attn != "tf32" && o->attn != "fp32") fail("--precision: expected tf32 or fp32, got '{}'", o->attn);
+      tb.tf32 = o->attn == "tf32";
+      return run_train_bench(m, tb);
+    }
     std::vector<int64_t> pps = parse_int_list(o->p, "-p", 0, 1 << 20), tgs = parse_int_list(o->n, "-n", 0, 1 << 20);
     Model m = o->model.load();
     int64_t longest = 1;

@@ -35,17 +35,21 @@ Action add_synth(CLI::App& app) {
   struct Opts {
     std::string shape = "tiny", out, type = "i2_s";
     uint64_t seed = 1;
+    std::string init = "sharp";
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--shape", o->shape, "2b-4t, tiny, or H,FF,L,NH,NKV,V")->capture_default_str();
   app.add_option("-o,--output", o->out, "Output GGUF file (or directory for hf-packed)")->required();
   app.add_option("--type", o->type, "i2_s, tq2_0, tq1_0 or hf-packed")->capture_default_str();
   app.add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  app.add_option("--init", o->init,
+                 "sharp (large random weights: the hard case for kernels) or hf (a fresh HF model's init: a base to fine-tune)")
+      ->capture_default_str();
   return [o] {
     ModelConfig c = parse_shape(o->shape);
     bool hf = o->type == "hf-packed";
     SaveType type = hf ? SaveType::I2_S : parse_save_type(o->type);
-    Model m = synth_model(c, o->seed);
+    Model m = synth_model(c, o->seed, parse_synth_init(o->init));
     if (hf) {
       save_hf_packed(m, o->out);
     } else {

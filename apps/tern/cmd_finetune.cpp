@@ -32,7 +32,7 @@ Action add_finetune(CLI::App& app) {
   struct Opts {
     ModelFlags model;
     TrainConfig cfg;
-    std::string targets = "all", optimizer = "adamw", schedule = "cosine", backend = "auto";
+    std::string targets = "all", optimizer = "adamw", schedule = "cosine", backend = "auto", precision = "tf32";
   };
   auto o = std::make_shared<Opts>();
   TrainConfig& c = o->cfg;
@@ -66,13 +66,17 @@ Action add_finetune(CLI::App& app) {
   app.add_option("--seed", c.seed, "Seed for the adapter init, shuffling, eval split and dropout")->capture_default_str();
   app.add_option("--backend", o->backend, "auto, cpu or cuda")->capture_default_str();
   app.add_option("-t,--threads", c.threads, "CPU threads (default: all cores)");
+  app.add_option("--precision", o->precision,
+                 "cuda: tf32 (attention and backward products with 10-bit mantissas, ~1e-3) or fp32 (float32 throughout, slower)")
+      ->capture_default_str();
   return [o] {
     TrainConfig cfg = o->cfg;
     cfg.targets = parse_lora_targets(o->targets);
     cfg.optimizer.kind = parse_optimizer(o->optimizer);
     cfg.schedule = parse_lr_schedule(o->schedule);
-    if (o->backend == "cuda") fail("finetune --backend cuda: training on the GPU is not implemented yet; use --backend cpu");
-    if (o->backend != "auto" && o->backend != "cpu") fail("--backend: unknown backend '{}' (expected auto, cpu or cuda)", o->backend);
+    cfg.backend = resolve_backend(o->backend);  // auto: cuda when a GPU is present
+    if (o->precision != "tf32" && o->precision != "fp32") fail("--precision: expected tf32 or fp32, got '{}'", o->precision);
+    cfg.tf32 = o->precision == "tf32";
     Model m = o->model.load();
     const bool tty = isatty(fileno(stderr)) != 0;
     int64_t last_line = -1;
@@ -96,6 +100,8 @@ Action add_finetune(CLI::App& app) {
                r.train_examples, r.eval_examples, r.first_loss, r.last_loss,
                r.eval_loss >= 0 ? fmt::format(", eval loss {:.4f}", r.eval_loss) : "");
     fmt::print("adapter: {} (metrics.jsonl, loss_curve.svg, checkpoint-{})\n", cfg.out_dir, r.steps);
+    fmt::print("engine: {}{}\n", r.engine,
+               r.device_bytes > 0 ? fmt::format(", {:.2f} GiB of GPU memory in use", r.device_bytes / 1073741824.0) : "");
     return 0;
   };
 }

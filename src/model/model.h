@@ -120,9 +120,18 @@ void save_gguf(const Model& m, const std::string& path, SaveType type);
 // autobitlinear), tokenizer.json and tokenizer_config.json.
 void save_hf_packed(const Model& m, const std::string& dir);
 
-// Random-weight model of a given shape (tern synth): real ternary weights with random
-// per-tensor scales, random norm weights, F16 embedding, byte-level tokenizer.
-Model synth_model(const ModelConfig& cfg, uint64_t seed);
+// Random-weight model of a given shape (tern synth): real ternary weights, F16
+// embedding, byte-level tokenizer.
+//   Sharp: uniform ternary codes with per-tensor scales in [0.5, 2], norm weights
+//     1 + N(0, 0.2^2), embedding N(0, 1): large activations and sharp attention, the
+//     hard case for kernels and the inference tests.
+//   Hf: what a freshly initialised HF BitNet model quantizes to (weights N(0, 0.02^2)
+//     through the absmean quantizer: codes 0 with p = 0.31, scale 0.02 sqrt(2/pi)),
+//     norm weights 1, embedding N(0, 0.02^2): logits of order 1 and sane gradients, a
+//     base for fine-tuning runs and the same shape peft's reference model has.
+enum class SynthInit { Sharp, Hf };
+SynthInit parse_synth_init(const std::string& s);  // "sharp" | "hf"; throws
+Model synth_model(const ModelConfig& cfg, uint64_t seed, SynthInit init = SynthInit::Sharp);
 // "2b-4t", "tiny" or "H,FF,L,NH,NKV,V".
 ModelConfig parse_shape(const std::string& s);
 

@@ -1,5 +1,6 @@
 // Random-weight models of any shape (tern synth): lets anyone test and benchmark
 // without downloading a checkpoint.
+#include <algorithm>
 #include <cmath>
 
 #include "model/load_util.h"
@@ -24,6 +25,14 @@ TernaryMatrix random_ternary(Rng& rng, int64_t rows, int64_t cols) {
   std::vector<int8_t> w(rows * cols);
   for (auto& x : w) x = static_cast<int8_t>(static_cast<int>(rng.next() % 3) - 1);
   return make_ternary(w, rows, cols, exact_scale(rng));
+}
+
+// An N(0, 0.02^2) weight through the absmean quantizer (HF AutoBitLinear):
+// round(w / mean|w|) = round(z * sqrt(pi/2)), clamped to [-1, 1].
+TernaryMatrix hf_ternary(Rng& rng, int64_t rows, int64_t cols) {
+  std::vector<int8_t> w(rows * cols);
+  for (auto& x : w) x = static_cast<int8_t>(std::clamp(std::nearbyint(rng.normal_f() * 1.2533141f), -1.0f, 1.0f));
+  return make_ternary(w, rows, cols, bf16_to_f32(f32_to_bf16(0.02f * 0.7978846f)));
 }
 
 std::vector<float> random_norm(Rng& rng, int64_t n) {
@@ -53,31 +62,40 @@ ModelConfig parse_shape(const std::string& s) {
   return c;
 }
 
-Model synth_model(const ModelConfig& cfg, uint64_t seed) {
+SynthInit parse_synth_init(const std::string& s) {
+  if (s == "sharp") return SynthInit::Sharp;
+  if (s == "hf") return SynthInit::Hf;
+  fail("--init: unknown initialisation '{}' (expected sharp or hf)", s);
+}
+
+Model synth_model(const ModelConfig& cfg, uint64_t seed, SynthInit init) {
   cfg.validate("synth");
   Rng rng{seed * 0x2545f4914f6cdd1dull + 1};
   Model m;
   m.config = cfg;
   m.path = "(synthetic)";
-  m.source_format = "synthetic (seed " + std::to_string(seed) + ")";
+  m.source_format = "synthetic (seed " + std::to_string(seed) + (init == SynthInit::Hf ? ", hf init" : "") + ")";
   m.weight_type = "synthetic";
   auto emb = std::make_shared<std::vector<uint16_t>>(cfg.vocab * cfg.hidden);
-  for (auto& h : *emb) h = f32_to_f16(rng.normal_f());
+  const bool hf = init == SynthInit::Hf;
+  for (auto& h : *emb) h = f32_to_f16((hf ? 0.02f : 1.0f) * rng.normal_f());
   m.embedding = {FloatType::F16, cfg.vocab, cfg.hidden, emb->data(), emb};
-  m.output_norm = random_norm(rng, cfg.hidden);
+  auto norm = [&](int64_t n) { return hf ? std::vector<float>(n, 1.0f) : random_norm(rng, n); };
+  auto ternary = [&](int64_t rows, int64_t cols) { return hf ? hf_ternary(rng, rows, cols) : random_ternary(rng, rows, cols); };
+  m.output_norm = norm(cfg.hidden);
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     Layer l;
-    l.attn_norm = random_norm(rng, cfg.hidden);
-    l.attn_sub_norm = random_norm(rng, cfg.q_dim());
-    l.ffn_norm = random_norm(rng, cfg.hidden);
-    l.ffn_sub_norm = random_norm(rng, cfg.ffn);
-    l.q = random_ternary(rng, cfg.q_dim(), cfg.hidden);
-    l.k = random_ternary(rng, cfg.kv_dim(), cfg.hidden);
-    l.v = random_ternary(rng, cfg.kv_dim(), cfg.hidden);
-    l.o = random_ternary(rng, cfg.hidden, cfg.q_dim());
-    l.gate = random_ternary(rng, cfg.ffn, cfg.hidden);
-    l.up = random_ternary(rng, cfg.ffn, cfg.hidden);
-    l.down = random_ternary(rng, cfg.hidden, cfg.ffn);
+    l.attn_norm = norm(cfg.hidden);
+    l.attn_sub_norm = norm(cfg.q_dim());
+    l.ffn_norm = norm(cfg.hidden);
+    l.ffn_sub_norm = norm(cfg.ffn);
+    l.q = ternary(cfg.q_dim(), cfg.hidden);
+    l.k = ternary(cfg.kv_dim(), cfg.hidden);
+    l.v = ternary(cfg.kv_dim(), cfg.hidden);
+    l.o = ternary(cfg.hidden, cfg.q_dim());
+    l.gate = ternary(cfg.ffn, cfg.hidden);
+    l.up = ternary(cfg.ffn, cfg.hidden);
+    l.down = ternary(cfg.hidden, cfg.ffn);
     m.layers.push_back(std::move(l));
   }
   m.tokenizer = synth_tokenizer(cfg.vocab);

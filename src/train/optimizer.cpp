@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -112,6 +113,30 @@ void Optimizer::load_state(const std::string& path) {
     read(params_[k].name + ".exp_avg_sq", v_[k]);
   }
   t_ = t;
+}
+
+void Optimizer::export_moments(std::vector<float>& m, std::vector<float>& v) const {
+  m.clear(), v.clear();
+  for (size_t k = 0; k < m_.size(); ++k) {
+    m.insert(m.end(), m_[k].begin(), m_[k].end());
+    v.insert(v.end(), v_[k].begin(), v_[k].end());
+  }
+  if (m_.empty()) {  // SGD keeps no moments; the flat vectors still cover every parameter
+    size_t n = 0;
+    for (const ParamRef& p : params_) n += p.value.size();
+    m.assign(n, 0.0f), v.assign(n, 0.0f);
+  }
+}
+
+void Optimizer::import_moments(const std::vector<float>& m, const std::vector<float>& v, int64_t steps) {
+  size_t off = 0;
+  for (size_t k = 0; k < m_.size(); ++k) {
+    if (off + m_[k].size() > m.size() || off + v_[k].size() > v.size()) fail("optimizer: imported moments are too short");
+    std::copy(m.begin() + off, m.begin() + off + m_[k].size(), m_[k].begin());
+    std::copy(v.begin() + off, v.begin() + off + v_[k].size(), v_[k].begin());
+    off += m_[k].size();
+  }
+  t_ = steps;
 }
 
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {

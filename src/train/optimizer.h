@@ -39,11 +39,16 @@ class Optimizer {
   // Applies one update with learning rate lr to every parameter and increments step().
   void step(double lr);
   int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }
   const std::vector<ParamRef>& params() const { return params_; }
   // Moments + step count in a safetensors file (atomic write); load checks that names and
   // sizes match these parameters and throws tern::Error naming the file otherwise.
   void save_state(const std::string& path) const;
   void load_state(const std::string& path);
+  // The moments flat in parameter order (an engine that runs the update on its device,
+  // train/grad_engine.h), and setting them with the step count.
+  void export_moments(std::vector<float>& m, std::vector<float>& v) const;
+  void import_moments(const std::vector<float>& m, const std::vector<float>& v, int64_t steps);
 
  private:
   OptimizerOptions o_;

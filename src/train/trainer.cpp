@@ -13,9 +13,9 @@
 #include "tern/error.h"
 #include "tokenizer/tokenizer.h"
 #include "train/dataset.h"
+#include "train/grad_engine.h"
 #include "train/lora_model.h"
 #include "util/atomic_file.h"
-#include "util/thread_pool.h"
 
 namespace tern {
 
@@ -31,22 +31,6 @@ void for_each_tensor(LoraSet<float>& s, const std::function<void(int64_t, Proj, 
       if (s.A[l][p].empty()) continue;
       f(static_cast<int64_t>(l), static_cast<Proj>(p), false, s.A[l][p]);
       f(static_cast<int64_t>(l), static_cast<Proj>(p), true, s.B[l][p]);
-    }
-  }
-}
-
-void zero(LoraSet<float>& g) {
-  for_each_tensor(g, [](int64_t, Proj, bool, std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.0f); });
-}
-
-void add_into(LoraSet<float>& dst, LoraSet<float>& src) {
-  for (size_t l = 0; l < dst.A.size(); ++l) {
-    for (int p = 0; p < kProjCount; ++p) {
-      for (int b = 0; b < 2; ++b) {
-        auto& d = b ? dst.B[l][p] : dst.A[l][p];
-        const auto& s = b ? src.B[l][p] : src.A[l][p];
-        for (size_t i = 0; i < d.size(); ++i) d[i] += s[i];
-      }
     }
   }
 }
@@ -96,7 +80,7 @@ struct History {
 
 class Trainer {
  public:
-  Trainer(const Model& m, const TrainConfig& cfg) : m_(m), cfg_(cfg), pool_(cfg.threads) {}
+  Trainer(const Model& m, const TrainConfig& cfg) : m_(m), cfg_(cfg) {}
 
   TrainSummary run(const std::function<void(const StepMetrics&)>& progress) {
     if (m_.tokenizer.empty()) fail("{}: the model has no tokenizer (needed to read the training data)", m_.path);
@@ -104,6 +88,7 @@ class Trainer {
     if (cfg_.out_dir.empty()) fail("finetune: -o ADAPTER_DIR is required");
     load_data();
     init_adapter();
+    make_engine();
     Batcher batcher(split_.train, BatcherOptions{cfg_.batch_size, cfg_.seed, true, false, pad_token_for(m_.tokenizer)});
     const int64_t per_epoch = (batcher.batches_per_epoch() + cfg_.grad_accum - 1) / cfg_.grad_accum;
     total_ = cfg_.max_steps > 0 ? cfg_.max_steps : per_epoch * std::max<int64_t>(1, cfg_.epochs);
@@ -123,7 +108,7 @@ class Trainer {
     const auto t0 = std::chrono::steady_clock::now();
     int64_t tokens_done = 0;
     for (int64_t step = start_step_; step < total_; ++step) {
-      zero(grads_);
+      engine_->zero_grads();
       double loss = 0;
       int64_t tokens = 0;
       for (int64_t a = 0; a < cfg_.grad_accum; ++a) {
@@ -131,9 +116,18 @@ class Trainer {
         loss += micro_batch(b, step, a);
         for (int32_t len : b.lengths) tokens += len;
       }
-      const double norm = clip_grad_norm(opt_->params(), cfg_.max_grad_norm);
       const double lr = scheduled_lr(cfg_.schedule, cfg_.lr, step, cfg_.warmup_steps, total_);
-      opt_->step(lr);
+      double norm = 0;
+      if (engine_->owns_optimizer()) {
+        norm = engine_->optimizer_step(cfg_.optimizer, lr, cfg_.max_grad_norm, opt_->steps() + 1);
+        opt_->set_steps(opt_->steps() + 1);  // its moments catch up at the next sync_from_engine
+        host_stale_ = true;
+      } else {
+        engine_->get_grads(grads_);
+        norm = clip_grad_norm(opt_->params(), cfg_.max_grad_norm);
+        opt_->step(lr);
+        engine_->set_params(params_);
+      }
       tokens_done += tokens;
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       StepMetrics sm{step + 1, total_, batcher.epoch(), loss, lr, norm, tokens_done / std::max(el, 1e-9), el,
@@ -145,6 +139,7 @@ class Trainer {
       progress(sm);
       const bool last = step + 1 == total_;
       if (last || (cfg_.save_every > 0 && (step + 1) % cfg_.save_every == 0)) {
+        sync_from_engine();
         if (!split_.eval.empty()) {
           summary_.eval_loss = eval_loss();
           log(json{{"step", step + 1}, {"eval_loss", summary_.eval_loss}});
@@ -153,6 +148,7 @@ class Trainer {
       }
     }
     summary_.steps = total_;
+    sync_from_engine();
     train::store_into(params_, adapter_);
     save_peft_adapter(adapter_, cfg_.out_dir, m_.path);
     write_loss_curve((fs::path(cfg_.out_dir) / "loss_curve.svg").string(), history_.train, history_.eval);
@@ -199,32 +195,53 @@ class Trainer {
     adapter_.dropout = cfg_.dropout;
     params_ = train::lora_set_from<float>(adapter_);
     grads_ = train::zeros_like(params_);
-    row_grads_.assign(cfg_.batch_size, grads_);
     opt_ = std::make_unique<Optimizer>(cfg_.optimizer, param_refs(params_, grads_));
     if (ck >= 0) opt_->load_state((fs::path(checkpoint_dir(cfg_.out_dir, ck)) / "optimizer.safetensors").string());
   }
 
+  void make_engine() {
+    if (cfg_.backend == "cuda") {
+      int64_t longest = 1;
+      for (const auto* v : {&split_.train, &split_.eval}) {
+        for (const TrainExample& e : *v) longest = std::max<int64_t>(longest, static_cast<int64_t>(e.tokens.size()));
+      }
+      engine_ = train::make_cuda_grad_engine(m_, params_, cfg_.batch_size, longest, cfg_.tf32);
+    } else if (cfg_.backend == "cpu" || cfg_.backend.empty()) {
+      engine_ = train::make_cpu_grad_engine(m_, cfg_.threads);
+    } else {
+      fail("--backend: unknown training backend '{}' (expected cpu or cuda)", cfg_.backend);
+    }
+    engine_->set_params(params_);
+    if (engine_->owns_optimizer()) {
+      std::vector<float> m, v;
+      opt_->export_moments(m, v);
+      engine_->set_moments(m, v);
+    }
+    summary_.engine = engine_->name();
+  }
+
+  // Parameters and moments back from an engine that owns the optimizer (before an
+  // evaluation, a checkpoint or the end).
+  void sync_from_engine() {
+    if (!host_stale_) return;
+    engine_->get_params(params_);
+    std::vector<float> m, v;
+    engine_->get_moments(m, v);
+    opt_->import_moments(m, v, opt_->steps());
+    host_stale_ = false;
+  }
+
   // Adds one micro-batch's gradient (scaled for the mean over its trained tokens and the
-  // average over grad_accum) into grads_; returns its loss / grad_accum. Rows run in
-  // parallel into their own accumulators, summed in row order (deterministic).
+  // average over grad_accum) into the engine's accumulated gradient; returns its loss /
+  // grad_accum. Row r's dropout masks come from its own seed (any engine, any threads).
   double micro_batch(const Batch& b, int64_t step, int64_t micro) {
     const int64_t n_norm = std::max<int64_t>(1, b.trained_tokens) * cfg_.grad_accum;
-    std::vector<double> losses(b.rows, 0.0);
-    pool_.parallel_for(b.rows, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        zero(row_grads_[r]);
-        train::StepOptions o;
-        o.dropout = cfg_.dropout;
-        o.dropout_seed = cfg_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>((step * 64 + micro) * 4096 + r);
-        losses[r] = train::lora_loss_and_grad<float>(m_, params_, b.tokens.data() + r * b.seq_len, b.labels.data() + r * b.seq_len,
-                                                     b.lengths[r], n_norm, o, &row_grads_[r]);
-      }
-    });
-    double loss = 0;
+    std::vector<uint64_t> seeds(b.rows);
     for (int64_t r = 0; r < b.rows; ++r) {
-      add_into(grads_, row_grads_[r]);
-      loss += losses[r];
+      seeds[r] = cfg_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>((step * 64 + micro) * 4096 + r);
     }
+    const double loss = engine_->run(b, n_norm, cfg_.dropout, seeds, true);
+    summary_.device_bytes = std::max(summary_.device_bytes, engine_->device_bytes());
     return loss;
   }
 
@@ -232,16 +249,9 @@ class Trainer {
   double eval_loss() {
     int64_t total = 0;
     for (const TrainExample& e : split_.eval) total += e.n_trained();
-    std::vector<double> losses(split_.eval.size(), 0.0);
-    pool_.parallel_for(static_cast<int64_t>(split_.eval.size()), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const TrainExample& e = split_.eval[i];
-        losses[i] = train::lora_loss_and_grad<float>(m_, params_, e.tokens.data(), e.labels.data(),
-                                                     static_cast<int64_t>(e.tokens.size()), std::max<int64_t>(1, total), {}, nullptr);
-      }
-    });
+    Batcher batches(split_.eval, BatcherOptions{cfg_.batch_size, 0, false, false, pad_token_for(m_.tokenizer)});
     double s = 0;
-    for (double x : losses) s += x;
+    for (int64_t i = 0; i < batches.batches_per_epoch(); ++i) s += engine_->run(batches.next(), std::max<int64_t>(1, total), 0.0f, {}, false);
     return s;
   }
 
@@ -261,13 +271,13 @@ class Trainer {
 
   const Model& m_;
   TrainConfig cfg_;
-  ThreadPool pool_;
+  std::unique_ptr<train::GradEngine> engine_;
   DatasetSplit split_;
   LoraAdapter adapter_;
   LoraSet<float> params_, grads_;
-  std::vector<LoraSet<float>> row_grads_;
   std::unique_ptr<Optimizer> opt_;
   int64_t start_step_ = 0, total_ = 0;
+  bool host_stale_ = false;  // the engine's parameters / moments are newer than params_ / opt_
   BatcherState resume_batcher_;
   History history_;
   TrainSummary summary_;

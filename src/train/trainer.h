@@ -44,6 +44,8 @@ struct TrainConfig {
   bool resume = false;
   uint64_t seed = 42;
   int threads = 0;  // <= 0: all cores
+  std::string backend = "cpu";  // where the loss and gradients are computed: cpu or cuda
+  bool tf32 = true;             // cuda: 10-bit-mantissa products where it pays (grad_engine.h); false: float32
 };
 
 struct StepMetrics {
@@ -56,9 +58,11 @@ struct TrainSummary {
   int64_t steps = 0, start_step = 0, train_examples = 0, eval_examples = 0;
   double first_loss = 0, last_loss = 0, eval_loss = -1;  // -1: no eval split
   std::string dataset;  // describe(stats)
+  std::string engine;   // GradEngine::name()
+  size_t device_bytes = 0;  // peak device memory in use seen after a micro-batch (GPU)
 };
 
-// Trains on the CPU reference path. `progress` is called after every step.
+// Trains on cfg.backend. `progress` is called after every step.
 TrainSummary train_lora(const Model& m, const TrainConfig& cfg, const std::function<void(const StepMetrics&)>& progress);
 
 // Writes an SVG line chart of loss per step (train) with eval points (step, loss).

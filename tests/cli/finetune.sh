@@ -47,4 +47,21 @@ expect_fail "no checkpoint-N" "$TERN" finetune "${common[@]}" -o "$WORK/fresh" -
 expect_fail "--targets" "$TERN" finetune "${common[@]}" -o "$WORK/d" --targets qq_proj
 expect_fail "--optimizer" "$TERN" finetune "${common[@]}" -o "$WORK/d" --optimizer adam
 expect_fail "--eval-split" "$TERN" finetune "${common[@]}" -o "$WORK/d" --eval-split 1.5
+expect_fail "--precision" "$TERN" finetune "${common[@]}" -o "$WORK/d" --precision fp16
+expect_fail "--backend" "$TERN" finetune "${common[@]}" -o "$WORK/d" --backend tpu
+
+# Training throughput (tern bench --train): a full optimizer step on random tokens.
+expect_ok "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 12 --train-batch 2 --rank 2 -r 1 --json -t 2
+grep -q '"test": "train12@b2"' "$WORK/out" && grep -q '"avg_ts"' "$WORK/out" && ok || bad "bench --train JSON: $(head -c 300 "$WORK/out")"
+expect_fail "--precision" "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 12 --precision half
+
+# A base that behaves like a fresh HF model (logits of order 1): its first loss is near
+# log(vocab), where the sharp default init starts far above.
+expect_ok "$TERN" synth --shape tiny --init hf -o "$WORK/h.gguf" --seed 3
+expect_ok "$TERN" bench -m "$WORK/h.gguf" --train --backend cpu -p 12 --train-batch 2 --rank 2 -r 1 --json -t 2
+loss=$(grep '"loss"' "$WORK/out" | sed 's/[^0-9.]//g')
+vocab_log=$("$TERN" info -m "$WORK/h.gguf" 2>/dev/null | grep -io 'vocab[^0-9]*[0-9]*' | head -1 | sed 's/[^0-9]//g')
+awk -v l="$loss" -v v="$vocab_log" 'BEGIN { exit !(v > 0 && l > log(v) - 1 && l < log(v) + 1) }' && ok ||
+  bad "hf init: first loss $loss is not near log($vocab_log)"
+expect_fail "--init" "$TERN" synth --shape tiny --init xavier -o "$WORK/x.gguf"
 finish

@@ -14,6 +14,7 @@
 #include "model/safetensors.h"
 #include "train/lora_adapter.h"
 #include "train/lora_model.h"
+#include "lora_fixture.h"
 
 #include <filesystem>
 #include <fstream>
@@ -151,44 +152,17 @@ TEST(LoraModel, BadTokensAreErrors) {
 // machine): the gradient of the causal-LM loss (labels = input ids) w.r.t. every LoRA A
 // and B of the tiny packed model, relative L2 < 1e-3 over all of them (issue 5).
 TEST(LoraModel, GradientsMatchPeft) {
-  const std::string dir = std::string(TERN_FIXTURES) + "/lora";
+  const std::string dir = test::lora_fixture_dir();
   if (!std::filesystem::exists(dir + "/grads.safetensors")) GTEST_SKIP() << "no " << dir << " (tools/make_lora_fixtures.py)";
   Model m = load_model(std::string(TERN_FIXTURES) + "/tiny/hf_packed");
   const LoraAdapter a = load_peft_adapter(dir + "/adapter", m.config);
-  std::ifstream in(std::string(TERN_FIXTURES) + "/tiny/tokens.txt");
-  std::string line, part;
-  std::getline(in, line);
-  std::vector<int32_t> toks;
-  std::stringstream ss(line);
-  while (std::getline(ss, part, ',')) toks.push_back(std::stoi(part));
+  const std::vector<int32_t> toks = test::tiny_fixture_tokens();
   std::vector<int32_t> labels(toks.size(), train::kIgnore);
   for (size_t i = 0; i + 1 < toks.size(); ++i) labels[i] = toks[i + 1];
   const LoraSet<float> p = train::lora_set_from<float>(a);
   auto grads = train::zeros_like(p);
   const double loss = train::lora_loss_and_grad<float>(m, p, toks.data(), labels.data(), toks.size(), 0, {}, &grads);
-  const st::Reader want = st::Reader::open_file(dir + "/grads.safetensors");
-  double num = 0, err = 0;
-  for (int64_t l = 0; l < m.config.n_layers; ++l) {
-    for (int pr = 0; pr < kProjCount; ++pr) {
-      for (bool b : {false, true}) {
-        const auto& g = b ? grads.B[l][pr] : grads.A[l][pr];
-        if (g.empty()) continue;
-        const std::string name = peft_tensor_name(l, static_cast<Proj>(pr), b);
-        const st::TensorInfo& t = want.get(name, dir + "/grads.safetensors");
-        ASSERT_EQ(t.dtype, st::DType::F32) << name;
-        ASSERT_EQ(t.n_elements(), g.size()) << name;
-        const float* w = reinterpret_cast<const float*>(t.data);
-        double tn = 0, te = 0;
-        for (size_t i = 0; i < g.size(); ++i) {
-          tn += double(w[i]) * w[i];
-          te += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
-        }
-        EXPECT_LT(std::sqrt(te / std::max(tn, 1e-30)), 1e-2) << name;  // per tensor, looser
-        num += tn, err += te;
-      }
-    }
-  }
-  const double rel = std::sqrt(err / num);
+  const double rel = test::rel_l2_vs_peft_grads(grads);
   std::printf("[info] LoRA gradients vs peft: rel L2 %.3g (loss %.6f)\n", rel, loss);
   EXPECT_LT(rel, 1e-3);
 }

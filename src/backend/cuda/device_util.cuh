@@ -109,6 +109,17 @@ __device__ __forceinline__ void store_split(void* out, int64_t at, int64_t strid
   }
 }
 
+// Is element `i` kept by train::dropout_mask(seed)? splitmix64 output number i of a
+// stream seeded with `seed` is u = (z >> 11) * 2^-53, kept when u >= p, i.e. when
+// z >> 11 >= threshold = ceil(p * 2^53) (dropout_threshold: an exact integer compare).
+__device__ __forceinline__ bool dropout_keep(uint64_t seed, uint64_t i, uint64_t threshold) {
+  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return (z >> 11) >= threshold;
+}
+
 // One LoRA output: sum_j b[j] * t[j] (a row of the stacked B times the A outputs).
 __device__ __forceinline__ float lora_dot(const float* __restrict__ b, const float* __restrict__ t, int R) {
   float s = 0.0f;

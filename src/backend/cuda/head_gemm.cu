@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) head_combine_kernel(const void* __re
 
 }  // namespace
 
-HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st) : w_(w) {
+HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows) : w_(w), max_rows_(std::max(1, max_rows)) {
   cublasHandle_t h = nullptr;
   check_cublas(cublasCreate(&h), "create");
   handle_ = h;
@@ -133,9 +133,9 @@ HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st) : w_(w) {
   check_cublas(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH), "set math mode");  // no TF32 for F32 heads
   check_cublas(cublasSetStream(h, st), "set stream");
   const int terms = terms_of(w);
-  TERN_CUDA_CHECK(cudaMalloc(&xs_, static_cast<size_t>(terms) * kMaxRows * w.H * term_bytes(w)));
-  TERN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&xscale_), kMaxRows * sizeof(float)));
-  TERN_CUDA_CHECK(cudaMalloc(&acc_, static_cast<size_t>(terms) * kMaxRows * w.V * 4));
+  TERN_CUDA_CHECK(cudaMalloc(&xs_, static_cast<size_t>(terms) * max_rows_ * w.H * term_bytes(w)));
+  TERN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&xscale_), max_rows_ * sizeof(float)));
+  TERN_CUDA_CHECK(cudaMalloc(&acc_, static_cast<size_t>(terms) * max_rows_ * w.V * 4));
 }
 
 HeadGemm::~HeadGemm() {
@@ -152,8 +152,8 @@ void HeadGemm::run(const float* x, int M, const float* normw, float eps, float* 
   check_cublas(cublasSetStream(h, st), "set stream");
   const int V = w_.V, H = w_.H, terms = terms_of(w_);
   const bool i8 = w_.q8 != nullptr;
-  for (int m0 = 0; m0 < M; m0 += kMaxRows) {
-    const int n = std::min(kMaxRows, M - m0);
+  for (int m0 = 0; m0 < M; m0 += max_rows_) {
+    const int n = std::min(max_rows_, M - m0);
     const float* xm = x + static_cast<int64_t>(m0) * H;
     float* lm = logits + static_cast<int64_t>(m0) * V;
     unsigned long long* bm = best != nullptr ? best + m0 : nullptr;

@@ -14,8 +14,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
-#include "backend/cuda/kernels.h"
-#include "backend/cuda/weights.h"
+#include "backend/cuda/train_kernels.h"
 
 namespace tern::cuda {
 
@@ -23,17 +22,19 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Row m of logits [R][V] -> dlogits in place; loss[m] = (lse - logit[label]) / n_norm
-// (0 if ignored; dlogits 0 too).
+// Row m of logits [R][V] -> dlogits in place (when grad); loss[m] = (lse - logit[label]) /
+// n_norm (0 if ignored; dlogits 0 too).
 __global__ void __launch_bounds__(kThreads) ce_rows_kernel(float* __restrict__ logits, int V, const int32_t* __restrict__ labels,
-                                                           double inv_norm, double* __restrict__ loss) {
+                                                           double inv_norm, double* __restrict__ loss, int grad) {
   __shared__ double sd[kThreads / 32];
   __shared__ float sf[kThreads / 32];
   const int m = blockIdx.x;
   float* row = logits + static_cast<int64_t>(m) * V;
   const int label = labels[m];
   if (label < 0) {
-    for (int v = threadIdx.x; v < V; v += kThreads) row[v] = 0.0f;
+    if (grad) {
+      for (int v = threadIdx.x; v < V; v += kThreads) row[v] = 0.0f;
+    }
     if (threadIdx.x == 0) loss[m] = 0.0;
     return;
   }
@@ -45,6 +46,7 @@ __global__ void __launch_bounds__(kThreads) ce_rows_kernel(float* __restrict__ l
   se = block_reduce<kThreads>(se, sd, SumOp{});
   const double lse = mx + log(se);
   if (threadIdx.x == 0) loss[m] = (lse - row[label]) * inv_norm;
+  if (!grad) return;
   __syncthreads();  // row[label] is read above before it is overwritten below
   for (int v = threadIdx.x; v < V; v += kThreads) {
     const double p = exp(static_cast<double>(row[v]) - lse);
@@ -54,28 +56,38 @@ __global__ void __launch_bounds__(kThreads) ce_rows_kernel(float* __restrict__ l
 
 }  // namespace
 
+void head_loss_rows(TrainBlas& blas, HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps,
+                    const int32_t* labels, int M, int64_t n_norm, float* dx, double* loss_rows, bool tf32) {
+  if (M <= 0) return;
+  const int V = hw.V, H = hw.H;
+  constexpr int kRows = 512;
+  const int R = std::min(M, kRows);
+  const cudaStream_t st = blas.stream();
+  auto* logits = static_cast<float*>(blas.scratch(kSlotHead, (static_cast<size_t>(R) * V + static_cast<size_t>(R) * H) * sizeof(float)));
+  float* dxn = logits + static_cast<size_t>(R) * V;
+  const double inv_norm = 1.0 / static_cast<double>(std::max<int64_t>(1, n_norm));
+  for (int m0 = 0; m0 < M; m0 += R) {
+    const int n = std::min(R, M - m0);
+    head.run(x + static_cast<int64_t>(m0) * H, n, normw, eps, logits, nullptr, st);
+    ce_rows_kernel<<<n, kThreads, 0, st>>>(logits, V, labels + m0, inv_norm, loss_rows + m0, dx != nullptr ? 1 : 0);
+    TERN_CUDA_LAUNCHED("ce_rows_kernel");
+    if (dx == nullptr) continue;
+    blas.split_gemm(logits, V, n, V, ColScales{}, hw.emb, hw.type, H, 1.0f, dxn, H, false, tf32);  // dxn = dlogits . E
+    launch_rmsnorm_bwd(x + static_cast<int64_t>(m0) * H, normw, dxn, n, H, eps, dx + static_cast<int64_t>(m0) * H, false, st);
+  }
+}
+
 double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps, const int32_t* labels,
                          int M, int64_t n_norm, float* dx, cudaStream_t st) {
   if (M <= 0) return 0.0;
-  const int V = hw.V, H = hw.H;
-  constexpr int kRows = 128;
-  const int R = std::min(M, kRows);
-  DevBuf logits(static_cast<size_t>(R) * V * sizeof(float)), loss(static_cast<size_t>(R) * sizeof(double));
-  DevBuf dxn(static_cast<size_t>(R) * H * sizeof(float));
-  const double inv_norm = 1.0 / static_cast<double>(std::max<int64_t>(1, n_norm));
+  TrainBlas blas(st);
+  DevBuf loss(static_cast<size_t>(M) * sizeof(double));
+  head_loss_rows(blas, head, hw, x, normw, eps, labels, M, n_norm, dx, loss.as<double>());
+  std::vector<double> host(M);
+  TERN_CUDA_CHECK(cudaMemcpyAsync(host.data(), loss.as<double>(), M * sizeof(double), cudaMemcpyDeviceToHost, st));
+  TERN_CUDA_CHECK(cudaStreamSynchronize(st));
   double total = 0.0;
-  std::vector<double> host(R);
-  for (int m0 = 0; m0 < M; m0 += R) {
-    const int n = std::min(R, M - m0);
-    head.run(x + static_cast<int64_t>(m0) * H, n, normw, eps, logits.as<float>(), nullptr, st);
-    ce_rows_kernel<<<n, kThreads, 0, st>>>(logits.as<float>(), V, labels + m0, inv_norm, loss.as<double>());
-    TERN_CUDA_LAUNCHED("ce_rows_kernel");
-    split_gemm(logits.as<float>(), n, V, hw.emb, hw.type, H, 1.0f, dxn.as<float>(), st);  // dxn = dlogits . E
-    launch_rmsnorm_bwd(x + static_cast<int64_t>(m0) * H, normw, dxn.as<float>(), n, H, eps, dx + static_cast<int64_t>(m0) * H, false, st);
-    TERN_CUDA_CHECK(cudaMemcpyAsync(host.data(), loss.as<double>(), n * sizeof(double), cudaMemcpyDeviceToHost, st));
-    TERN_CUDA_CHECK(cudaStreamSynchronize(st));
-    for (int i = 0; i < n; ++i) total += host[i];
-  }
+  for (double v : host) total += v;
   return total;
 }
 

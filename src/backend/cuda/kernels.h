@@ -197,8 +197,8 @@ struct HeadWeights {
 };
 class HeadGemm {
  public:
-  static constexpr int kMaxRows = 64;  // rows per GEMM (longer inputs run in chunks)
-  HeadGemm(const HeadWeights& w, cudaStream_t st);
+  // max_rows: rows per GEMM (longer inputs run in chunks; each chunk reads the head once).
+  explicit HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows = 64);
   ~HeadGemm();
   HeadGemm(const HeadGemm&) = delete;
   HeadGemm& operator=(const HeadGemm&) = delete;
@@ -212,39 +212,8 @@ class HeadGemm {
   void* workspace_ = nullptr;
   void* xs_ = nullptr;       // split / quantized inputs
   float* xscale_ = nullptr;  // int8: per-row activation scales
-  void* acc_ = nullptr;      // GEMM output [terms * kMaxRows][V] (float or int32)
+  void* acc_ = nullptr;      // GEMM output [terms * max_rows_][V] (float or int32)
+  int max_rows_ = 64;
 };
-
-// ---- split_gemm.cu / head_loss.cu / ternary_bwd.cu: training (LoRA fine-tuning) ----
-// C [M][K] = alpha * A [M][N] . W [N][K]: A float32 (device), W row-major in type 0 F32,
-// 1 F16 or 2 BF16, to float32 accuracy on tensor cores (row-scaled 16-bit split of A).
-// Synchronizes st (it frees its scratch).
-void split_gemm(const float* A, int M, int N, const void* W, int type, int K, float alpha, float* C, cudaStream_t st);
-// train_ops.cu, the float32 GPU versions of train::rmsnorm_bwd, gated_act_bwd (act 0 relu2,
-// 1 silu, 2 gelu), lora_fwd and lora_bwd with the same arguments and accumulate rules
-// (dA, dB always accumulate; mask: uint8 [M][in] on the device when p > 0). The LoRA ones
-// synchronize st.
-void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, int n, float eps, float* dx, bool accumulate,
-                        cudaStream_t st);
-void launch_gated_act_bwd(const float* g, const float* u, const float* dh, int64_t n, int act, float* dg, float* du, cudaStream_t st);
-void lora_fwd_gpu(const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling, const uint8_t* mask,
-                  float p, float* u, float* y, bool accumulate, cudaStream_t st);
-void lora_bwd_gpu(const float* x, const float* A, const float* B, const float* u, const float* dy, int M, int in, int r, int out,
-                  float scaling, const uint8_t* mask, float p, float* dx, float* dA, float* dB, bool accumulate, cudaStream_t st);
-// train_attention.cu: train::rope_neox_bwd (rope = rope_table of the model), attention_fwd
-// (out and lse [T][nh]) and attention_bwd (dk, dv zeroed here, accumulated with atomics).
-void launch_rope_bwd(float* dy, int M, int n_heads, int hd, int pos0, const float* rope, cudaStream_t st);
-void train_attention_fwd(const float* q, const float* k, const float* v, int T, int nh, int nkv, int hd, float* out, float* lse,
-                         cudaStream_t st);
-void train_attention_bwd(const float* q, const float* k, const float* v, const float* lse, const float* dout, int T, int nh, int nkv,
-                         int hd, float* dq, float* dk, float* dv, cudaStream_t st);
-
-// loss = sum over rows m with labels[m] >= 0 of -log softmax(RMSNorm(x_m) E^T)[labels[m]],
-// divided by n_norm (train::cross_entropy_fwd_bwd's convention: labels already aligned,
-// -100 ignored), and dx [M][H] = its gradient w.r.t. x (through the output RMSNorm with
-// weight normw). `head` computes the logits (its weights must be hw, exact head). Returns
-// the loss; synchronizes st.
-double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps, const int32_t* labels,
-                         int M, int64_t n_norm, float* dx, cudaStream_t st);
 
 }  // namespace tern::cuda

@@ -5,6 +5,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/train_kernels.h"
 #include "backend/cuda/norm_quant.cuh"
 #include "backend/cuda/testing.h"
 #include "backend/cuda/weights.h"
@@ -291,6 +292,26 @@ std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatM
   return download<float>(out, static_cast<size_t>(M) * W.cols);
 }
 
+TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps) {
+  DevBuf dx_ = upload_vec(x), dw = upload_vec(w), h = nan_buf(static_cast<size_t>(M) * n), xn = nan_buf(static_cast<size_t>(M) * n);
+  DevBuf q(static_cast<size_t>(M) * n * 2), s = nan_buf(M);
+  launch_train_norm_quant(dx_.as<float>(), gated ? 2 * n : n, gated, act, dw.as<float>(), n, eps, M, gated ? h.as<float>() : nullptr,
+                          xn.as<float>(), q.as<void>(), s.as<float>(), nullptr);
+  TrainQuantized r;
+  if (gated) r.h = download<float>(h, static_cast<size_t>(M) * n);
+  r.xn = download<float>(xn, static_cast<size_t>(M) * n);
+  r.s = download<float>(s, M);
+  for (uint16_t v : download<uint16_t>(q, static_cast<size_t>(M) * n)) {
+    float f;
+    const uint32_t sign = (v & 0x8000u) << 16, exp = (v >> 10) & 0x1f, man = v & 0x3ff;
+    // Integers up to 128 are normal F16 numbers (or zero): no subnormal case needed.
+    uint32_t bits = exp == 0 ? sign : sign | ((exp + 112) << 23) | (man << 13);
+    std::memcpy(&f, &bits, 4);
+    r.q.push_back(static_cast<int32_t>(f));
+  }
+  return r;
+}
+
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
                                float eps, const std::vector<float>& dx_in, bool accumulate) {
   DevBuf dx_ = upload_vec(x), dw = upload_vec(w), ddy = upload_vec(dy), out = upload_vec(dx_in);
@@ -301,23 +322,25 @@ std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<fl
 void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, const std::vector<float>& dh, int act,
                    std::vector<float>* dg, std::vector<float>* du) {
   DevBuf dgg = upload_vec(g), duu = upload_vec(u), ddh = upload_vec(dh), og = nan_buf(g.size()), ou = nan_buf(g.size());
-  launch_gated_act_bwd(dgg.as<float>(), duu.as<float>(), ddh.as<float>(), static_cast<int64_t>(g.size()), act, og.as<float>(),
-                       ou.as<float>(), nullptr);
+  const int n = static_cast<int>(g.size());
+  launch_gated_act_bwd(dgg.as<float>(), duu.as<float>(), n, ddh.as<float>(), 1, n, act, og.as<float>(), ou.as<float>(), n, nullptr);
   *dg = download<float>(og, g.size());
   *du = download<float>(ou, g.size());
 }
 
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
-                          int out, float scaling, const std::vector<uint8_t>& mask, float p, const std::vector<float>& y_in,
-                          const std::vector<float>& dy, const std::vector<float>& dx_in, const std::vector<float>& dA_in,
-                          const std::vector<float>& dB_in) {
-  DevBuf dxx = upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dm = upload_vec(mask.empty() ? std::vector<uint8_t>(1) : mask);
+                          int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
+                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in) {
+  DevBuf dxx = upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dseed = upload_vec(std::vector<uint64_t>{seed});
   DevBuf u = nan_buf(static_cast<size_t>(M) * r), y = upload_vec(y_in), ddy = upload_vec(dy), gx = upload_vec(dx_in);
   DevBuf gA = upload_vec(dA_in), gB = upload_vec(dB_in);
-  lora_fwd_gpu(dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, dm.as<uint8_t>(), p, u.as<float>(), y.as<float>(),
-               true, nullptr);
-  lora_bwd_gpu(dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), u.as<float>(), ddy.as<float>(), M, in, r, out, scaling, dm.as<uint8_t>(), p,
-               gx.as<float>(), gA.as<float>(), gB.as<float>(), true, nullptr);
+  TrainBlas blas(nullptr);
+  DropoutSpec d;
+  d.p = p, d.seq_seed = dseed.as<uint64_t>(), d.period = M;  // one sequence: train::dropout_mask(M * in, p, seed)
+  lora_fwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, d, u.as<float>(), y.as<float>(), out, true);
+  lora_bwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), u.as<float>(), ddy.as<float>(), out, M, in, r, out, scaling, d,
+               gx.as<float>(), gA.as<float>(), gB.as<float>(), true);
+  TERN_CUDA_CHECK(cudaDeviceSynchronize());
   LoraGrads g;
   g.u = download<float>(u, static_cast<size_t>(M) * r);
   g.y = download<float>(y, y_in.size());
@@ -334,20 +357,37 @@ std::vector<float> rope_bwd(const std::vector<float>& dy, int M, int nh, int hd,
 }
 
 AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                          const std::vector<float>& dout, int T, int nh, int nkv, int hd) {
-  DevBuf dq_ = upload_vec(q), dk_ = upload_vec(k), dv_ = upload_vec(v), ddo = upload_vec(dout);
-  DevBuf out = nan_buf(q.size()), lse = nan_buf(static_cast<size_t>(T) * nh), gq = nan_buf(q.size()), gk = nan_buf(k.size()),
-         gv = nan_buf(v.size());
-  train_attention_fwd(dq_.as<float>(), dk_.as<float>(), dv_.as<float>(), T, nh, nkv, hd, out.as<float>(), lse.as<float>(), nullptr);
-  train_attention_bwd(dq_.as<float>(), dk_.as<float>(), dv_.as<float>(), lse.as<float>(), ddo.as<float>(), T, nh, nkv, hd, gq.as<float>(),
-                      gk.as<float>(), gv.as<float>(), nullptr);
-  AttnGrads g;
-  g.out = download<float>(out, q.size());
-  g.lse = download<float>(lse, static_cast<size_t>(T) * nh);
-  g.dq = download<float>(gq, q.size());
-  g.dk = download<float>(gk, k.size());
-  g.dv = download<float>(gv, v.size());
-  return g;
+                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd) {
+  // q, k, v side by side in one [B*T][qd + 2 kvd] buffer, as the training step keeps them.
+  const int qd = nh * hd, kvd = nkv * hd, ld = qd + 2 * kvd, M = B * T;
+  std::vector<float> qkv(static_cast<size_t>(M) * ld);
+  for (int m = 0; m < M; ++m) {
+    std::copy(q.begin() + static_cast<size_t>(m) * qd, q.begin() + static_cast<size_t>(m + 1) * qd, qkv.begin() + static_cast<size_t>(m) * ld);
+    std::copy(k.begin() + static_cast<size_t>(m) * kvd, k.begin() + static_cast<size_t>(m + 1) * kvd,
+              qkv.begin() + static_cast<size_t>(m) * ld + qd);
+    std::copy(v.begin() + static_cast<size_t>(m) * kvd, v.begin() + static_cast<size_t>(m + 1) * kvd,
+              qkv.begin() + static_cast<size_t>(m) * ld + qd + kvd);
+  }
+  DevBuf dqkv_in = upload_vec(qkv), ddo = upload_vec(dout);
+  DevBuf out = nan_buf(q.size()), grads = nan_buf(qkv.size());
+  TrainBlas blas(nullptr);
+  TrainAttnShape sh;
+  sh.B = B, sh.T = T, sh.nh = nh, sh.nkv = nkv, sh.hd = hd;
+  const float* p = dqkv_in.as<float>();
+  float* g = grads.as<float>();
+  train_attention_fwd(blas, sh, p, p + qd, p + qd + kvd, ld, out.as<float>(), qd);
+  train_attention_bwd(blas, sh, p, p + qd, p + qd + kvd, ld, ddo.as<float>(), qd, g, g + qd, g + qd + kvd, ld);
+  TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  AttnGrads r;
+  r.out = download<float>(out, q.size());
+  const std::vector<float> all = download<float>(grads, qkv.size());
+  for (int m = 0; m < M; ++m) {
+    const float* row = all.data() + static_cast<size_t>(m) * ld;
+    r.dq.insert(r.dq.end(), row, row + qd);
+    r.dk.insert(r.dk.end(), row + qd, row + qd + kvd);
+    r.dv.insert(r.dv.end(), row + qd + kvd, row + ld);
+  }
+  return r;
 }
 
 }  // namespace tern::cuda::testing

@@ -68,6 +68,13 @@ std::vector<float> ternary_linear_bwd(const TernaryMatrix& w, const float* dy, i
 // split_gemm with a random-access F16/BF16/F32 W: C [M][K] = alpha * A [M][N] . W [N][K].
 std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatMatrix& W, float alpha);
 
+// launch_train_norm_quant: x [M][n] (gated: [M][2n] = [gate | up], act 0 relu2 1 silu 2 gelu).
+struct TrainQuantized {
+  std::vector<float> h, xn, s;  // h only when gated
+  std::vector<int32_t> q;       // [M][n] (the F16 values as ints)
+};
+TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps);
+
 // train_ops.cu round trips (host vectors in and out; see kernels.h).
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
                                float eps, const std::vector<float>& dx_in, bool accumulate);
@@ -76,19 +83,19 @@ void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, con
 struct LoraGrads {
   std::vector<float> u, y, dx, dA, dB;
 };
-// lora_fwd_gpu then lora_bwd_gpu with dy; y starts as y_in (accumulate), dx as dx_in, dA/dB as given.
+// lora_fwd_gpu then lora_bwd_gpu with dy; y starts as y_in (accumulate), dx as dx_in, dA/dB
+// as given; dropout masks from the seed as train::dropout_mask(M * in, p, seed).
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
-                          int out, float scaling, const std::vector<uint8_t>& mask, float p, const std::vector<float>& y_in,
-                          const std::vector<float>& dy, const std::vector<float>& dx_in, const std::vector<float>& dA_in,
-                          const std::vector<float>& dB_in);
+                          int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
+                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in);
 
 // train_attention.cu round trips: RoPE backward in place on dy [M][nh*hd] (positions
-// pos0..), and attention forward + backward of one sequence.
+// pos0..), and attention forward + backward of B sequences of T positions (rows b*T + t).
 std::vector<float> rope_bwd(const std::vector<float>& dy, int M, int nh, int hd, int pos0, float theta);
 struct AttnGrads {
-  std::vector<float> out, lse, dq, dk, dv;
+  std::vector<float> out, dq, dk, dv;
 };
 AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                          const std::vector<float>& dout, int T, int nh, int nkv, int hd);
+                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd);
 
 }  // namespace tern::cuda::testing

@@ -1,25 +1,18 @@
 // Backward ops of the LoRA training step on the GPU, each checked against its CPU
 // reference in train/ops.h (tests/cuda/test_cuda_kernels.cpp): RMSNorm backward (frozen
 // weight), the gated activation's backward, and the LoRA branch forward/backward on cuBLAS
-// SGEMM (pedantic float32: the adapter's matrices are small, accuracy is what matters).
-#include <cublas_v2.h>
-
-#include <string>
+// (float32: the adapter's matrices are small, accuracy is what matters).
+#include <algorithm>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
-#include "backend/cuda/kernels.h"
-#include "backend/cuda/weights.h"
+#include "backend/cuda/train_kernels.h"
 
 namespace tern::cuda {
 
 namespace {
 
 constexpr int kThreads = 256;
-
-void check_cublas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) throw_error(std::string("cuBLAS ") + what + " failed: " + cublasGetStatusString(s));
-}
 
 // train::rmsnorm_bwd: dx = r w dy - x r^3 / n sum_j w_j dy_j x_j, sums in double.
 __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
@@ -42,52 +35,94 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_kernel(const float* __re
 }
 
 // train::gated_act_bwd (act 0 relu^2, 1 silu, 2 gelu with the engine's constant).
-__global__ void __launch_bounds__(kThreads) gated_act_bwd_kernel(const float* __restrict__ g, const float* __restrict__ u,
-                                                                 const float* __restrict__ dh, int64_t n, int act,
-                                                                 float* __restrict__ dg, float* __restrict__ du) {
+__global__ void __launch_bounds__(kThreads) gated_act_bwd_kernel(const float* __restrict__ g, const float* __restrict__ u, int ldi,
+                                                                 const float* __restrict__ dh, int64_t n, int F, int act,
+                                                                 float* __restrict__ dg, float* __restrict__ du, int ldo) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= n) return;
-  const float gi = g[i], ui = u[i], d = dh[i];
+  const int64_t m = i / F, f = i % F, ii = m * ldi + f, io = m * ldo + f;
+  const float gi = g[ii], ui = u[ii], d = dh[i];
   if (act == 0) {
     const float r = fmaxf(gi, 0.0f);
-    du[i] = d * (r * r);
-    dg[i] = d * ui * (2.0f * r);
+    du[io] = d * (r * r);
+    dg[io] = d * ui * (2.0f * r);
   } else if (act == 1) {
     const float sig = 1.0f / (1.0f + expf(-gi));
-    du[i] = d * (gi / (1.0f + expf(-gi)));
-    dg[i] = d * ui * (sig * (1.0f + gi * (1.0f - sig)));
+    du[io] = d * (gi / (1.0f + expf(-gi)));
+    dg[io] = d * ui * (sig * (1.0f + gi * (1.0f - sig)));
   } else {
     const float c = 0.70710678f, k = 1.12837916709551257390f, z = gi * c;
-    du[i] = d * (0.5f * gi * (1.0f + erff(z)));
-    dg[i] = d * ui * (0.5f * (1.0f + erff(z)) + 0.5f * gi * c * k * expf(-z * z));
+    du[io] = d * (0.5f * gi * (1.0f + erff(z)));
+    dg[io] = d * ui * (0.5f * (1.0f + erff(z)) + 0.5f * gi * c * k * expf(-z * z));
   }
-}
-
-// x_d = x * mask / (1 - p) (torch's inverted dropout).
-__global__ void __launch_bounds__(kThreads) dropout_kernel(const float* __restrict__ x, const uint8_t* __restrict__ mask, float keep,
-                                                           int64_t n, float* __restrict__ xd) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i < n) xd[i] = mask[i] ? x[i] * keep : 0.0f;
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// Row-major C [m][n] = alpha * op(A) . op(B) + beta * C on column-major cuBLAS: C^T = op(B)^T op(A)^T.
-void gemm_rm(cublasHandle_t h, bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb,
-             float beta, float* C, int ldc, const char* what) {
-  check_cublas(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, B, ldb, A, lda, &beta, C, ldc),
-               what);
+__global__ void __launch_bounds__(kThreads) add_partials_kernel(const float* __restrict__ part, int S, int m, int n, float* __restrict__ C,
+                                                                int ldc) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t mn = static_cast<int64_t>(m) * n;
+  if (i >= mn) return;
+  float s = 0.0f;
+  for (int c = 0; c < S; ++c) s += part[c * mn + i];
+  C[(i / n) * ldc + i % n] += s;
 }
 
-struct Handle {
-  cublasHandle_t h = nullptr;
-  explicit Handle(cudaStream_t st) {
-    check_cublas(cublasCreate(&h), "create");
-    check_cublas(cublasSetStream(h, st), "set stream");
-    check_cublas(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH), "set math mode");
+// C [m][n] += alpha A^T B for A [K][m], B [K][n] (row strides lda, ldb): the LoRA
+// gradients dA, dB, a reduction over K = every token of the batch into a small output.
+// As one GEMM that leaves most SMs idle, so the K rows are cut into S chunks of one
+// strided batched GEMM, and the S partials are then summed in chunk order.
+void gemm_tn_chunked(TrainBlas& blas, int m, int n, int K, float alpha, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                     bool tf32) {
+  const int S = std::min(16, K / 256);
+  if (S <= 1) return blas.gemm(true, false, m, n, K, alpha, A, lda, B, ldb, 1.0f, C, ldc, tf32);
+  const int chunk = K / S, rest = K - S * chunk;
+  const int64_t mn = static_cast<int64_t>(m) * n;
+  auto* part = static_cast<float*>(blas.scratch(kSlotSplitK, static_cast<size_t>(S) * mn * sizeof(float)));
+  blas.gemm_strided(true, false, m, n, chunk, alpha, A, lda, static_cast<int64_t>(chunk) * lda, B, ldb, static_cast<int64_t>(chunk) * ldb,
+                    0.0f, part, n, mn, S, tf32);
+  if (rest > 0) {
+    blas.gemm(true, false, m, n, rest, alpha, A + static_cast<int64_t>(S) * chunk * lda, lda, B + static_cast<int64_t>(S) * chunk * ldb, ldb,
+              1.0f, part, n, tf32);
   }
-  ~Handle() { cublasDestroy(h); }
-};
+  add_partials_kernel<<<blocks_for(mn), kThreads, 0, blas.stream()>>>(part, S, m, n, C, ldc);
+  TERN_CUDA_LAUNCHED("add_partials_kernel");
+}
+
+// dx (+)= dropout_mask * (du A) / (1 - p) without materialising du A: thread = one input
+// column c over 32 rows, its column of A in registers (R >= r), du rows broadcast.
+constexpr int kDxRows = 32;
+template <int R>
+__global__ void __launch_bounds__(kThreads) lora_dx_kernel(const float* __restrict__ du, const float* __restrict__ A, int M, int in, int r,
+                                                           const DropoutSpec d, uint64_t threshold, float keep, float* __restrict__ dx,
+                                                           int accumulate) {
+  const int words = dropout_words(in);
+  const int c = blockIdx.x * kThreads + threadIdx.x;
+  if (c >= in) return;
+  float a[R];
+#pragma unroll
+  for (int j = 0; j < R; ++j) a[j] = j < r ? A[static_cast<int64_t>(j) * in + c] : 0.0f;
+  const int m1 = min(M, static_cast<int>(blockIdx.y + 1) * kDxRows);
+  for (int m = blockIdx.y * kDxRows; m < m1; ++m) {
+    const float* dum = du + static_cast<int64_t>(m) * r;
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      if (j < r) acc = fmaf(dum[j], a[j], acc);
+    }
+    bool kept;
+    if (d.bits != nullptr) {
+      kept = (d.bits[static_cast<int64_t>(m) * words + c / 32] >> (c & 31)) & 1u;
+    } else {
+      const int t = m % d.period;
+      kept = dropout_keep(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * in + c, threshold);
+    }
+    const float v = kept ? acc * keep : 0.0f;
+    float& o = dx[static_cast<int64_t>(m) * in + c];
+    o = accumulate ? o + v : v;
+  }
+}
 
 }  // namespace
 
@@ -98,61 +133,69 @@ void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, 
   TERN_CUDA_LAUNCHED("rmsnorm_bwd_kernel");
 }
 
-void launch_gated_act_bwd(const float* g, const float* u, const float* dh, int64_t n, int act, float* dg, float* du, cudaStream_t st) {
+void launch_gated_act_bwd(const float* g, const float* u, int ldi, const float* dh, int M, int F, int act, float* dg, float* du, int ldo,
+                          cudaStream_t st) {
+  const int64_t n = static_cast<int64_t>(M) * F;
   if (n <= 0) return;
-  gated_act_bwd_kernel<<<blocks_for(n), kThreads, 0, st>>>(g, u, dh, n, act, dg, du);
+  gated_act_bwd_kernel<<<blocks_for(n), kThreads, 0, st>>>(g, u, ldi, dh, n, F, act, dg, du, ldo);
   TERN_CUDA_LAUNCHED("gated_act_bwd_kernel");
 }
 
-void lora_fwd_gpu(const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling, const uint8_t* mask,
-                  float p, float* u, float* y, bool accumulate, cudaStream_t st) {
-  Handle h(st);
-  DevBuf xd_buf;
+void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
+                  const DropoutSpec& d, float* u, float* y, int ldy, bool accumulate, bool tf32) {
   const float* xd = x;
-  if (p > 0.0f) {
-    xd_buf = DevBuf(static_cast<size_t>(M) * in * sizeof(float));
-    dropout_kernel<<<blocks_for(static_cast<int64_t>(M) * in), kThreads, 0, st>>>(x, mask, 1.0f / (1.0f - p), static_cast<int64_t>(M) * in,
-                                                                                  xd_buf.as<float>());
-    TERN_CUDA_LAUNCHED("dropout_kernel");
-    xd = xd_buf.as<float>();
+  if (d.p > 0.0f) {
+    auto* t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
+    launch_dropout(x, in, M, in, d, t, in, false, blas.stream());
+    xd = t;
+    blas.mark("f.lora.dropout");
   }
-  gemm_rm(h.h, false, true, M, r, in, 1.0f, xd, in, A, in, 0.0f, u, r, "lora u = x_d A^T");
-  gemm_rm(h.h, false, true, M, out, r, scaling, u, r, B, r, accumulate ? 1.0f : 0.0f, y, out, "lora y += s u B^T");
-  TERN_CUDA_CHECK(cudaStreamSynchronize(st));
+  blas.gemm(false, true, M, r, in, 1.0f, xd, in, A, in, 0.0f, u, r, tf32);
+  if (y != nullptr) blas.gemm(false, true, M, out, r, scaling, u, r, B, r, accumulate ? 1.0f : 0.0f, y, ldy, tf32);
 }
 
-void lora_bwd_gpu(const float* x, const float* A, const float* B, const float* u, const float* dy, int M, int in, int r, int out,
-                  float scaling, const uint8_t* mask, float p, float* dx, float* dA, float* dB, bool accumulate, cudaStream_t st) {
-  Handle h(st);
-  DevBuf du(static_cast<size_t>(M) * r * sizeof(float));
-  DevBuf xd_buf;
+void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, const float* u, const float* dy, int ldy, int M, int in,
+                  int r, int out, float scaling, const DropoutSpec& d, float* dx, float* dA, float* dB, bool accumulate, bool tf32) {
+  auto* du = static_cast<float*>(blas.scratch(kSlotLoraU, static_cast<size_t>(M) * r * sizeof(float)));
+  const bool drop = d.p > 0.0f;
+  DropoutSpec dd = d;  // the forward stored the mask bits (if any): read them
+  dd.write_bits = false;
+  float* t = drop ? static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float))) : nullptr;
+  blas.gemm(false, false, M, r, out, scaling, dy, ldy, B, r, 0.0f, du, r, tf32);  // du = s dy B
+  blas.mark("b.lora.du");
+  gemm_tn_chunked(blas, out, r, M, scaling, dy, ldy, u, r, dB, r, tf32);  // dB += s dy^T u
+  blas.mark("b.lora.dB");
   const float* xd = x;
-  const float keep = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
-  if (p > 0.0f) {
-    xd_buf = DevBuf(static_cast<size_t>(M) * in * sizeof(float));
-    dropout_kernel<<<blocks_for(static_cast<int64_t>(M) * in), kThreads, 0, st>>>(x, mask, keep, static_cast<int64_t>(M) * in, xd_buf.as<float>());
-    TERN_CUDA_LAUNCHED("dropout_kernel");
-    xd = xd_buf.as<float>();
+  if (drop) {
+    launch_dropout(x, in, M, in, dd, t, in, false, blas.stream());
+    xd = t;
+    blas.mark("b.lora.dropout");
   }
-  gemm_rm(h.h, false, false, M, r, out, scaling, dy, out, B, r, 0.0f, du.as<float>(), r, "lora du = s dy B");
-  gemm_rm(h.h, true, false, out, r, M, scaling, dy, out, u, r, 1.0f, dB, r, "lora dB += s dy^T u");
-  gemm_rm(h.h, true, false, r, in, M, 1.0f, du.as<float>(), r, xd, in, 1.0f, dA, in, "lora dA += du^T x_d");
-  if (dx != nullptr) {
-    if (p > 0.0f) {
-      // dx (+)= (du A) * mask * keep: through a scratch row block, then the dropout mask.
-      DevBuf t(static_cast<size_t>(M) * in * sizeof(float));
-      gemm_rm(h.h, false, false, M, in, r, 1.0f, du.as<float>(), r, A, in, 0.0f, t.as<float>(), in, "lora du A");
-      dropout_kernel<<<blocks_for(static_cast<int64_t>(M) * in), kThreads, 0, st>>>(t.as<float>(), mask, keep, static_cast<int64_t>(M) * in,
-                                                                                    t.as<float>());
-      TERN_CUDA_LAUNCHED("dropout_kernel");
-      const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-      check_cublas(cublasSgeam(h.h, CUBLAS_OP_N, CUBLAS_OP_N, in, M, &one, t.as<float>(), in, &beta, dx, in, dx, in), "lora dx add");
-      TERN_CUDA_CHECK(cudaStreamSynchronize(st));
+  gemm_tn_chunked(blas, r, in, M, 1.0f, du, r, xd, in, dA, in, tf32);  // dA += du^T x_d
+  blas.mark("b.lora.dA");
+  if (dx == nullptr) return;
+  if (drop && r <= 64) {
+    // dx (+)= (du A) * mask / (1 - p), masked as it is computed.
+    const dim3 grid((in + kThreads - 1) / kThreads, (M + kDxRows - 1) / kDxRows);
+    const float keep = 1.0f / (1.0f - d.p);
+    const int acc = accumulate ? 1 : 0;
+    const uint64_t thr = dropout_threshold(d.p);
+    if (r <= 16) {
+      lora_dx_kernel<16><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
+    } else if (r <= 32) {
+      lora_dx_kernel<32><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
     } else {
-      gemm_rm(h.h, false, false, M, in, r, 1.0f, du.as<float>(), r, A, in, accumulate ? 1.0f : 0.0f, dx, in, "lora dx (+)= du A");
+      lora_dx_kernel<64><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
     }
+    TERN_CUDA_LAUNCHED("lora_dx_kernel");
+  } else if (drop) {
+    // Ranks above 64: through the scratch rows, then the mask.
+    blas.gemm(false, false, M, in, r, 1.0f, du, r, A, in, 0.0f, t, in, tf32);
+    if (!accumulate) TERN_CUDA_CHECK(cudaMemsetAsync(dx, 0, static_cast<size_t>(M) * in * sizeof(float), blas.stream()));
+    launch_dropout(t, in, M, in, dd, dx, in, true, blas.stream());
+  } else {
+    blas.gemm(false, false, M, in, r, 1.0f, du, r, A, in, accumulate ? 1.0f : 0.0f, dx, in, tf32);
   }
-  TERN_CUDA_CHECK(cudaStreamSynchronize(st));
 }
 
 }  // namespace tern::cuda

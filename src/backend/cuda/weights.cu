@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <string>
 
+#include <cuda_fp16.h>
+
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/launch.h"
 #include "backend/cuda/weights.h"
@@ -96,13 +98,37 @@ int sm_count() {
   return n;
 }
 
+namespace {
+
+// tern2 (model/ternary.h): per 128-weight block 32 bytes; byte j holds the codes (w + 1)
+// of columns j, j+32, j+64, j+96 in bits 7-6, 5-4, 3-2, 1-0 (cpu::ternary_dot).
+__global__ void unpack_f16_kernel(const uint8_t* __restrict__ src, int64_t row_bytes, int64_t rows, int64_t cols, __half* __restrict__ dst) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * cols) return;
+  const int64_t r = idx / cols, c = idx % cols, b = c / 128, k = c % 128;
+  const int byte = src[r * row_bytes + b * 32 + (k & 31)];
+  const int code = (byte >> (6 - 2 * (k >> 5))) & 3;
+  dst[idx] = __int2half_rn(code - 1);
+}
+
+}  // namespace
+
+void upload_ternary_f16_into(const TernaryMatrix& w, void* dst, cudaStream_t st) {
+  const size_t bytes = static_cast<size_t>(w.rows * w.row_bytes);
+  if (bytes == 0) return;
+  DevBuf staging(bytes);
+  TERN_CUDA_CHECK(cudaMemcpyAsync(staging.as<void>(), w.data, bytes, cudaMemcpyHostToDevice, st));
+  const int64_t n = w.rows * w.cols;
+  unpack_f16_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, st>>>(staging.as<uint8_t>(), w.row_bytes, w.rows, w.cols,
+                                                                            static_cast<__half*>(dst));
+  TERN_CUDA_LAUNCHED("unpack_f16_kernel");
+  TERN_CUDA_CHECK(cudaStreamSynchronize(st));  // staging is freed on return
+}
+
 DevBuf upload_ternary_f16(const TernaryMatrix& w) {
-  constexpr uint16_t kF16[3] = {0xBC00u, 0x0000u, 0x3C00u};  // -1, 0, +1
-  std::vector<uint16_t> h(static_cast<size_t>(w.rows) * w.cols);
-  for (int64_t r = 0; r < w.rows; ++r) {
-    for (int64_t c = 0; c < w.cols; ++c) h[r * w.cols + c] = kF16[w.get(r, c) + 1];
-  }
-  return upload_vec(h);
+  DevBuf d(static_cast<size_t>(w.rows) * w.cols * 2);
+  upload_ternary_f16_into(w, d.as<void>(), nullptr);
+  return d;
 }
 
 }  // namespace tern::cuda

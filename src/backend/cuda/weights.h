@@ -53,5 +53,8 @@ DevTernary upload_ternary(const std::vector<const TernaryMatrix*>& parts, const 
 // The ternary values of w (-1, 0, 1, exact in F16) as a dense row-major F16 [rows][cols]
 // matrix, for the training backward dx = scale * dy . Wq (split_gemm type 1).
 DevBuf upload_ternary_f16(const TernaryMatrix& w);
+// The same into dst (device, [w.rows][w.cols] F16): the packed rows are copied over and
+// unpacked on the GPU.
+void upload_ternary_f16_into(const TernaryMatrix& w, void* dst, cudaStream_t st);
 
 }  // namespace tern::cuda

@@ -1,0 +1,80 @@
+// cuBLAS and scratch memory for the GPU training step (lora_train.cu) and its kernels'
+// tests: one handle (float32 GEMMs in float32: TF32 only where a call asks for it), scratch buffers
+// that grow to the largest request and are then reused (growing synchronizes the stream
+// first, so a buffer is never freed under a running kernel), and the GEMM shapes the
+// step needs, all row-major.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+
+#include "backend/cuda/weights.h"
+
+namespace tern::cuda {
+
+// Per-column scales of a [M][N] operand: columns [0, end[0]) get scale[0], [end[0],
+// end[1]) scale[1], ... (a fused q|k|v or gate|up gradient, each part with its matrix
+// scale). n == 0: no scaling.
+struct ColScales {
+  int n = 0;
+  int end[3] = {0, 0, 0};
+  float scale[3] = {1.0f, 1.0f, 1.0f};
+};
+
+class TrainBlas {
+ public:
+  explicit TrainBlas(cudaStream_t st);
+  ~TrainBlas();
+  TrainBlas(const TrainBlas&) = delete;
+  TrainBlas& operator=(const TrainBlas&) = delete;
+
+  cudaStream_t stream() const { return st_; }
+  // Profiling hook (TERN_TRAIN_PROFILE=2): ops name their sub-steps; a no-op unless set.
+  std::function<void(const char*)> on_mark;
+  void mark(const char* what) const {
+    if (on_mark) on_mark(what);
+  }
+  // Scratch slot i (< kSlots) of at least `bytes`; valid until the next request of slot i.
+  static constexpr int kSlots = 10;
+  void* scratch(int slot, size_t bytes);
+  // Bytes of device memory the scratch slots hold now.
+  size_t scratch_bytes() const;
+
+  // C [m][n] = alpha op(A) op(B) + beta C, float32 (row-major; lda/ldb/ldc in elements).
+  void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb, float beta, float* C,
+            int ldc, bool tf32 = false);
+  // The same over `batch` matrices at fixed element strides (sa, sb, sc) from A, B, C.
+  void gemm_strided(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, int64_t sa, const float* B, int ldb,
+                    int64_t sb, float beta, float* C, int ldc, int64_t sc, int batch, bool tf32 = false);
+  // C [M][N] (float32) = A [M][K] . W [N][K]^T with A and W in F16 and float32 accumulation
+  // (exact for int8-valued A and ternary W: every partial sum is an integer below 2^24).
+  void gemm_f16_nt(const void* A, int M, int K, const void* W, int N, float* C, int ldc);
+  // C [M][K] (+)= alpha * (A [M][N] with column scales cs) . W [N][K], W row-major in type
+  // 0 F32, 1 F16 or 2 BF16, to float32 accuracy on tensor cores (split_gemm.cu). tf32:
+  // ~10-bit accuracy instead (one F16 term, two BF16 terms, TF32 for F32): half the work.
+  void split_gemm(const float* A, int lda, int M, int N, const ColScales& cs, const void* W, int type, int K, float alpha, float* C,
+                  int ldc, bool accumulate, bool tf32 = false);
+
+ private:
+  cudaStream_t st_;
+  void* handle_ = nullptr;  // cublasHandle_t
+  std::array<DevBuf, kSlots> slots_;
+};
+
+// Scratch slots: which caller uses which (a slot's contents die at its next request).
+enum TrainSlot : int {
+  kSlotSplitA = 0,  // split_gemm: 16-bit terms of A
+  kSlotSplitAcc,    // split_gemm: per-term products
+  kSlotSplitScale,  // split_gemm: row scales
+  kSlotLoraU,       // LoRA backward: du
+  kSlotLoraX,       // LoRA: dropout(x) / (du A) rows
+  kSlotAttnS,       // attention: scores / probabilities
+  kSlotAttnDP,      // attention backward: dP / dS
+  kSlotHead,        // head loss: logits of a chunk
+  kSlotAttnHeads,   // attention: q, k, v, out (or their gradients) head-major
+  kSlotSplitK,      // LoRA backward: per-chunk partial products
+};
+
+}  // namespace tern::cuda

@@ -1,0 +1,243 @@
+// Forward pieces of the LoRA training step (lora_train.cu) that the inference kernels do
+// not provide in the form training needs: the normed float input of every linear (the
+// LoRA branch and the backward read it) next to its int8 quantization (as F16 values for
+// the F16 tensor-core GEMM, exact: integers times ternary weights summed in float32 stay
+// below 2^24), the linear's scale epilogue, residual adds, peft's dropout generated on the
+// device, and row gather/scatter for the loss.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/norm_quant.cuh"
+#include "backend/cuda/train_kernels.h"
+
+namespace tern::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+// Three passes over the row (L1/L2-resident): value (+ h_out) and sum of squares, the
+// normed value (+ xn_out) and its absmax, the quantized F16 values. The arithmetic is
+// norm_quant.cuh's (cpu::rmsnorm then cpu::quantize_row_i8).
+template <bool GATED>
+__global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float* __restrict__ x, int ldx, int act, const float* __restrict__ w,
+                                                                    int n, float eps, float* __restrict__ h_out, float* __restrict__ xn_out,
+                                                                    __half* __restrict__ q16, float* __restrict__ s_out) {
+  __shared__ NormScratch sc;
+  const int64_t m = blockIdx.x;
+  const float* row = x + m * ldx;
+  float* h = GATED ? h_out + m * n : nullptr;
+  double ss = 0;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    float v;
+    if constexpr (GATED) {
+      v = gated(row[i], row[n + i], act);
+      h[i] = v;
+    } else {
+      v = row[i];
+    }
+    ss += static_cast<double>(v) * v;
+  }
+  ss = block_reduce<kThreads>(ss, sc.d, SumOp{});
+  const float r = 1.0f / sqrtf(static_cast<float>(ss / n) + eps);
+  const float* src = GATED ? h : row;
+  float amax = 0.0f;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const float y = w[i] * (src[i] * r);
+    if (xn_out != nullptr) xn_out[m * n + i] = y;
+    amax = fmaxf(amax, fabsf(y));
+  }
+  amax = block_reduce<kThreads>(amax, sc.f, MaxOp{});
+  const float s = 127.0f / fmaxf(amax, 1e-5f);
+  for (int i = threadIdx.x; i < n; i += kThreads) q16[m * n + i] = __int2half_rn(q8(w[i] * (src[i] * r), s));
+  if (threadIdx.x == 0) s_out[m] = s;
+}
+
+__device__ __forceinline__ float seg_scale(const ColScales& cs, int c) {
+  if (cs.n == 0) return 1.0f;
+  return c < cs.end[0] ? cs.scale[0] : (cs.n < 2 || c < cs.end[1]) ? cs.scale[1] : cs.scale[2];
+}
+
+__device__ __forceinline__ int seg_of(const ColScales& cs, int c) {
+  if (cs.n == 0) return 0;
+  return c < cs.end[0] ? 0 : (cs.n < 2 || c < cs.end[1]) ? 1 : 2;
+}
+
+// Thread = one column c over kRowsPerBlock rows, 4 at a time (their loads in flight
+// together): its B row sits in registers (R >= r slots; reading it per element made this
+// kernel 20x slower) while the rows' u (the same for the whole warp: a broadcast) stream
+// by. R = 0: no LoRA; R = -1: any rank, B read from memory.
+constexpr int kRowsPerBlock = 32, kRowStep = 4;
+struct EpiArgs {
+  float* y;
+  int ld, M, N;
+  const float* s;
+  ColScales cs;
+  LoraEpilogue le;
+  const float* resid;
+  float* out;
+};
+template <int R>
+__global__ void __launch_bounds__(kThreads) linear_epilogue_kernel(const EpiArgs a) {
+  const int c = blockIdx.x * kThreads + threadIdx.x;
+  if (c >= a.N) return;
+  const int k = seg_of(a.cs, c), start = k == 0 ? 0 : a.cs.end[k - 1];
+  const float scale = seg_scale(a.cs, c);
+  const int r = a.le.r;
+  const float* u = R != 0 && r > 0 ? a.le.u[k] : nullptr;
+  const float* brow = u != nullptr ? a.le.B[k] + static_cast<int64_t>(c - start) * r : nullptr;
+  float b[R > 0 ? R : 1];
+  if constexpr (R > 0) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) b[j] = u != nullptr && j < r ? brow[j] : 0.0f;
+  }
+  const int m0 = blockIdx.y * kRowsPerBlock, m1 = min(a.M, m0 + kRowsPerBlock);
+  for (int mb = m0; mb < m1; mb += kRowStep) {
+    float v[kRowStep], sm[kRowStep], rs[kRowStep];
+#pragma unroll
+    for (int i = 0; i < kRowStep; ++i) {
+      const int m = mb + i;
+      if (m < m1) {
+        v[i] = a.y[static_cast<int64_t>(m) * a.ld + c], sm[i] = a.s[m];
+        rs[i] = a.resid != nullptr ? a.resid[static_cast<int64_t>(m) * a.N + c] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kRowStep; ++i) {
+      const int m = mb + i;
+      if (m >= m1) break;
+      float o = v[i] / sm[i] * scale;
+      if (u != nullptr) {
+        const float* um = u + static_cast<int64_t>(m) * r;
+        float acc = 0.0f;
+        if constexpr (R > 0) {
+          if ((r & 3) == 0) {  // u rows 16-byte aligned: 4 values per (broadcast) load
+#pragma unroll
+            for (int j = 0; j < R; j += 4) {
+              if (j < r) {
+                const float4 q = *reinterpret_cast<const float4*>(um + j);
+                acc = fmaf(b[j], q.x, acc), acc = fmaf(b[j + 1], q.y, acc), acc = fmaf(b[j + 2], q.z, acc), acc = fmaf(b[j + 3], q.w, acc);
+              }
+            }
+          } else {
+#pragma unroll
+            for (int j = 0; j < R; ++j) {
+              if (j < r) acc = fmaf(b[j], um[j], acc);
+            }
+          }
+        } else {
+          for (int j = 0; j < r; ++j) acc = fmaf(brow[j], um[j], acc);
+        }
+        o = __fadd_rn(o, __fmul_rn(a.le.scaling, acc));
+      }
+      if (a.resid != nullptr) {
+        a.out[static_cast<int64_t>(m) * a.N + c] = rs[i] + o;
+      } else {
+        a.y[static_cast<int64_t>(m) * a.ld + c] = o;
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) gather_kernel(const float* __restrict__ x, int n, const int32_t* __restrict__ idx, int count,
+                                                          float* __restrict__ out, int scatter) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= static_cast<int64_t>(count) * n) return;
+  const int64_t r = i / n, c = i % n, src = static_cast<int64_t>(idx[r]) * n + c;
+  if (scatter) {
+    out[src] = x[i];
+  } else {
+    out[i] = x[src];
+  }
+}
+
+// Block (x, y) covers columns 256x.. of rows y, y + gridDim.y, ... (no 64-bit division
+// per element: that, not the hash, was most of this kernel's time). Rows are padded to
+// whole 32-column words, so a warp is one word of one row (its ballot is the word of bits).
+__global__ void __launch_bounds__(kThreads) dropout_kernel(const float* __restrict__ src, int lds, int M, int n, const DropoutSpec d,
+                                                           uint64_t threshold, float keep, float* __restrict__ out, int ldo, int accumulate) {
+  const int words = dropout_words(n);
+  const int c = blockIdx.x * kThreads + threadIdx.x;
+  if (c >= words * 32) return;  // whole warps: the padded row is a multiple of 32
+  const bool valid = c < n;
+  for (int m = blockIdx.y; m < M; m += gridDim.y) {
+    bool kept;
+    if (d.bits != nullptr && !d.write_bits) {
+      kept = (d.bits[static_cast<int64_t>(m) * words + c / 32] >> (c & 31)) & 1u;
+    } else {
+      const int t = m % d.period;
+      kept = valid && dropout_keep(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * n + c, threshold);
+      if (d.bits != nullptr) {
+        const unsigned word = __ballot_sync(kFullMask, kept);
+        if ((threadIdx.x & 31) == 0) d.bits[static_cast<int64_t>(m) * words + c / 32] = word;
+      }
+    }
+    if (!valid) continue;
+    const float v = kept ? src[static_cast<int64_t>(m) * lds + c] * keep : 0.0f;
+    float& o = out[static_cast<int64_t>(m) * ldo + c];
+    o = accumulate ? o + v : v;
+  }
+}
+
+}  // namespace
+
+void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
+                             float* xn_out, void* q16, float* s, cudaStream_t st) {
+  if (M <= 0) return;
+  if (gated) {
+    train_norm_quant_kernel<true><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, static_cast<__half*>(q16), s);
+  } else {
+    train_norm_quant_kernel<false><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, static_cast<__half*>(q16), s);
+  }
+  TERN_CUDA_LAUNCHED("train_norm_quant_kernel");
+}
+
+void launch_linear_epilogue(float* y, int ld, int M, int N, const float* s, const ColScales& cs, const LoraEpilogue& lora,
+                            const float* resid, float* out, cudaStream_t st) {
+  if (M <= 0 || N <= 0) return;
+  const dim3 grid((N + kThreads - 1) / kThreads, (M + kRowsPerBlock - 1) / kRowsPerBlock);
+  const EpiArgs a{y, ld, M, N, s, cs, lora, resid, out};
+  if (lora.r == 0) {
+    linear_epilogue_kernel<0><<<grid, kThreads, 0, st>>>(a);
+  } else if (lora.r <= 8) {
+    linear_epilogue_kernel<8><<<grid, kThreads, 0, st>>>(a);
+  } else if (lora.r <= 16) {
+    linear_epilogue_kernel<16><<<grid, kThreads, 0, st>>>(a);
+  } else if (lora.r <= 32) {
+    linear_epilogue_kernel<32><<<grid, kThreads, 0, st>>>(a);
+  } else if (lora.r <= 64) {
+    linear_epilogue_kernel<64><<<grid, kThreads, 0, st>>>(a);
+  } else {
+    linear_epilogue_kernel<-1><<<grid, kThreads, 0, st>>>(a);
+  }
+  TERN_CUDA_LAUNCHED("linear_epilogue_kernel");
+}
+
+void launch_gather_rows(const float* x, int n, const int32_t* idx, int count, float* out, cudaStream_t st) {
+  if (count <= 0) return;
+  gather_kernel<<<blocks_for(static_cast<int64_t>(count) * n), kThreads, 0, st>>>(x, n, idx, count, out, 0);
+  TERN_CUDA_LAUNCHED("gather_kernel");
+}
+
+void launch_scatter_rows(const float* x, int n, const int32_t* idx, int count, float* out, cudaStream_t st) {
+  if (count <= 0) return;
+  gather_kernel<<<blocks_for(static_cast<int64_t>(count) * n), kThreads, 0, st>>>(x, n, idx, count, out, 1);
+  TERN_CUDA_LAUNCHED("gather_kernel");
+}
+
+uint64_t dropout_threshold(float p) { return static_cast<uint64_t>(std::ceil(std::ldexp(static_cast<double>(p), 53))); }
+
+void launch_dropout(const float* src, int lds, int M, int n, const DropoutSpec& d, float* out, int ldo, bool accumulate, cudaStream_t st) {
+  if (M <= 0 || n <= 0) return;
+  const dim3 grid((dropout_words(n) * 32 + kThreads - 1) / kThreads, std::min(M, 65535));
+  dropout_kernel<<<grid, kThreads, 0, st>>>(src, lds, M, n, d, dropout_threshold(d.p), 1.0f / (1.0f - d.p), out, ldo, accumulate ? 1 : 0);
+  TERN_CUDA_LAUNCHED("dropout_kernel");
+}
+
+}  // namespace tern::cuda

@@ -1,0 +1,132 @@
+// Host-side launch API of the LoRA training kernels (issue 5). Each one has a CPU
+// reference in train/ops.h with the same arguments and accumulate rules, checked in
+// tests/cuda/test_cuda_kernels.cpp; lora_train.cu strings them into a training step.
+// Activations are row-major [M][n] with M = sequences x positions (every sequence padded
+// to the same length T; row m is position m % T of sequence m / T).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/train_blas.h"
+
+namespace tern::cuda {
+
+// ---- train_fwd.cu: the forward's norms, quantization and elementwise ops ----
+// Per row m < M: v = x_m (n values at stride ldx), or with gated v = act(gate) * up from
+// x_m = [gate | up] (n each; h_out[m] = v, [M][n]); xn_out[m] = RMSNorm(v) * w (nullable);
+// q16[m] = the int8 absmax quantization of RMSNorm(v) * w as F16 values and s[m] its scale
+// (cpu::rmsnorm + cpu::gated_activation + cpu::quantize_row_i8, bit for bit).
+void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
+                             float* xn_out, void* q16, float* s, cudaStream_t st);
+// The LoRA branches of a fused linear, per column segment of ColScales (null u: that
+// part has no adapter): y += scaling * B u with u [M][r] (lora_fwd_gpu without y) and
+// B [segment rows][r].
+struct LoraEpilogue {
+  int r = 0;  // 0: no LoRA
+  float scaling = 0.0f;
+  const float* u[3] = {nullptr, nullptr, nullptr};
+  const float* B[3] = {nullptr, nullptr, nullptr};
+};
+// The ternary linear's epilogue on y [M][N] (row stride ld), y = exact dot:
+// v = y / s[m] * cs.scale(column) (as cpu: float(dot) / s * scale), plus the LoRA
+// branches (scaling * B u, u [M][r]); written to y, or with resid (a [M][N] residual
+// stream) out = resid + v instead (out [M][N], y left as it was).
+void launch_linear_epilogue(float* y, int ld, int M, int N, const float* s, const ColScales& cs, const LoraEpilogue& lora,
+                            const float* resid, float* out, cudaStream_t st);
+// out[i] = x[idx[i]] / out[idx[i]] = x[i] (rows of n floats): the head loss runs on the
+// rows that have a label only.
+void launch_gather_rows(const float* x, int n, const int32_t* idx, int count, float* out, cudaStream_t st);
+void launch_scatter_rows(const float* x, int n, const int32_t* idx, int count, float* out, cudaStream_t st);
+
+// peft's LoRA dropout, generated on the device exactly as train::dropout_mask: element
+// (m, c) of the [M][n] input is kept when splitmix64 output number t * n + c of the seed
+// seq_seed[m / period] + salt is >= p (t = m % period). Hashing is most of a dropout
+// pass's cost, so the first pass over an input can store the mask as bits (one uint32
+// per 32 columns, rows of dropout_words(n)) and later passes read them.
+struct DropoutSpec {
+  float p = 0.0f;
+  const uint64_t* seq_seed = nullptr;  // device, one per sequence
+  uint64_t salt = 0;
+  int period = 1;
+  uint32_t* bits = nullptr;  // null: hash every time
+  bool write_bits = false;   // this pass hashes and fills `bits`; else it reads them
+};
+__host__ __device__ inline int dropout_words(int n) { return (n + 31) / 32; }
+// out[m][c] (+)= keep(m, c) ? src[m][c] / (1 - p) : 0 (rows of n, strides lds / ldo).
+void launch_dropout(const float* src, int lds, int M, int n, const DropoutSpec& d, float* out, int ldo, bool accumulate, cudaStream_t st);
+// ceil(p * 2^53): the integer form of the keep test (dropout_keep in device_util.cuh).
+uint64_t dropout_threshold(float p);
+
+// ---- train_ops.cu: backward ops and the LoRA branch ----
+// train::rmsnorm_bwd (x, dy, dx rows of n).
+void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, int n, float eps, float* dx, bool accumulate,
+                        cudaStream_t st);
+// train::gated_act_bwd on M rows of F: g, u at row stride ldi, dh [M][F], dg, du at row
+// stride ldo (act 0 relu2, 1 silu, 2 gelu).
+void launch_gated_act_bwd(const float* g, const float* u, int ldi, const float* dh, int M, int F, int act, float* dg, float* du, int ldo,
+                          cudaStream_t st);
+// train::lora_fwd: u [M][r] = dropout(x) A^T, y (+)= scaling u B^T (y row stride ldy;
+// x [M][in] contiguous; y null: u only). tf32: the products on TF32 tensor cores.
+void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
+                  const DropoutSpec& d, float* u, float* y, int ldy, bool accumulate, bool tf32 = false);
+// train::lora_bwd: dA, dB accumulate; dx [M][in] (+)= ... unless null; dy row stride ldy.
+// The dropout mask is hashed again, or read from d.bits when the forward stored it.
+void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, const float* u, const float* dy, int ldy, int M, int in,
+                  int r, int out, float scaling, const DropoutSpec& d, float* dx, float* dA, float* dB, bool accumulate, bool tf32 = false);
+
+// ---- train_attention.cu ----
+// RoPE in place on M rows (row stride ld) of n_heads x hd, row m at position
+// pos0 + m % period (rope = rope_table); inverse: the backward (rotation by -angle).
+void launch_rope_rows(float* x, int ld, int M, int n_heads, int hd, int period, int pos0, const float* rope, bool inverse, cudaStream_t st);
+// train::rope_neox_bwd on one sequence's rows [M][n_heads * hd].
+void launch_rope_bwd(float* dy, int M, int n_heads, int hd, int pos0, const float* rope, cudaStream_t st);
+// Causal GQA attention of B sequences of T positions: q, k, v rows m = b * T + t with row
+// stride ld (already roped), out rows at stride ldo. tf32: the products on TF32 tensor
+// cores (~1e-3 relative) instead of float32.
+struct TrainAttnShape {
+  int B = 1, T = 0, nh = 0, nkv = 0, hd = 0;
+};
+void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
+                         int ldo, bool tf32 = false);
+// dq, dk, dv (row stride ldd) are written; the probabilities are recomputed.
+void train_attention_bwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld,
+                         const float* dout, int ldo, float* dq, float* dk, float* dv, int ldd, bool tf32 = false);
+
+// ---- train_optimizer.cu: train/optimizer.cpp on the device, bit for bit ----
+// Sum of squares of n floats in double (deterministic order); scratch: >= 1025 doubles on
+// the device. Synchronizes st (the sum comes back to the host).
+double grad_sq_sum(const float* g, size_t n, double* scratch, cudaStream_t st);
+// The per-element constants of Optimizer::step and clip_grad_norm (computed on the host
+// exactly as there).
+struct OptimizerArgs {
+  int sgd = 0;
+  int clip = 0;          // g *= coef first (clip_grad_norm scaled)
+  float coef = 1.0f;
+  float lr = 0, wd = 0;  // SGD
+  int decay_on = 0;      // AdamW: p *= decay
+  float decay = 1, w1 = 0, b2 = 0, w2 = 0, eps = 0, bc2_sqrt = 1, neg_step = 0;
+};
+void launch_optimizer_update(float* p, const float* g, float* m, float* v, size_t n, const OptimizerArgs& a, cudaStream_t st);
+
+// ---- split_gemm.cu ----
+// C [M][K] = alpha * A [M][N] . W [N][K] to float32 accuracy (TrainBlas::split_gemm with
+// a temporary context; synchronizes st).
+void split_gemm(const float* A, int M, int N, const void* W, int type, int K, float alpha, float* C, cudaStream_t st);
+
+// ---- head_loss.cu ----
+// loss = sum over rows m with labels[m] >= 0 of -log softmax(RMSNorm(x_m) E^T)[labels[m]],
+// divided by n_norm (train::cross_entropy_fwd_bwd's convention: labels already aligned,
+// -100 ignored), and dx [M][H] = its gradient w.r.t. x (through the output RMSNorm with
+// weight normw) unless dx is null (loss only). `head` computes the logits (its weights
+// must be hw, exact head). Row m's share of the loss goes to loss_rows[m] (device
+// doubles; the caller sums them in order: deterministic). Does not synchronize.
+// tf32: dx through TrainBlas::split_gemm's tf32 mode (the logits and loss stay exact).
+void head_loss_rows(TrainBlas& blas, HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps,
+                    const int32_t* labels, int M, int64_t n_norm, float* dx, double* loss_rows, bool tf32 = false);
+// The same for one call: returns the loss (synchronizes st).
+double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps, const int32_t* labels,
+                         int M, int64_t n_norm, float* dx, cudaStream_t st);
+
+}  // namespace tern::cuda
