@@ -181,7 +181,7 @@ TEST(CudaTraining, GradientsMatchCpuReference) {
 // tensor cores, the backward's ternary products on one F16 term (10-bit mantissas, still
 // finer than peft's bf16). Close to the float32 reference, not equal: its roundings flip
 // int8 roundings of these chaotic models (seen: 3-5 % on tamed 256, 7-11 % on tamed 512).
-TEST(CudaTraining, Tf32AttentionIsClose) {
+TEST(CudaTraining, Tf32PrecisionIsClose) {
   SKIP_WITHOUT_GPU();
   for (uint64_t seed : {3, 4}) {
     EXPECT_LT(check_against_cpu(tamed("256,512,2,4,2,300", 3), {17, 6}, 0.0f, seed, "tamed 256 tf32", true).rel, 0.1);

@@ -1,16 +1,19 @@
 // LoRA loss and gradient of a whole micro-batch on the GPU (train::GradEngine): the
 // computation of train/lora_model.cpp (the CPU reference, checked against peft) over
-// B sequences padded to T positions at once, M = B * T rows.
+// B sequences padded to T positions at once, M = B * T rows; and the optimizer step
+// (train/optimizer.cpp bit for bit) on parameters that stay on the device.
 //
-// Forward, per layer, from the checkpointed input x_l: norm + int8 quantization of each
-// linear input (kept as F16 integers), the ternary product as an F16 tensor-core GEMM
-// against the layer's ternary weights stored as F16 {-1, 0, 1} (exact: integer sums below
-// 2^24 in float32), the scale epilogue, the LoRA branch on cuBLAS, RoPE, attention on
-// cuBLAS. Only each layer's input is kept (gradient checkpointing); the loss runs on the
-// rows that have a label. Backward, layer by layer from the top: recompute the layer's
-// forward from x_l, then walk back through it: the ternary linears by the straight-through
-// estimator (dx = m dy Wq, split_gemm: float32 accuracy on F16 tensor cores), RMSNorm,
-// relu^2 gating, attention, RoPE, and the LoRA gradients accumulated on the device.
+// Forward, per layer: norm + int8 quantization of each linear input (kept as F16
+// integers), the ternary product as an F16 tensor-core GEMM against the layer's ternary
+// weights stored as F16 {-1, 0, 1} (exact: integer sums below 2^24 in float32), one
+// epilogue for the scale, the LoRA branch (B . u, u = A dropout(x) from cuBLAS) and the
+// residual add, RoPE, attention on cuBLAS. Kept for the backward: each layer's input
+// (gradient checkpointing) and, while they fit kKeepBytes, the attention block's outputs
+// and every LoRA u and dropout mask; the loss runs on the rows that have a label.
+// Backward, layer by layer from the top: recompute what was not kept (norms, the gate/up
+// block), then walk back through the layer: the ternary linears by the straight-through
+// estimator (dx = m dy Wq on split F16 terms, TrainBlas::split_gemm), RMSNorm, relu^2
+// gating, attention, RoPE, and the LoRA gradients accumulated on the device.
 #include <cuda_fp16.h>
 
 #include <algorithm>
