@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd.h"
 #include "model/ternary.h"
 #include "test_util.h"
 
@@ -70,6 +72,33 @@ TEST(CpuKernels, TernaryDotIsExact) {
       int32_t want = 0;
       for (int64_t c = 0; c < cols; ++c) want += w[r * cols + c] * x[c];
       EXPECT_EQ(cpu::ternary_dot(m.data + r * m.row_bytes, x.data(), m.padded_cols(), sum), want) << cols;
+    }
+  }
+}
+
+// Every SIMD variant of the ternary dot equals the scalar one bit for bit, on random
+// codes and extreme activations (-128 and 127 everywhere: the int16 pair sums' worst
+// case), for widths of one block up to 6912 and odd multiples of 128.
+TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
+  auto rng = rng_for_test();
+  std::printf("[info] SIMD level: %s (avx2 %s)\n", cpu::simd_level(), cpu::has_avx2() ? "yes" : "no");
+  if (!cpu::has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path runs";
+  for (int64_t cols : {128, 384, 2560, 6912, 128 * 37}) {
+    for (int fill : {0, 1, 2}) {  // random, all -128, all 127
+      std::vector<uint8_t> row(cols / 4);
+      for (auto& b : row) {  // codes 0..2 only (3 is not a tern2 code)
+        uint8_t v = 0;
+        for (int k = 0; k < 4; ++k) v = static_cast<uint8_t>(v << 2 | (rng() % 3));
+        b = v;
+      }
+      std::vector<int8_t> x(cols);
+      int32_t sum = 0;
+      for (auto& v : x) {
+        v = fill == 0 ? static_cast<int8_t>(static_cast<int>(rng() % 256) - 128) : fill == 1 ? int8_t{-128} : int8_t{127};
+        sum += v;
+      }
+      EXPECT_EQ(cpu::ternary_dot_avx2(row.data(), x.data(), cols, sum), cpu::ternary_dot_scalar(row.data(), x.data(), cols, sum))
+          << cols << " fill " << fill;
     }
   }
 }

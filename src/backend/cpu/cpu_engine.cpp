@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd.h"
 #include "backend/cpu/lora_apply.h"
 #include "model/head_i8.h"
 #include "runtime/engine.h"
@@ -87,7 +88,7 @@ class CpuEngine final : public Engine {
   using Engine::truncate;
 
   const ModelConfig& config() const override { return c_; }
-  std::string name() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
+  std::string name() const override { return "cpu (" + std::to_string(pool_.size()) + " threads, " + cpu::simd_level() + ")"; }
   int n_seq() const override { return static_cast<int>(seqs_.size()); }
   int64_t position(int seq) const override { return seqs_[checked(seq)].pos; }
   int64_t context_length() const override { return ctx_; }

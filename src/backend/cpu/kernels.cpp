@@ -29,21 +29,6 @@ float quantize_row_i8(const float* x, int64_t n, int64_t padded, int8_t* q, int3
   return s;
 }
 
-int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
-  int32_t acc = 0;
-  for (int64_t b = 0; b < padded_cols / 128; ++b) {
-    const uint8_t* p = row + b * 32;
-    const int8_t* x = q + b * 128;
-    int32_t blk = 0;
-    for (int j = 0; j < 32; ++j) {
-      const int byte = p[j];
-      blk += (byte >> 6) * x[j] + ((byte >> 4) & 3) * x[j + 32] + ((byte >> 2) & 3) * x[j + 64] + (byte & 3) * x[j + 96];
-    }
-    acc += blk;
-  }
-  return acc - qsum;
-}
-
 void rope_inv_freq(float theta, int64_t head_dim, float* inv_freq) {
   for (int64_t i = 0; i < head_dim / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(head_dim);

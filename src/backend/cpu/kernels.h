@@ -17,7 +17,8 @@ void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out);
 float quantize_row_i8(const float* x, int64_t n, int64_t padded, int8_t* q, int32_t* qsum);
 
 // Exact integer dot of one tern2 row (padded_cols weights) with int8 activations:
-// sum_k (code_k - 1) * q_k = sum_k code_k * q_k - qsum.
+// sum_k (code_k - 1) * q_k = sum_k code_k * q_k - qsum. Dispatches to the widest SIMD
+// variant the CPU has (simd.h).
 int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
 
 // HF rotate_half RoPE on n_heads heads of head_dim, pairs (i, i + head_dim/2).

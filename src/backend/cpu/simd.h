@@ -1,0 +1,19 @@
+// SIMD variants of the CPU kernels, chosen at run time (issue 6): the widest instruction
+// set the CPU has, or the portable scalar code everywhere else, and TERN_CPU_SIMD=scalar
+// forces the scalar path (tests use it to check both on one machine). Every variant
+// computes exactly what the scalar one does (integer dots are exact).
+#pragma once
+#include <cstdint>
+
+namespace tern::cpu {
+
+// "avx2" or "scalar": what the dispatching kernels (cpu::ternary_dot, ...) run.
+const char* simd_level();
+
+// The variants of cpu::ternary_dot (kernels.h), for tests. ternary_dot_avx2 may only be
+// called when has_avx2().
+bool has_avx2();
+int32_t ternary_dot_scalar(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
+int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
+
+}  // namespace tern::cpu
