@@ -23,19 +23,9 @@ int run_train_bench(const Model& m, const TrainBenchOptions& o) {
   train::LoraSet<float> params = train::lora_set_from<float>(a), grads = train::zeros_like(params);
   auto engine = backend == "cuda" ? train::make_cuda_grad_engine(m, params, o.batch, o.seq_len, o.tf32) : train::make_cpu_grad_engine(m, o.threads);
   engine->set_params(params);
-  std::vector<ParamRef> refs;
+  const std::vector<ParamRef> refs = train::lora_param_refs(params, grads);
   size_t n_params = 0;
-  for (size_t l = 0; l < params.A.size(); ++l) {
-    for (int p = 0; p < kProjCount; ++p) {
-      for (bool isb : {false, true}) {
-        auto& v = isb ? params.B[l][p] : params.A[l][p];
-        auto& g = isb ? grads.B[l][p] : grads.A[l][p];
-        if (v.empty()) continue;
-        refs.push_back({peft_tensor_name(static_cast<int64_t>(l), static_cast<Proj>(p), isb), std::span<float>(v), std::span<float>(g)});
-        n_params += v.size();
-      }
-    }
-  }
+  for (const ParamRef& r : refs) n_params += r.value.size();
   Optimizer opt(OptimizerOptions{}, refs);
   // Random tokens, every position trained (labels = the next token), as HF's causal-LM
   // loss with labels = input ids.

@@ -71,7 +71,7 @@ Action add_bench(CLI::App& app) {
     double bw = 0;
     bool json = false;
     bool train = false;
-    std::string attn = "tf32";
+    std::string precision = "tf32";
     TrainBenchOptions tb;
   };
   auto o = std::make_shared<Opts>();
@@ -91,15 +91,15 @@ Action add_bench(CLI::App& app) {
   app.add_option("--train-batch", o->tb.batch, "Sequences per training step (--train)")->capture_default_str()->check(CLI::Range(1, 4096));
   app.add_option("--rank", o->tb.rank, "LoRA rank (--train)")->capture_default_str()->check(CLI::Range(1, 4096));
   app.add_option("--targets", o->tb.targets, "LoRA target projections (--train)")->capture_default_str();
-  app.add_option("--precision", o->attn, "--train on cuda: tf32 or fp32 products (tern finetune --precision)")->capture_default_str();
+  app.add_option("--precision", o->precision, "--train on cuda: tf32 or fp32 products (tern finetune --precision)")->capture_default_str();
   return [o] {
     if (o->train) {
       Model m = o->model.load();
       TrainBenchOptions tb = o->tb;
       tb.backend = o->backend, tb.reps = o->reps, tb.threads = o->threads, tb.json = o->json;
       tb.seq_len = parse_int_list(o->p, "-p", 2, 1 << 20).at(0);
-      if (o->attn != "tf32" && o->attn != "fp32") fail("--precision: expected tf32 or fp32, got '{}'", o->attn);
-      tb.tf32 = o->attn == "tf32";
+      if (o->precision != "tf32" && o->precision != "fp32") fail("--precision: expected tf32 or fp32, got '{}'", o->precision);
+      tb.tf32 = o->precision == "tf32";
       return run_train_bench(m, tb);
     }
     std::vector<int64_t> pps = parse_int_list(o->p, "-p", 0, 1 << 20), tgs = parse_int_list(o->n, "-n", 0, 1 << 20);

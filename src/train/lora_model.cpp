@@ -239,6 +239,21 @@ double lora_loss_and_grad(const Model& m, const LoraSet<T>& p, const int32_t* to
   return r.run(tokens, labels, n_norm, grads);
 }
 
+std::vector<ParamRef> lora_param_refs(LoraSet<float>& p, LoraSet<float>& g) {
+  std::vector<ParamRef> refs;
+  for (size_t l = 0; l < p.A.size(); ++l) {
+    for (int pr = 0; pr < kProjCount; ++pr) {
+      if (p.A[l][pr].empty()) continue;
+      for (bool b : {false, true}) {
+        auto& v = b ? p.B[l][pr] : p.A[l][pr];
+        auto& gv = b ? g.B[l][pr] : g.A[l][pr];
+        refs.push_back({peft_tensor_name(static_cast<int64_t>(l), static_cast<Proj>(pr), b), std::span<float>(v), std::span<float>(gv)});
+      }
+    }
+  }
+  return refs;
+}
+
 #define TERN_LORA_MODEL(T)                                                                                              \
   template LoraSet<T> lora_set_from<T>(const LoraAdapter&);                                                             \
   template LoraSet<T> zeros_like<T>(const LoraSet<T>&);                                                                 \

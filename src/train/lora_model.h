@@ -19,6 +19,7 @@
 #include "model/model.h"
 #include "train/lora_adapter.h"
 #include "train/ops.h"
+#include "train/optimizer.h"
 
 namespace tern::train {
 
@@ -39,6 +40,10 @@ LoraSet<T> zeros_like(const LoraSet<T>& s);
 // Writes the values of s back into a (same layout; float32 storage).
 template <class T>
 void store_into(const LoraSet<T>& s, LoraAdapter& a);
+// The optimizer's view of parameters p and gradients g (same layout): every adapted A and
+// B, named as peft names them, in layer / projection / A-then-B order (the order of the
+// optimizer state files and of a GPU engine's flat buffers).
+std::vector<ParamRef> lora_param_refs(LoraSet<float>& p, LoraSet<float>& g);
 
 struct StepOptions {
   ActQuant quant = ActQuant::Int8;

@@ -25,25 +25,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using train::LoraSet;
 
-void for_each_tensor(LoraSet<float>& s, const std::function<void(int64_t, Proj, bool, std::vector<float>&)>& f) {
-  for (size_t l = 0; l < s.A.size(); ++l) {
-    for (int p = 0; p < kProjCount; ++p) {
-      if (s.A[l][p].empty()) continue;
-      f(static_cast<int64_t>(l), static_cast<Proj>(p), false, s.A[l][p]);
-      f(static_cast<int64_t>(l), static_cast<Proj>(p), true, s.B[l][p]);
-    }
-  }
-}
-
-std::vector<ParamRef> param_refs(LoraSet<float>& p, LoraSet<float>& g) {
-  std::vector<ParamRef> refs;
-  for_each_tensor(p, [&](int64_t l, Proj pr, bool b, std::vector<float>& v) {
-    auto& gv = b ? g.B[l][static_cast<int>(pr)] : g.A[l][static_cast<int>(pr)];
-    refs.push_back({peft_tensor_name(l, pr, b), std::span<float>(v), std::span<float>(gv)});
-  });
-  return refs;
-}
-
 // The highest N of out/checkpoint-N (complete ones only), or -1.
 int64_t latest_checkpoint(const std::string& out) {
   int64_t best = -1;
@@ -195,7 +176,7 @@ class Trainer {
     adapter_.dropout = cfg_.dropout;
     params_ = train::lora_set_from<float>(adapter_);
     grads_ = train::zeros_like(params_);
-    opt_ = std::make_unique<Optimizer>(cfg_.optimizer, param_refs(params_, grads_));
+    opt_ = std::make_unique<Optimizer>(cfg_.optimizer, train::lora_param_refs(params_, grads_));
     if (ck >= 0) opt_->load_state((fs::path(checkpoint_dir(cfg_.out_dir, ck)) / "optimizer.safetensors").string());
   }
 

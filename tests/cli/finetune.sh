@@ -54,6 +54,12 @@ expect_fail "--backend" "$TERN" finetune "${common[@]}" -o "$WORK/d" --backend t
 expect_ok "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 12 --train-batch 2 --rank 2 -r 1 --json -t 2
 grep -q '"test": "train12@b2"' "$WORK/out" && grep -q '"avg_ts"' "$WORK/out" && ok || bad "bench --train JSON: $(head -c 300 "$WORK/out")"
 expect_fail "--precision" "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 12 --precision half
+expect_fail "-p" "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 1
+expect_fail "--targets" "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 12 --targets qq_proj
+# The forced scalar CPU path (TERN_CPU_SIMD=scalar) gives the same logits as the dispatched one.
+expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,4,5 -o "$WORK/simd.npy" --backend cpu
+TERN_CPU_SIMD=scalar expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,4,5 -o "$WORK/scalar.npy" --backend cpu
+same_file "$WORK/simd.npy" "$WORK/scalar.npy"
 
 # A base that behaves like a fresh HF model (logits of order 1): its first loss is near
 # log(vocab), where the sharp default init starts far above.

@@ -345,11 +345,6 @@ TEST(CudaKernels, LmHeadInt8MatchesDefinition) {
   }
 }
 
-}  // namespace
-}  // namespace tern
-
-namespace tern {
-namespace {
 
 // The training loss over the tied head (head_loss.cu) against the CPU reference
 // (train::rmsnorm_fwd -> cross_entropy_fwd_bwd -> rmsnorm_bwd), F16/BF16/F32 heads, more
@@ -378,11 +373,6 @@ TEST(CudaKernels, HeadLossMatchesCpuReference) {
   }
 }
 
-}  // namespace
-}  // namespace tern
-
-namespace tern {
-namespace {
 
 // split_gemm keeps float32 accuracy on 16-bit tensor cores, including rows of tiny values
 // (the row scale) and rows of zeros.
@@ -428,11 +418,6 @@ TEST(CudaKernels, TernaryLinearBackwardMatchesCpu) {
   }
 }
 
-}  // namespace
-}  // namespace tern
-
-namespace tern {
-namespace {
 
 // The GPU backward ops (train_ops.cu) against their CPU references in train/ops.h.
 TEST(CudaKernels, TrainingOpsMatchCpu) {
@@ -477,11 +462,6 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
   }
 }
 
-}  // namespace
-}  // namespace tern
-
-namespace tern {
-namespace {
 
 // RoPE backward and attention forward/backward for training (train_attention.cu) against
 // train::rope_neox_bwd / attention_fwd / attention_bwd.

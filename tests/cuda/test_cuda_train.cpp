@@ -237,14 +237,7 @@ TEST(CudaTraining, DeviceOptimizerMatchesCpu) {
       auto gpu = train::make_cuda_grad_engine(m, p0, b.rows, b.seq_len);
       gpu->set_params(p0);
       LoraSet<float> host = p0, grads = train::zeros_like(p0);
-      std::vector<ParamRef> refs;
-      for (size_t l = 0; l < host.A.size(); ++l) {
-        for (int pr = 0; pr < kProjCount; ++pr) {
-          if (host.A[l][pr].empty()) continue;
-          refs.push_back({"A", std::span<float>(host.A[l][pr]), std::span<float>(grads.A[l][pr])});
-          refs.push_back({"B", std::span<float>(host.B[l][pr]), std::span<float>(grads.B[l][pr])});
-        }
-      }
+      const std::vector<ParamRef> refs = train::lora_param_refs(host, grads);
       Optimizer cpu(oo, refs);
       for (int t = 1; t <= 3; ++t) {
         gpu->zero_grads();

@@ -9,6 +9,7 @@
 #include "backend/cuda/norm_quant.cuh"
 #include "backend/cuda/testing.h"
 #include "backend/cuda/weights.h"
+#include "util/half.h"
 
 namespace tern::cuda::testing {
 
@@ -301,14 +302,7 @@ TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<f
   if (gated) r.h = download<float>(h, static_cast<size_t>(M) * n);
   r.xn = download<float>(xn, static_cast<size_t>(M) * n);
   r.s = download<float>(s, M);
-  for (uint16_t v : download<uint16_t>(q, static_cast<size_t>(M) * n)) {
-    float f;
-    const uint32_t sign = (v & 0x8000u) << 16, exp = (v >> 10) & 0x1f, man = v & 0x3ff;
-    // Integers up to 128 are normal F16 numbers (or zero): no subnormal case needed.
-    uint32_t bits = exp == 0 ? sign : sign | ((exp + 112) << 23) | (man << 13);
-    std::memcpy(&f, &bits, 4);
-    r.q.push_back(static_cast<int32_t>(f));
-  }
+  for (uint16_t v : download<uint16_t>(q, static_cast<size_t>(M) * n)) r.q.push_back(static_cast<int32_t>(f16_to_f32(v)));
   return r;
 }
 
