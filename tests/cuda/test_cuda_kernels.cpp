@@ -83,7 +83,8 @@ TEST(CudaKernels, NormQuantMatchesCpuExactly) {
 }
 
 // The training step's norm + quantization (train_fwd.cu): the float normed row and the
-// int8 values (as F16) bit for bit as cpu::rmsnorm + quantize_row_i8, gated or not.
+// int8 values bit for bit as cpu::rmsnorm + quantize_row_i8, gated or not, and zeros in
+// the row's padding up to the int8 GEMM's stride.
 TEST(CudaKernels, TrainNormQuantMatchesCpuExactly) {
   SKIP_WITHOUT_GPU();
   for (int64_t n : {128, 200, 2560, 6912}) {
@@ -111,6 +112,7 @@ TEST(CudaKernels, TrainNormQuantMatchesCpuExactly) {
         for (int64_t k = 0; k < n; ++k) diff += q[k] != got.q[m * n + k];
         EXPECT_EQ(diff, 0) << "n=" << n << " gated " << gated;
       }
+      EXPECT_EQ(std::count(got.pad.begin(), got.pad.end(), 0), static_cast<std::ptrdiff_t>(got.pad.size())) << "pad n=" << n;
     }
   }
 }
@@ -439,26 +441,39 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
     EXPECT_LT(test::rel_l2(gg.data(), wg.data(), wg.size()), 1e-5) << "gated dg act " << act;
     EXPECT_LT(test::rel_l2(gu.data(), wu.data(), wu.size()), 1e-5) << "gated du act " << act;
   }
-  const int in = 96, r = 8, out = 70;
-  for (float p : {0.0f, 0.3f}) {
-    auto lx = randn(M * in), A = randn(r * in, 0.1f), B = randn(out * r, 0.1f), ldy = randn(M * out);
-    auto y0 = randn(M * out), dx0 = randn(M * in), dA0 = randn(r * in), dB0 = randn(out * r);
-    std::vector<uint8_t> mask;
-    if (p > 0) {
-      mask.resize(M * in);
-      train::dropout_mask(M * in, p, 17, mask.data());
+  // LoRA branch: the one-pass kernels (lora_skinny.cu: ranks up to 64, widths a multiple of
+  // 4) and the cuBLAS fallback (odd widths, rank 80), dropout hashed or stored as bits.
+  struct LoraCase {
+    int M, in, r, out;
+  };
+  for (LoraCase c : std::vector<LoraCase>{{9, 96, 8, 70}, {9, 97, 8, 70}, {300, 640, 16, 388}, {77, 256, 64, 132}, {130, 516, 32, 68},
+                                          {33, 64, 80, 36}}) {
+    for (float p : {0.0f, 0.3f}) {
+      for (bool bits : {false, true}) {
+        if (p == 0.0f && bits) continue;
+        const int Ml = c.M, in = c.in, r = c.r, out = c.out;
+        auto lx = randn(Ml * in), A = randn(r * in, 0.1f), B = randn(out * r, 0.1f), ldy = randn(Ml * out);
+        auto y0 = randn(Ml * out), dx0 = randn(Ml * in), dA0 = randn(r * in), dB0 = randn(out * r);
+        std::vector<uint8_t> mask;
+        if (p > 0) {
+          mask.resize(static_cast<size_t>(Ml) * in);
+          train::dropout_mask(static_cast<int64_t>(Ml) * in, p, 17, mask.data());
+        }
+        std::vector<float> u(Ml * r), y = y0, dx = dx0, dA = dA0, dB = dB0;
+        train::lora_fwd<float>(lx.data(), A.data(), B.data(), Ml, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p, u.data(), y.data(),
+                               true);
+        train::lora_bwd<float>(lx.data(), A.data(), B.data(), u.data(), ldy.data(), Ml, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p,
+                               dx.data(), dA.data(), dB.data(), true);
+        auto g = ct::lora_round_trip(lx, A, B, Ml, in, r, out, 2.0f, 17, p, y0, ldy, dx0, dA0, dB0, bits);
+        const std::string what = "lora M=" + std::to_string(Ml) + " in=" + std::to_string(in) + " r=" + std::to_string(r) +
+                                 " out=" + std::to_string(out) + " p=" + std::to_string(p) + (bits ? " bits" : "");
+        EXPECT_LT(test::rel_l2(g.u.data(), u.data(), u.size()), 1e-5) << what << " u";
+        EXPECT_LT(test::rel_l2(g.y.data(), y.data(), y.size()), 1e-5) << what << " y";
+        EXPECT_LT(test::rel_l2(g.dx.data(), dx.data(), dx.size()), 1e-5) << what << " dx";
+        EXPECT_LT(test::rel_l2(g.dA.data(), dA.data(), dA.size()), 1e-5) << what << " dA";
+        EXPECT_LT(test::rel_l2(g.dB.data(), dB.data(), dB.size()), 1e-5) << what << " dB";
+      }
     }
-    std::vector<float> u(M * r), y = y0, dx = dx0, dA = dA0, dB = dB0;
-    train::lora_fwd<float>(lx.data(), A.data(), B.data(), M, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p, u.data(), y.data(), true);
-    train::lora_bwd<float>(lx.data(), A.data(), B.data(), u.data(), ldy.data(), M, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p,
-                           dx.data(), dA.data(), dB.data(), true);
-    auto g = ct::lora_round_trip(lx, A, B, M, in, r, out, 2.0f, 17, p, y0, ldy, dx0, dA0, dB0);
-    const std::string what = "lora p=" + std::to_string(p);
-    EXPECT_LT(test::rel_l2(g.u.data(), u.data(), u.size()), 1e-5) << what << " u";
-    EXPECT_LT(test::rel_l2(g.y.data(), y.data(), y.size()), 1e-5) << what << " y";
-    EXPECT_LT(test::rel_l2(g.dx.data(), dx.data(), dx.size()), 1e-5) << what << " dx";
-    EXPECT_LT(test::rel_l2(g.dA.data(), dA.data(), dA.size()), 1e-5) << what << " dA";
-    EXPECT_LT(test::rel_l2(g.dB.data(), dB.data(), dB.size()), 1e-5) << what << " dB";
   }
 }
 

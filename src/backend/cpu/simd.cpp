@@ -38,17 +38,21 @@ bool has_avx2() {
 // group's 32 codes (0..2) as bytes; maddubs multiplies them with the 32 int8 activations
 // of that group into int16 pair sums (|sum| <= 4 groups * 2 * 2 * 128 = 2048), madd
 // widens to int32. One horizontal sum per row.
+// (A named function, not a lambda: GCC does not give a lambda its enclosing function's
+// target attribute, and without -mavx2 the intrinsics would not inline.)
+__attribute__((target("avx2"))) static inline __m256i avx2_group(__m256i w, int shift, const int8_t* x) {
+  const __m256i codes = _mm256_and_si256(_mm256_srli_epi16(w, shift), _mm256_set1_epi8(3));
+  return _mm256_maddubs_epi16(codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+}
+
 __attribute__((target("avx2"))) int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
-  const __m256i mask = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc = _mm256_setzero_si256();
   for (int64_t b = 0; b < padded_cols / 128; ++b) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
     const int8_t* x = q + b * 128;
-    auto group = [&](int shift, int k) {
-      const __m256i codes = _mm256_and_si256(_mm256_srli_epi16(w, shift), mask);
-      return _mm256_maddubs_epi16(codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * k)));
-    };
-    const __m256i s = _mm256_add_epi16(_mm256_add_epi16(group(6, 0), group(4, 1)), _mm256_add_epi16(group(2, 2), group(0, 3)));
+    const __m256i s = _mm256_add_epi16(_mm256_add_epi16(avx2_group(w, 6, x), avx2_group(w, 4, x + 32)),
+                                       _mm256_add_epi16(avx2_group(w, 2, x + 64), avx2_group(w, 0, x + 96)));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
   }
   __m128i v = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));

@@ -3,16 +3,17 @@
 // B sequences padded to T positions at once, M = B * T rows; and the optimizer step
 // (train/optimizer.cpp bit for bit) on parameters that stay on the device.
 //
-// Forward, per layer: norm + int8 quantization of each linear input (kept as F16
-// integers), the ternary product as an F16 tensor-core GEMM against the layer's ternary
-// weights stored as F16 {-1, 0, 1} (exact: integer sums below 2^24 in float32), one
-// epilogue for the scale, the LoRA branch (B . u, u = A dropout(x) from cuBLAS) and the
-// residual add, RoPE, attention on cuBLAS. Kept for the backward: each layer's input
+// Forward, per layer: norm + int8 quantization of each linear input, the ternary product
+// as an int8 tensor-core GEMM (cuBLAS, int32 sums: exact) against the layer's ternary
+// weights stored as int8 {-1, 0, 1}, one epilogue for the scale, the LoRA branch
+// (B . u, u = A dropout(x) from lora_skinny.cu) and the residual add, RoPE, attention on
+// cuBLAS. Kept for the backward: each layer's input
 // (gradient checkpointing) and, while they fit kKeepBytes, the attention block's outputs
 // and every LoRA u and dropout mask; the loss runs on the rows that have a label.
 // Backward, layer by layer from the top: recompute what was not kept (norms, the gate/up
 // block), then walk back through the layer: the ternary linears by the straight-through
-// estimator (dx = m dy Wq on split F16 terms, TrainBlas::split_gemm), RMSNorm, relu^2
+// estimator (dx = m dy Wq on split F16 terms against an F16 copy of the weights,
+// TrainBlas::split_gemm), RMSNorm, relu^2
 // gating, attention, RoPE, and the LoRA gradients accumulated on the device.
 #include <cuda_fp16.h>
 
@@ -79,7 +80,7 @@ class CudaGradEngine final : public train::GradEngine {
       bits_layer_ += M * dropout_words(static_cast<int>(in_dim(static_cast<Proj>(p))));
     }
     bits_ = DevBuf(nl * bits_layer_ * sizeof(uint32_t));
-    q16_ = DevBuf(M * std::max({H_, QD_, F_}) * 2);
+    q8_ = DevBuf(M * std::max({kpad(H_), kpad(QD_), kpad(F_)}));
     s_ = fbuf(M);
     dx_ = fbuf(M * H_), dhn_ = fbuf(M * F_), dh_ = fbuf(M * F_), dgu_ = fbuf(M * 2 * F_), dxn_ = fbuf(M * H_), dan_ = fbuf(M * QD_);
     datt_ = fbuf(M * QD_), dqkv_ = fbuf(M * ldq_);
@@ -231,7 +232,8 @@ class CudaGradEngine final : public train::GradEngine {
 
  private:
   struct LayerW {
-    DevBuf qkv, o, gu, down;  // F16 [rows][cols], values -1, 0, +1
+    DevBuf qkv, o, gu, down;      // F16 [rows][cols], values -1, 0, +1: the backward's
+    DevBuf qkv8, o8, gu8, down8;  // int8 [rows][kpad(cols)]: the forward's
     float sq = 1, sk = 1, sv = 1, so = 1, sg = 1, su = 1, sd = 1;
     DevBuf attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
   };
@@ -281,6 +283,15 @@ class CudaGradEngine final : public train::GradEngine {
 
   float* x(int l) const { return xs_.as<float>() + static_cast<size_t>(l) * max_rows_ * max_len_ * H_; }
 
+  // The int8 GEMM's K: rows padded with zeros to a multiple of 16.
+  static int kpad(int k) { return (k + 15) / 16 * 16; }
+  DevBuf i8_copy(const DevBuf& f16, size_t rows, size_t cols) const {
+    const int ld = kpad(static_cast<int>(cols));
+    DevBuf d(rows * ld);
+    launch_f16_to_i8_rows(f16.as<void>(), static_cast<int64_t>(rows), static_cast<int>(cols), d.as<int8_t>(), ld, st_);
+    return d;
+  }
+
   void upload_weights(const Model& m) {
     layers_.resize(c_.n_layers);
     const size_t H = H_, QD = QD_, KV = KV_, F = F_;
@@ -303,6 +314,7 @@ class CudaGradEngine final : public train::GradEngine {
       upload_ternary_f16_into(L.up, w.gu.as<__half>() + F * H, st_);
       w.down = DevBuf(H * F * 2);
       upload_ternary_f16_into(L.down, w.down.as<void>(), st_);
+      w.qkv8 = i8_copy(w.qkv, QD + 2 * KV, H), w.o8 = i8_copy(w.o, H, QD), w.gu8 = i8_copy(w.gu, 2 * F, H), w.down8 = i8_copy(w.down, H, F);
       w.sq = L.q.scale, w.sk = L.k.scale, w.sv = L.v.scale, w.so = L.o.scale, w.sg = L.gate.scale, w.su = L.up.scale, w.sd = L.down.scale;
       w.attn_norm = upload_vec(L.attn_norm), w.attn_sub_norm = upload_vec(L.attn_sub_norm);
       w.ffn_norm = upload_vec(L.ffn_norm), w.ffn_sub_norm = upload_vec(L.ffn_sub_norm);
@@ -418,25 +430,25 @@ class CudaGradEngine final : public train::GradEngine {
     if (!keep_) return layer_fwd(l, x(l), nullptr);
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
-    launch_train_norm_quant(x(l), H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1_.as<float>(), q16_.as<void>(),
+    launch_train_norm_quant(x(l), H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1_.as<float>(), q8_.as<int8_t>(), kpad(H_),
                             s_.as<float>(), st_);
-    launch_train_norm_quant(att(l), QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an_.as<float>(), q16_.as<void>(),
+    launch_train_norm_quant(att(l), QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an_.as<float>(), q8_.as<int8_t>(), kpad(QD_),
                             s_.as<float>(), st_);
-    launch_train_norm_quant(xmid(l), H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2_.as<float>(), q16_.as<void>(),
+    launch_train_norm_quant(xmid(l), H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2_.as<float>(), q8_.as<int8_t>(), kpad(H_),
                             s_.as<float>(), st_);
     mark("f.norm_quant");
-    ternary(l, w.gu, H_, 2 * F_, gu_.as<float>(), scales_gu(w), {Proj::Gate, Proj::Up});
+    ternary(l, w.gu8, H_, 2 * F_, gu_.as<float>(), scales_gu(w), {Proj::Gate, Proj::Up});
     launch_train_norm_quant(gu_.as<float>(), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, h_.as<float>(),
-                            hn_.as<float>(), q16_.as<void>(), s_.as<float>(), st_);
+                            hn_.as<float>(), q8_.as<int8_t>(), kpad(F_), s_.as<float>(), st_);
     mark("f.norm_quant");
   }
 
-  // out [M][N] = BitLinear(q16) with column scales, plus the LoRA branches of the column
+  // out [M][N] = BitLinear(q8) with column scales, plus the LoRA branches of the column
   // segments' projections (their u computed by lora_u before).
   // With resid: sum = resid + the linear (the residual stream), `out` only the GEMM's scratch.
-  void ternary(int l, const DevBuf& w, int K, int N, float* out, const ColScales& cs, std::initializer_list<Proj> parts,
+  void ternary(int l, const DevBuf& w8, int K, int N, float* out, const ColScales& cs, std::initializer_list<Proj> parts,
                const float* resid = nullptr, float* sum = nullptr) {
-    blas_->gemm_f16_nt(q16_.as<void>(), M_, K, w.as<void>(), N, out, N);
+    blas_->gemm_i8_nt(q8_.as<int8_t>(), M_, kpad(K), w8.as<int8_t>(), N, reinterpret_cast<int32_t*>(out), N);
     mark("f.ternary_gemm");
     LoraEpilogue le;
     int k = 0;
@@ -483,36 +495,36 @@ class CudaGradEngine final : public train::GradEngine {
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>(), *y = y_.as<float>();
     float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = gu_.as<float>(), *h = h_.as<float>(), *hn = hn_.as<float>();
     // Attention block.
-    launch_train_norm_quant(xin, H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1, q16_.as<void>(), s_.as<float>(), st_);
+    launch_train_norm_quant(xin, H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_);
     mark("f.norm_quant");
     lora_u(l, {Proj::Q, Proj::K, Proj::V}, xn1);
     mark("f.lora");
-    ternary(l, w.qkv, H_, ldq_, qkv, scales_qkv(w), {Proj::Q, Proj::K, Proj::V});
+    ternary(l, w.qkv8, H_, ldq_, qkv, scales_qkv(w), {Proj::Q, Proj::K, Proj::V});
     launch_rope_rows(qkv, ldq_, M_, nh, hd, T_, 0, rope_.as<float>(), false, st_);
     mark("rope");
     launch_rope_rows(qkv + QD_, ldq_, M_, nkv, hd, T_, 0, rope_.as<float>(), false, st_);
     mark("rope");
     train_attention_fwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, att, QD_, tf32_);
     mark("f.attention");
-    launch_train_norm_quant(att, QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an, q16_.as<void>(), s_.as<float>(), st_);
+    launch_train_norm_quant(att, QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an, q8_.as<int8_t>(), kpad(QD_), s_.as<float>(), st_);
     mark("f.norm_quant");
     float* yo = y;  // the o and down GEMMs' scratch (their epilogues add into the residual stream)
     lora_u(l, {Proj::O}, an);
     mark("f.lora");
-    ternary(l, w.o, QD_, H_, yo, scales1(w.so), {Proj::O}, xin, xmid);
+    ternary(l, w.o8, QD_, H_, yo, scales1(w.so), {Proj::O}, xin, xmid);
     // Feed-forward block.
-    launch_train_norm_quant(xmid, H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2, q16_.as<void>(), s_.as<float>(), st_);
+    launch_train_norm_quant(xmid, H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_);
     mark("f.norm_quant");
     lora_u(l, {Proj::Gate, Proj::Up}, xn2);
     mark("f.lora");
-    ternary(l, w.gu, H_, 2 * F_, gu, scales_gu(w), {Proj::Gate, Proj::Up});
-    launch_train_norm_quant(gu, 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, h, hn, q16_.as<void>(),
+    ternary(l, w.gu8, H_, 2 * F_, gu, scales_gu(w), {Proj::Gate, Proj::Up});
+    launch_train_norm_quant(gu, 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, h, hn, q8_.as<int8_t>(), kpad(F_),
                             s_.as<float>(), st_);
     mark("f.norm_quant");
     lora_u(l, {Proj::Down}, hn);  // the backward needs only its A x
     mark("f.lora");
     if (xout == nullptr) return;
-    ternary(l, w.down, F_, H_, yo, scales1(w.sd), {Proj::Down}, xmid, xout);
+    ternary(l, w.down8, F_, H_, yo, scales1(w.sd), {Proj::Down}, xmid, xout);
   }
 
   // dxin [M][K] = the gradient w.r.t. a (fused) linear's input xin for dy [M][N] (row
@@ -590,7 +602,7 @@ class CudaGradEngine final : public train::GradEngine {
   DevBuf params_, grads_, m_, v_, norm_scratch_;  // m_, v_: AdamW moments
   std::vector<float> host_;
   // Activations ([M][...] rows) and gradients.
-  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, gu_, h_, hn_, y_, lu_, q16_, s_;
+  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, gu_, h_, hn_, y_, lu_, q8_, s_;
   DevBuf dx_, dhn_, dh_, dgu_, dxn_, dan_, datt_, dqkv_, xc_, dxc_;
   DevBuf tokens_, labels_, idx_, loss_, seeds_;
   DevBuf bits_;  // dropout masks as bits, per (kept) layer and projection

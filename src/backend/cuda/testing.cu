@@ -295,14 +295,19 @@ std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatM
 
 TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps) {
   DevBuf dx_ = upload_vec(x), dw = upload_vec(w), h = nan_buf(static_cast<size_t>(M) * n), xn = nan_buf(static_cast<size_t>(M) * n);
-  DevBuf q(static_cast<size_t>(M) * n * 2), s = nan_buf(M);
+  const int ldq = (n + 15) / 16 * 16 + 16;  // a pad that must come back as zeros
+  DevBuf q(static_cast<size_t>(M) * ldq), s = nan_buf(M);
+  TERN_CUDA_CHECK(cudaMemset(q.as<void>(), 0x55, q.size()));
   launch_train_norm_quant(dx_.as<float>(), gated ? 2 * n : n, gated, act, dw.as<float>(), n, eps, M, gated ? h.as<float>() : nullptr,
-                          xn.as<float>(), q.as<void>(), s.as<float>(), nullptr);
+                          xn.as<float>(), q.as<int8_t>(), ldq, s.as<float>(), nullptr);
   TrainQuantized r;
   if (gated) r.h = download<float>(h, static_cast<size_t>(M) * n);
   r.xn = download<float>(xn, static_cast<size_t>(M) * n);
   r.s = download<float>(s, M);
-  for (uint16_t v : download<uint16_t>(q, static_cast<size_t>(M) * n)) r.q.push_back(static_cast<int32_t>(f16_to_f32(v)));
+  const auto q8 = download<int8_t>(q, static_cast<size_t>(M) * ldq);
+  for (int m = 0; m < M; ++m) {
+    for (int i = 0; i < ldq; ++i) (i < n ? r.q : r.pad).push_back(q8[static_cast<size_t>(m) * ldq + i]);
+  }
   return r;
 }
 
@@ -324,13 +329,18 @@ void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, con
 
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
-                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in) {
+                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in, bool bits) {
   DevBuf dxx = upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dseed = upload_vec(std::vector<uint64_t>{seed});
   DevBuf u = nan_buf(static_cast<size_t>(M) * r), y = upload_vec(y_in), ddy = upload_vec(dy), gx = upload_vec(dx_in);
   DevBuf gA = upload_vec(dA_in), gB = upload_vec(dB_in);
   TrainBlas blas(nullptr);
   DropoutSpec d;
   d.p = p, d.seq_seed = dseed.as<uint64_t>(), d.period = M;  // one sequence: train::dropout_mask(M * in, p, seed)
+  DevBuf mask_bits;
+  if (bits) {
+    mask_bits = nan_buf(static_cast<size_t>(M) * dropout_words(in));  // every word must be written
+    d.bits = mask_bits.as<uint32_t>(), d.write_bits = true;
+  }
   lora_fwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, d, u.as<float>(), y.as<float>(), out, true);
   lora_bwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), u.as<float>(), ddy.as<float>(), out, M, in, r, out, scaling, d,
                gx.as<float>(), gA.as<float>(), gB.as<float>(), true);

@@ -71,7 +71,8 @@ std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatM
 // launch_train_norm_quant: x [M][n] (gated: [M][2n] = [gate | up], act 0 relu2 1 silu 2 gelu).
 struct TrainQuantized {
   std::vector<float> h, xn, s;  // h only when gated
-  std::vector<int32_t> q;       // [M][n] (the F16 values as ints)
+  std::vector<int32_t> q;       // [M][n]
+  std::vector<int32_t> pad;     // each row's padding up to the GEMM stride (must be 0)
 };
 TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps);
 
@@ -84,10 +85,12 @@ struct LoraGrads {
   std::vector<float> u, y, dx, dA, dB;
 };
 // lora_fwd_gpu then lora_bwd_gpu with dy; y starts as y_in (accumulate), dx as dx_in, dA/dB
-// as given; dropout masks from the seed as train::dropout_mask(M * in, p, seed).
+// as given; dropout masks from the seed as train::dropout_mask(M * in, p, seed), stored as
+// bits by the forward and read by the backward when `bits` (as the training step does).
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
-                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in);
+                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in,
+                          bool bits = false);
 
 // train_attention.cu round trips: RoPE backward in place on dy [M][nh*hd] (positions
 // pos0..), and attention forward + backward of B sequences of T positions (rows b*T + t).

@@ -71,14 +71,16 @@ void TrainBlas::gemm_strided(bool ta, bool tb, int m, int n, int k, float alpha,
                "strided batched gemm");
 }
 
-void TrainBlas::gemm_f16_nt(const void* A, int M, int K, const void* W, int N, float* C, int ldc) {
+void TrainBlas::gemm_i8_nt(const int8_t* A, int M, int K, const int8_t* W, int N, int32_t* C, int ldc) {
   if (M <= 0 || N <= 0) return;
+  if (K % 4 != 0) throw_error("int8 GEMM: K = " + std::to_string(K) + " is not a multiple of 4");
   auto h = static_cast<cublasHandle_t>(handle_);
-  const float one = 1.0f, zero = 0.0f;
-  // Column-major C^T [N][M] = W^T(as stored: [K][N], op T) . A^T ([K][M], op N).
-  check_cublas(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_16F, K, A, CUDA_R_16F, K, &zero, C, CUDA_R_32F, ldc,
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "f16 gemm");
+  const int32_t one = 1, zero = 0;
+  // Column-major C^T [N][M] = W^T(as stored: [K][N], op T) . A^T ([K][M], op N): the "TN"
+  // layout the int8 tensor-core kernels take.
+  check_cublas(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_8I, K, A, CUDA_R_8I, K, &zero, C, CUDA_R_32I, ldc,
+                            CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT),
+               "int8 gemm");
 }
 
 }  // namespace tern::cuda

@@ -1,9 +1,9 @@
 // Forward pieces of the LoRA training step (lora_train.cu) that the inference kernels do
 // not provide in the form training needs: the normed float input of every linear (the
-// LoRA branch and the backward read it) next to its int8 quantization (as F16 values for
-// the F16 tensor-core GEMM, exact: integers times ternary weights summed in float32 stay
-// below 2^24), the linear's scale epilogue, residual adds, peft's dropout generated on the
-// device, and row gather/scatter for the loss.
+// LoRA branch and the backward read it) next to its int8 quantization (rows padded with
+// zeros to the int8 GEMM's stride), the linear's scale epilogue on the GEMM's exact int32
+// sums, residual adds, peft's dropout generated on the device, and row gather/scatter for
+// the loss.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -23,12 +23,12 @@ constexpr int kThreads = 256;
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // Three passes over the row (L1/L2-resident): value (+ h_out) and sum of squares, the
-// normed value (+ xn_out) and its absmax, the quantized F16 values. The arithmetic is
-// norm_quant.cuh's (cpu::rmsnorm then cpu::quantize_row_i8).
+// normed value (+ xn_out) and its absmax, the quantized values (then zeros up to ldq). The
+// arithmetic is norm_quant.cuh's (cpu::rmsnorm then cpu::quantize_row_i8).
 template <bool GATED>
 __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float* __restrict__ x, int ldx, int act, const float* __restrict__ w,
                                                                     int n, float eps, float* __restrict__ h_out, float* __restrict__ xn_out,
-                                                                    __half* __restrict__ q16, float* __restrict__ s_out) {
+                                                                    int8_t* __restrict__ q8out, int ldq, float* __restrict__ s_out) {
   __shared__ NormScratch sc;
   const int64_t m = blockIdx.x;
   const float* row = x + m * ldx;
@@ -55,7 +55,8 @@ __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float*
   }
   amax = block_reduce<kThreads>(amax, sc.f, MaxOp{});
   const float s = 127.0f / fmaxf(amax, 1e-5f);
-  for (int i = threadIdx.x; i < n; i += kThreads) q16[m * n + i] = __int2half_rn(q8(w[i] * (src[i] * r), s));
+  int8_t* q = q8out + m * ldq;
+  for (int i = threadIdx.x; i < ldq; i += kThreads) q[i] = static_cast<int8_t>(i < n ? q8(w[i] * (src[i] * r), s) : 0);
   if (threadIdx.x == 0) s_out[m] = s;
 }
 
@@ -73,9 +74,9 @@ __device__ __forceinline__ int seg_of(const ColScales& cs, int c) {
 // together): its B row sits in registers (R >= r slots; reading it per element made this
 // kernel 20x slower) while the rows' u (the same for the whole warp: a broadcast) stream
 // by. R = 0: no LoRA; R = -1: any rank, B read from memory.
-constexpr int kRowsPerBlock = 32, kRowStep = 4;
+constexpr int kRowsPerBlock = 32, kRowStep = 4;  // 64 or 128 rows per block measured slower
 struct EpiArgs {
-  float* y;
+  int32_t* y;  // the GEMM's int32 sums, replaced by the floats' bits in place (without resid)
   int ld, M, N;
   const float* s;
   ColScales cs;
@@ -104,7 +105,9 @@ __global__ void __launch_bounds__(kThreads) linear_epilogue_kernel(const EpiArgs
     for (int i = 0; i < kRowStep; ++i) {
       const int m = mb + i;
       if (m < m1) {
-        v[i] = a.y[static_cast<int64_t>(m) * a.ld + c], sm[i] = a.s[m];
+        const int64_t at = static_cast<int64_t>(m) * a.ld + c;
+        v[i] = static_cast<float>(a.y[at]);
+        sm[i] = a.s[m];
         rs[i] = a.resid != nullptr ? a.resid[static_cast<int64_t>(m) * a.N + c] : 0.0f;
       }
     }
@@ -139,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) linear_epilogue_kernel(const EpiArgs
       if (a.resid != nullptr) {
         a.out[static_cast<int64_t>(m) * a.N + c] = rs[i] + o;
       } else {
-        a.y[static_cast<int64_t>(m) * a.ld + c] = o;
+        a.y[static_cast<int64_t>(m) * a.ld + c] = __float_as_int(o);  // int32-typed like its loads (no type punning)
       }
     }
   }
@@ -185,15 +188,29 @@ __global__ void __launch_bounds__(kThreads) dropout_kernel(const float* __restri
   }
 }
 
+__global__ void __launch_bounds__(kThreads) f16_to_i8_rows_kernel(const __half* __restrict__ src, int64_t rows, int K, int8_t* dst,
+                                                                   int ldd) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= rows * ldd) return;
+  const int64_t r = i / ldd, c = i % ldd;
+  dst[i] = static_cast<int8_t>(c < K ? __half2int_rn(src[r * K + c]) : 0);
+}
+
 }  // namespace
 
+void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, int ldd, cudaStream_t st) {
+  if (rows <= 0) return;
+  f16_to_i8_rows_kernel<<<blocks_for(rows * ldd), kThreads, 0, st>>>(static_cast<const __half*>(src), rows, K, dst, ldd);
+  TERN_CUDA_LAUNCHED("f16_to_i8_rows_kernel");
+}
+
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
-                             float* xn_out, void* q16, float* s, cudaStream_t st) {
+                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st) {
   if (M <= 0) return;
   if (gated) {
-    train_norm_quant_kernel<true><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, static_cast<__half*>(q16), s);
+    train_norm_quant_kernel<true><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s);
   } else {
-    train_norm_quant_kernel<false><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, static_cast<__half*>(q16), s);
+    train_norm_quant_kernel<false><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s);
   }
   TERN_CUDA_LAUNCHED("train_norm_quant_kernel");
 }
@@ -202,7 +219,7 @@ void launch_linear_epilogue(float* y, int ld, int M, int N, const float* s, cons
                             const float* resid, float* out, cudaStream_t st) {
   if (M <= 0 || N <= 0) return;
   const dim3 grid((N + kThreads - 1) / kThreads, (M + kRowsPerBlock - 1) / kRowsPerBlock);
-  const EpiArgs a{y, ld, M, N, s, cs, lora, resid, out};
+  const EpiArgs a{reinterpret_cast<int32_t*>(y), ld, M, N, s, cs, lora, resid, out};
   if (lora.r == 0) {
     linear_epilogue_kernel<0><<<grid, kThreads, 0, st>>>(a);
   } else if (lora.r <= 8) {

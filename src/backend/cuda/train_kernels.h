@@ -16,10 +16,14 @@ namespace tern::cuda {
 // ---- train_fwd.cu: the forward's norms, quantization and elementwise ops ----
 // Per row m < M: v = x_m (n values at stride ldx), or with gated v = act(gate) * up from
 // x_m = [gate | up] (n each; h_out[m] = v, [M][n]); xn_out[m] = RMSNorm(v) * w (nullable);
-// q16[m] = the int8 absmax quantization of RMSNorm(v) * w as F16 values and s[m] its scale
-// (cpu::rmsnorm + cpu::gated_activation + cpu::quantize_row_i8, bit for bit).
+// q8 row m (stride ldq >= n) = the int8 absmax quantization of RMSNorm(v) * w, then zeros
+// up to ldq (the int8 GEMM's padded K), and s[m] its scale (cpu::rmsnorm +
+// cpu::gated_activation + cpu::quantize_row_i8, bit for bit).
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
-                             float* xn_out, void* q16, float* s, cudaStream_t st);
+                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st);
+// dst [rows][ldd] int8 = src [rows][K] F16 integers, zeros in columns K..ldd (the ternary
+// weights for the int8 GEMM, from their F16 copy).
+void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, int ldd, cudaStream_t st);
 // The LoRA branches of a fused linear, per column segment of ColScales (null u: that
 // part has no adapter): y += scaling * B u with u [M][r] (lora_fwd_gpu without y) and
 // B [segment rows][r].
@@ -29,10 +33,10 @@ struct LoraEpilogue {
   const float* u[3] = {nullptr, nullptr, nullptr};
   const float* B[3] = {nullptr, nullptr, nullptr};
 };
-// The ternary linear's epilogue on y [M][N] (row stride ld), y = exact dot:
-// v = y / s[m] * cs.scale(column) (as cpu: float(dot) / s * scale), plus the LoRA
-// branches (scaling * B u, u [M][r]); written to y, or with resid (a [M][N] residual
-// stream) out = resid + v instead (out [M][N], y left as it was).
+// The ternary linear's epilogue on y [M][N] (row stride ld) holding the int8 GEMM's
+// exact int32 sums: v = float(y) / s[m] * cs.scale(column) (as cpu: float(dot) / s *
+// scale), plus the LoRA branches (scaling * B u, u [M][r]); written over y as floats, or
+// with resid (a [M][N] residual stream) out = resid + v instead (out [M][N], y left).
 void launch_linear_epilogue(float* y, int ld, int M, int N, const float* s, const ColScales& cs, const LoraEpilogue& lora,
                             const float* resid, float* out, cudaStream_t st);
 // out[i] = x[idx[i]] / out[idx[i]] = x[i] (rows of n floats): the head loss runs on the
@@ -75,6 +79,16 @@ void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
 // The dropout mask is hashed again, or read from d.bits when the forward stored it.
 void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, const float* u, const float* dy, int ldy, int M, int in,
                   int r, int out, float scaling, const DropoutSpec& d, float* dx, float* dA, float* dB, bool accumulate, bool tf32 = false);
+
+// ---- lora_skinny.cu: the LoRA branch's masked products in one pass over the activation ----
+// U [M][r] = drop(X) A^T for X [M][K], A [r][K] (the mask hashed, stored as bits when
+// d.write_bits, or read from d.bits); G [r][K] += alpha * U^T drop(X) (mask hashed or read
+// from d.bits; scratch slot kSlotSplitK). Deterministic. Both return false, doing nothing,
+// for what they do not cover (r > 64, K not a multiple of 4 / of the lane width,
+// misaligned rows): the caller takes the cuBLAS path. TERN_TRAIN_LORA=cublas turns them
+// off (for comparisons).
+bool lora_rows_product(const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, cudaStream_t st);
+bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G);
 
 // ---- train_attention.cu ----
 // RoPE in place on M rows (row stride ld) of n_heads x hd, row m at position

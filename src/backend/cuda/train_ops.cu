@@ -143,14 +143,16 @@ void launch_gated_act_bwd(const float* g, const float* u, int ldi, const float* 
 
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
                   const DropoutSpec& d, float* u, float* y, int ldy, bool accumulate, bool tf32) {
-  const float* xd = x;
-  if (d.p > 0.0f) {
-    auto* t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
-    launch_dropout(x, in, M, in, d, t, in, false, blas.stream());
-    xd = t;
-    blas.mark("f.lora.dropout");
+  if (!lora_rows_product(x, M, in, A, r, d, u, blas.stream())) {
+    const float* xd = x;
+    if (d.p > 0.0f) {
+      auto* t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
+      launch_dropout(x, in, M, in, d, t, in, false, blas.stream());
+      xd = t;
+      blas.mark("f.lora.dropout");
+    }
+    blas.gemm(false, true, M, r, in, 1.0f, xd, in, A, in, 0.0f, u, r, tf32);
   }
-  blas.gemm(false, true, M, r, in, 1.0f, xd, in, A, in, 0.0f, u, r, tf32);
   if (y != nullptr) blas.gemm(false, true, M, out, r, scaling, u, r, B, r, accumulate ? 1.0f : 0.0f, y, ldy, tf32);
 }
 
@@ -160,18 +162,24 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
   const bool drop = d.p > 0.0f;
   DropoutSpec dd = d;  // the forward stored the mask bits (if any): read them
   dd.write_bits = false;
-  float* t = drop ? static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float))) : nullptr;
+  float* t = nullptr;
+  auto scratch_x = [&] {
+    if (t == nullptr) t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
+    return t;
+  };
   blas.gemm(false, false, M, r, out, scaling, dy, ldy, B, r, 0.0f, du, r, tf32);  // du = s dy B
   blas.mark("b.lora.du");
   gemm_tn_chunked(blas, out, r, M, scaling, dy, ldy, u, r, dB, r, tf32);  // dB += s dy^T u
   blas.mark("b.lora.dB");
-  const float* xd = x;
-  if (drop) {
-    launch_dropout(x, in, M, in, dd, t, in, false, blas.stream());
-    xd = t;
-    blas.mark("b.lora.dropout");
+  if (!lora_cols_product(blas, du, x, M, in, r, 1.0f, dd, dA)) {
+    const float* xd = x;
+    if (drop) {
+      launch_dropout(x, in, M, in, dd, scratch_x(), in, false, blas.stream());
+      xd = t;
+      blas.mark("b.lora.dropout");
+    }
+    gemm_tn_chunked(blas, r, in, M, 1.0f, du, r, xd, in, dA, in, tf32);  // dA += du^T x_d
   }
-  gemm_tn_chunked(blas, r, in, M, 1.0f, du, r, xd, in, dA, in, tf32);  // dA += du^T x_d
   blas.mark("b.lora.dA");
   if (dx == nullptr) return;
   if (drop && r <= 64) {
@@ -190,7 +198,7 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
     TERN_CUDA_LAUNCHED("lora_dx_kernel");
   } else if (drop) {
     // Ranks above 64: through the scratch rows, then the mask.
-    blas.gemm(false, false, M, in, r, 1.0f, du, r, A, in, 0.0f, t, in, tf32);
+    blas.gemm(false, false, M, in, r, 1.0f, du, r, A, in, 0.0f, scratch_x(), in, tf32);
     if (!accumulate) TERN_CUDA_CHECK(cudaMemsetAsync(dx, 0, static_cast<size_t>(M) * in * sizeof(float), blas.stream()));
     launch_dropout(t, in, M, in, dd, dx, in, true, blas.stream());
   } else {
