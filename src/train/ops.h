@@ -44,6 +44,7 @@
 //   residual add       nothing (dy passes to both branches); embedding lookup: no
 //                      trainable params, no op here.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "model/model.h"
@@ -91,8 +92,12 @@ template <class T>
 void lora_bwd(const T* x, const T* A, const T* B, const T* u, const T* dy, int64_t M, int64_t in, int64_t r,
               int64_t out, float scaling, const uint8_t* mask, float p, T* dx, T* dA, T* dB, bool accumulate = false);
 // A dropout mask like torch's nn.Dropout: each element kept (1) with probability 1 - p,
-// from a splitmix64 stream of `seed` (reproducible across platforms).
+// from a splitmix64 stream of `seed` (reproducible across platforms): element i is kept
+// when 16-bit lane i % 4 of output i / 4 is >= dropout_threshold(p). One 64-bit hash per
+// four elements: the hash was most of a dropout pass's cost on the GPU, which generates
+// the same masks (device_util.cuh). p is resolved to 1/65536.
 void dropout_mask(int64_t n, float p, uint64_t seed, uint8_t* mask);
+inline uint32_t dropout_threshold(float p) { return static_cast<uint32_t>(std::ceil(static_cast<double>(p) * 65536.0)); }
 
 // ---------------------------------------------------------------------------------------
 // Gated activation h = act(g) * u elementwise over n values (cpu::gated_activation):

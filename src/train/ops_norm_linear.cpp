@@ -152,14 +152,16 @@ void ternary_linear_bwd(const TernaryMatrix& W, const T* dy, int64_t M, T* dx, b
 
 void dropout_mask(int64_t n, float p, uint64_t seed, uint8_t* mask) {
   if (!(p >= 0.0f && p < 1.0f)) fail("lora: dropout probability {} is outside [0, 1)", p);
-  uint64_t state = seed;
+  const uint32_t thr = dropout_threshold(p);
+  uint64_t state = seed, z = 0;
   for (int64_t i = 0; i < n; ++i) {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const double u = static_cast<double>(z >> 11) * 0x1.0p-53;
-    mask[i] = u >= static_cast<double>(p) ? 1 : 0;
+    if (i % 4 == 0) {
+      z = (state += 0x9e3779b97f4a7c15ull);
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+    }
+    mask[i] = ((z >> (16 * (i % 4))) & 0xffffu) >= thr ? 1 : 0;
   }
 }
 

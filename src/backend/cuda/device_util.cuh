@@ -109,15 +109,31 @@ __device__ __forceinline__ void store_split(void* out, int64_t at, int64_t strid
   }
 }
 
-// Is element `i` kept by train::dropout_mask(seed)? splitmix64 output number i of a
-// stream seeded with `seed` is u = (z >> 11) * 2^-53, kept when u >= p, i.e. when
-// z >> 11 >= threshold = ceil(p * 2^53) (dropout_threshold: an exact integer compare).
-__device__ __forceinline__ bool dropout_keep(uint64_t seed, uint64_t i, uint64_t threshold) {
-  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+// train::dropout_mask(seed) on the device: splitmix64 output k (0-based) of the stream
+// seeded with `seed`; element i is kept when its 16-bit lane (i % 4) of output i / 4 is
+// >= threshold (train::dropout_threshold(p) = ceil(p * 65536)).
+__device__ __forceinline__ uint64_t dropout_word(uint64_t seed, uint64_t k) {
+  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return (z >> 11) >= threshold;
+  return z ^ (z >> 31);
+}
+__device__ __forceinline__ bool dropout_keep(uint64_t seed, uint64_t i, uint64_t threshold) {
+  return ((dropout_word(seed, i >> 2) >> (16 * (i & 3))) & 0xffffu) >= threshold;
+}
+// Keep bits of elements i..i+N-1 (bit j: element i + j), one hash when they share a word.
+template <int N>
+__device__ __forceinline__ unsigned dropout_bits(uint64_t seed, uint64_t i, uint64_t threshold) {
+  unsigned b = 0;
+  if ((i & 3) + N <= 4) {
+    const uint64_t z = dropout_word(seed, i >> 2) >> (16 * (i & 3));
+#pragma unroll
+    for (int j = 0; j < N; ++j) b |= ((z >> (16 * j)) & 0xffffu) >= threshold ? 1u << j : 0u;
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) b |= dropout_keep(seed, i + j, threshold) ? 1u << j : 0u;
+  }
+  return b;
 }
 
 // One LoRA output: sum_j b[j] * t[j] (a row of the stacked B times the A outputs).

@@ -3,9 +3,9 @@
 // masked activation materialised first (a write and a read of [M][K] floats per adapter,
 // plus hashing the mask); these kernels read it once.
 //
-//  rows: U [M][r] = drop(X) A^T (the forward's A x). Block = 8 warps on BM = 128 / R rows;
+//  rows: U [M][r] = drop(X) A^T (the forward's A x). Block = 8 warps on BM = 64 / R rows;
 //        the warps split K, each lane 4 columns (float4; A's matching 16 bytes serve all BM
-//        rows); the block's 128 sums are reduced across lanes in registers, then across
+//        rows); the block's 64 sums are reduced across lanes in registers, then across
 //        warps in shared memory, in a fixed order (deterministic). The forward hashes the
 //        mask and stores it as bits for the backward.
 //  cols: G += alpha * U^T drop(X) (the backward's dA). Block = one warp's width of columns
@@ -25,21 +25,12 @@ namespace tern::cuda {
 
 namespace {
 
-// Mask bits of N consecutive columns c.. of row m (c aligned to N), hashed as
-// dropout_kernel does (seed and t*K: the row's, computed once by the caller).
-template <int N>
-__device__ __forceinline__ unsigned hash_bits(uint64_t seed, uint64_t base, uint64_t thr) {
-  unsigned b = 0;
-#pragma unroll
-  for (int i = 0; i < N; ++i) b |= dropout_keep(seed, base + i, thr) ? 1u << i : 0u;
-  return b;
-}
-
 constexpr int kRowsWarps = 8;
 
-// One step of the warp's reduce-scatter of 128 sums (see lora_rows_kernel).
+// One step of the warp's reduce-scatter of kRowsSums sums (see lora_rows_kernel).
+constexpr int kRowsSums = 64;  // BM x R per lane: two blocks per SM fit in registers
 template <int OFF, int HALF>
-__device__ __forceinline__ void reduce_scatter_step(float (&acc)[128], int lane) {
+__device__ __forceinline__ void reduce_scatter_step(float (&acc)[kRowsSums], int lane) {
   const bool hi = (lane & OFF) != 0;
 #pragma unroll
   for (int k = 0; k < HALF; ++k) {
@@ -53,16 +44,16 @@ template <int R>
 __global__ void __launch_bounds__(kRowsWarps * 32) lora_rows_kernel(const float* __restrict__ X, int ldx, int M, int K,
                                                                     const float* __restrict__ A, int r, const DropoutSpec d, uint64_t thr,
                                                                     float keep, float* __restrict__ U) {
-  constexpr int BM = 128 / R;
-  static_assert(BM * R == 128);
-  __shared__ float red[kRowsWarps][128];
+  constexpr int BM = kRowsSums / R;
+  static_assert(BM * R == kRowsSums);
+  __shared__ float red[kRowsWarps][kRowsSums];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int m0 = blockIdx.x * BM;
   const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr && !d.write_bits, write_bits = drop && d.bits != nullptr && d.write_bits;
   const int words = dropout_words(K);
-  float acc[128];
+  float acc[kRowsSums];
 #pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < kRowsSums; ++i) acc[i] = 0.0f;
   // The loop bound is uniform across the warp (the bit-word assembly shuffles).
   for (int cb = warp * 128; cb < K; cb += kRowsWarps * 128) {
     const int c = cb + lane * 4;
@@ -84,7 +75,7 @@ __global__ void __launch_bounds__(kRowsWarps * 32) lora_rows_kernel(const float*
             nib = (d.bits[static_cast<int64_t>(m) * words + c / 32] >> (c & 31)) & 15u;
           } else {
             const int t = m % d.period;
-            nib = hash_bits<4>(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * K + c, thr);
+            nib = dropout_bits<4>(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * K + c, thr);
           }
         }
         if (write_bits) {  // lanes 8g..8g+7 hold the 32 bits of one word
@@ -114,17 +105,16 @@ __global__ void __launch_bounds__(kRowsWarps * 32) lora_rows_kernel(const float*
       }
     }
   }
-  // Reduce-scatter the 128 sums across the warp: after the step at offset o a lane keeps
-  // the half its bit o selects, so lane l ends with sums 4l .. 4l + 3.
-  reduce_scatter_step<16, 64>(acc, lane);
-  reduce_scatter_step<8, 32>(acc, lane);
-  reduce_scatter_step<4, 16>(acc, lane);
-  reduce_scatter_step<2, 8>(acc, lane);
-  reduce_scatter_step<1, 4>(acc, lane);
-#pragma unroll
-  for (int q = 0; q < 4; ++q) red[warp][lane * 4 + q] = acc[q];
+  // Reduce-scatter the 64 sums across the warp: after the step at offset o a lane keeps
+  // the half its bit o selects, so lane l ends with sums 2l and 2l + 1.
+  reduce_scatter_step<16, 32>(acc, lane);
+  reduce_scatter_step<8, 16>(acc, lane);
+  reduce_scatter_step<4, 8>(acc, lane);
+  reduce_scatter_step<2, 4>(acc, lane);
+  reduce_scatter_step<1, 2>(acc, lane);
+  red[warp][lane * 2] = acc[0], red[warp][lane * 2 + 1] = acc[1];
   __syncthreads();
-  if (threadIdx.x < 128) {
+  if (threadIdx.x < kRowsSums) {
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kRowsWarps; ++w) sum += red[w][threadIdx.x];
@@ -218,7 +208,7 @@ __global__ void __launch_bounds__(32 * kColsGroups) lora_cols_kernel(const float
             b = d.bits[static_cast<int64_t>(m) * words + c / 32] >> (c & 31);
           } else {
             const int t = m % d.period;
-            b = hash_bits<CW>(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * K + c, thr);
+            b = dropout_bits<CW>(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * K + c, thr);
           }
 #pragma unroll
           for (int k = 0; k < CW; ++k) xv[u][k] = (b >> k) & 1u ? xv[u][k] * keep : 0.0f;
@@ -294,7 +284,8 @@ bool skinny_enabled() {
 
 template <int R>
 void launch_rows(const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, cudaStream_t st) {
-  lora_rows_kernel<R><<<static_cast<unsigned>((M + 128 / R - 1) / (128 / R)), kRowsWarps * 32, 0, st>>>(
+  constexpr int BM = kRowsSums / R;
+  lora_rows_kernel<R><<<static_cast<unsigned>((M + BM - 1) / BM), kRowsWarps * 32, 0, st>>>(
       X, K, M, K, A, r, d, dropout_threshold(d.p), 1.0f / (1.0f - d.p), U);
   TERN_CUDA_LAUNCHED("lora_rows_kernel");
 }

@@ -13,6 +13,7 @@
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/norm_quant.cuh"
 #include "backend/cuda/train_kernels.h"
+#include "train/ops.h"
 
 namespace tern::cuda {
 
@@ -70,11 +71,15 @@ __device__ __forceinline__ int seg_of(const ColScales& cs, int c) {
   return c < cs.end[0] ? 0 : (cs.n < 2 || c < cs.end[1]) ? 1 : 2;
 }
 
-// Thread = one column c over kRowsPerBlock rows, 4 at a time (their loads in flight
-// together): its B row sits in registers (R >= r slots; reading it per element made this
-// kernel 20x slower) while the rows' u (the same for the whole warp: a broadcast) stream
-// by. R = 0: no LoRA; R = -1: any rank, B read from memory.
-constexpr int kRowsPerBlock = 32, kRowStep = 4;  // 64 or 128 rows per block measured slower
+// Thread = one column c over kRowsPerBlock rows, kRowStep at a time (their loads in
+// flight together): its B row sits in registers (R >= r slots; reading it per element
+// made this kernel 20x slower; staging the block's B rows through shared memory first,
+// to coalesce those reads, made it 45 % slower), the block's rows of u and s in shared
+// memory (read from global memory per row, they left every warp waiting on a dependent
+// load: ncu measured 12 of 19 cycles per instruction stalled so). Four blocks per SM (64
+// registers, a few spilled) measured faster than three. R = 0: no LoRA; R = -1: any
+// rank, B and u read from memory.
+constexpr int kRowsPerBlock = 32, kRowStep = 8;  // 64 or 128 rows per block measured slower
 struct EpiArgs {
   int32_t* y;  // the GEMM's int32 sums, replaced by the floats' bits in place (without resid)
   int ld, M, N;
@@ -85,12 +90,27 @@ struct EpiArgs {
   float* out;
 };
 template <int R>
-__global__ void __launch_bounds__(kThreads) linear_epilogue_kernel(const EpiArgs a) {
-  const int c = blockIdx.x * kThreads + threadIdx.x;
+__global__ void __launch_bounds__(kThreads, 4) linear_epilogue_kernel(const EpiArgs a) {
+  constexpr int RS = R > 0 ? R : 4;
+  __shared__ __align__(16) float us[3][kRowsPerBlock][RS];
+  __shared__ float ss[kRowsPerBlock];
+  const int m0 = blockIdx.y * kRowsPerBlock, rows = min(kRowsPerBlock, a.M - m0);
+  const int r = a.le.r;
+  const int c0 = blockIdx.x * kThreads, c = c0 + threadIdx.x;
+  for (int i = threadIdx.x; i < rows; i += kThreads) ss[i] = a.s[m0 + i];
+  if constexpr (R > 0) {
+    // The u rows of the segments this block's columns fall in.
+    const int k_lo = seg_of(a.cs, c0), k_hi = seg_of(a.cs, min(a.N, c0 + kThreads) - 1);
+    for (int k = k_lo; k <= k_hi; ++k) {
+      const float* u = a.le.u[k];
+      if (u == nullptr) continue;
+      for (int i = threadIdx.x; i < rows * r; i += kThreads) us[k][i / r][i % r] = u[static_cast<int64_t>(m0) * r + i];
+    }
+  }
+  __syncthreads();
   if (c >= a.N) return;
   const int k = seg_of(a.cs, c), start = k == 0 ? 0 : a.cs.end[k - 1];
   const float scale = seg_scale(a.cs, c);
-  const int r = a.le.r;
   const float* u = R != 0 && r > 0 ? a.le.u[k] : nullptr;
   const float* brow = u != nullptr ? a.le.B[k] + static_cast<int64_t>(c - start) * r : nullptr;
   float b[R > 0 ? R : 1];
@@ -98,51 +118,45 @@ __global__ void __launch_bounds__(kThreads) linear_epilogue_kernel(const EpiArgs
 #pragma unroll
     for (int j = 0; j < R; ++j) b[j] = u != nullptr && j < r ? brow[j] : 0.0f;
   }
-  const int m0 = blockIdx.y * kRowsPerBlock, m1 = min(a.M, m0 + kRowsPerBlock);
-  for (int mb = m0; mb < m1; mb += kRowStep) {
-    float v[kRowStep], sm[kRowStep], rs[kRowStep];
+  for (int mb = 0; mb < rows; mb += kRowStep) {
+    float v[kRowStep], rs[kRowStep];
 #pragma unroll
     for (int i = 0; i < kRowStep; ++i) {
-      const int m = mb + i;
-      if (m < m1) {
-        const int64_t at = static_cast<int64_t>(m) * a.ld + c;
-        v[i] = static_cast<float>(a.y[at]);
-        sm[i] = a.s[m];
-        rs[i] = a.resid != nullptr ? a.resid[static_cast<int64_t>(m) * a.N + c] : 0.0f;
+      const int64_t m = m0 + mb + i;
+      if (mb + i < rows) {
+        v[i] = static_cast<float>(a.y[m * a.ld + c]);
+        rs[i] = a.resid != nullptr ? a.resid[m * a.N + c] : 0.0f;
       }
     }
 #pragma unroll
     for (int i = 0; i < kRowStep; ++i) {
-      const int m = mb + i;
-      if (m >= m1) break;
-      float o = v[i] / sm[i] * scale;
+      if (mb + i >= rows) break;
+      const int64_t m = m0 + mb + i;
+      float o = v[i] / ss[mb + i] * scale;
       if (u != nullptr) {
-        const float* um = u + static_cast<int64_t>(m) * r;
         float acc = 0.0f;
         if constexpr (R > 0) {
-          if ((r & 3) == 0) {  // u rows 16-byte aligned: 4 values per (broadcast) load
+          const float* um = us[k][mb + i];
 #pragma unroll
-            for (int j = 0; j < R; j += 4) {
-              if (j < r) {
-                const float4 q = *reinterpret_cast<const float4*>(um + j);
-                acc = fmaf(b[j], q.x, acc), acc = fmaf(b[j + 1], q.y, acc), acc = fmaf(b[j + 2], q.z, acc), acc = fmaf(b[j + 3], q.w, acc);
-              }
-            }
-          } else {
-#pragma unroll
-            for (int j = 0; j < R; ++j) {
-              if (j < r) acc = fmaf(b[j], um[j], acc);
+          for (int j = 0; j < R; j += 4) {
+            if (j < r) {  // r <= R; the staged row is read 16 bytes at a time (a broadcast)
+              const float4 q = *reinterpret_cast<const float4*>(um + j);
+              acc = fmaf(b[j], q.x, acc);
+              if (j + 1 < r) acc = fmaf(b[j + 1], q.y, acc);
+              if (j + 2 < r) acc = fmaf(b[j + 2], q.z, acc);
+              if (j + 3 < r) acc = fmaf(b[j + 3], q.w, acc);
             }
           }
         } else {
+          const float* um = u + m * r;
           for (int j = 0; j < r; ++j) acc = fmaf(brow[j], um[j], acc);
         }
         o = __fadd_rn(o, __fmul_rn(a.le.scaling, acc));
       }
       if (a.resid != nullptr) {
-        a.out[static_cast<int64_t>(m) * a.N + c] = rs[i] + o;
+        a.out[m * a.N + c] = rs[i] + o;
       } else {
-        a.y[static_cast<int64_t>(m) * a.ld + c] = __float_as_int(o);  // int32-typed like its loads (no type punning)
+        a.y[m * a.ld + c] = __float_as_int(o);  // int32-typed like its loads (no type punning)
       }
     }
   }
@@ -248,7 +262,7 @@ void launch_scatter_rows(const float* x, int n, const int32_t* idx, int count, f
   TERN_CUDA_LAUNCHED("gather_kernel");
 }
 
-uint64_t dropout_threshold(float p) { return static_cast<uint64_t>(std::ceil(std::ldexp(static_cast<double>(p), 53))); }
+uint64_t dropout_threshold(float p) { return train::dropout_threshold(p); }
 
 void launch_dropout(const float* src, int lds, int M, int n, const DropoutSpec& d, float* out, int ldo, bool accumulate, cudaStream_t st) {
   if (M <= 0 || n <= 0) return;

@@ -45,8 +45,8 @@ void launch_gather_rows(const float* x, int n, const int32_t* idx, int count, fl
 void launch_scatter_rows(const float* x, int n, const int32_t* idx, int count, float* out, cudaStream_t st);
 
 // peft's LoRA dropout, generated on the device exactly as train::dropout_mask: element
-// (m, c) of the [M][n] input is kept when splitmix64 output number t * n + c of the seed
-// seq_seed[m / period] + salt is >= p (t = m % period). Hashing is most of a dropout
+// (m, c) of the [M][n] input is element t * n + c (t = m % period) of the mask of seed
+// seq_seed[m / period] + salt. Hashing is most of a dropout
 // pass's cost, so the first pass over an input can store the mask as bits (one uint32
 // per 32 columns, rows of dropout_words(n)) and later passes read them.
 struct DropoutSpec {
@@ -60,7 +60,7 @@ struct DropoutSpec {
 __host__ __device__ inline int dropout_words(int n) { return (n + 31) / 32; }
 // out[m][c] (+)= keep(m, c) ? src[m][c] / (1 - p) : 0 (rows of n, strides lds / ldo).
 void launch_dropout(const float* src, int lds, int M, int n, const DropoutSpec& d, float* out, int ldo, bool accumulate, cudaStream_t st);
-// ceil(p * 2^53): the integer form of the keep test (dropout_keep in device_util.cuh).
+// train::dropout_threshold(p): the keep test's 16-bit threshold (dropout_keep in device_util.cuh).
 uint64_t dropout_threshold(float p);
 
 // ---- train_ops.cu: backward ops and the LoRA branch ----
