@@ -1,7 +1,9 @@
 // A fixed pool of worker threads for data-parallel loops. parallel_for splits [0, n)
 // into one contiguous chunk per thread and blocks until all are done; the calling
-// thread runs chunk 0, so a pool of 1 thread runs everything inline.
+// thread runs chunk 0, so a pool of 1 thread runs everything inline. Threads spin
+// briefly for the next loop (or for the others to finish) before they sleep.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -31,9 +33,9 @@ class ThreadPool {
   std::condition_variable cv_start_, cv_done_;
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0, job_grain_ = 1;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace tern

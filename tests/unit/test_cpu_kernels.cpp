@@ -3,11 +3,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/simd.h"
 #include "model/ternary.h"
+#include "util/half.h"
 #include "test_util.h"
 
 namespace tern {
@@ -81,7 +83,8 @@ TEST(CpuKernels, TernaryDotIsExact) {
 // case), for widths of one block up to 6912 and odd multiples of 128.
 TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
   auto rng = rng_for_test();
-  std::printf("[info] SIMD level: %s (avx2 %s)\n", cpu::simd_level(), cpu::has_avx2() ? "yes" : "no");
+  std::printf("[info] SIMD level: %s (avx2 %s, avx-vnni %s)\n", cpu::simd_level(), cpu::has_avx2() ? "yes" : "no",
+              cpu::has_avxvnni() ? "yes" : "no");
   if (!cpu::has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path runs";
   for (int64_t cols : {128, 384, 2560, 6912, 128 * 37}) {
     for (int fill : {0, 1, 2}) {  // random, all -128, all 127
@@ -97,9 +100,44 @@ TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
         v = fill == 0 ? static_cast<int8_t>(static_cast<int>(rng() % 256) - 128) : fill == 1 ? int8_t{-128} : int8_t{127};
         sum += v;
       }
-      EXPECT_EQ(cpu::ternary_dot_avx2(row.data(), x.data(), cols, sum), cpu::ternary_dot_scalar(row.data(), x.data(), cols, sum))
-          << cols << " fill " << fill;
+      const int32_t want = cpu::ternary_dot_scalar(row.data(), x.data(), cols, sum);
+      EXPECT_EQ(cpu::ternary_dot_avx2(row.data(), x.data(), cols, sum), want) << cols << " fill " << fill;
+      if (cpu::has_avxvnni()) {
+        EXPECT_EQ(cpu::ternary_dot_vnni(row.data(), x.data(), cols, sum), want) << "vnni " << cols << " fill " << fill;
+      }
     }
+  }
+}
+
+// The prefill tile (1 weight row x 4 tokens) equals four single dots, on both paths.
+TEST(CpuKernels, TernaryDot4MatchesSingleDots) {
+  auto rng = rng_for_test();
+  for (int64_t cols : {128, 384, 2560, 128 * 37}) {
+    std::vector<uint8_t> row(cols / 4);
+    for (auto& b : row) {
+      uint8_t v = 0;
+      for (int k = 0; k < 4; ++k) v = static_cast<uint8_t>(v << 2 | (rng() % 3));
+      b = v;
+    }
+    const int64_t ldq = cols + 128;  // rows of a wider buffer, as the engine's
+    std::vector<int8_t> x(4 * ldq);
+    std::vector<int32_t> sums(4, 0);
+    for (int t = 0; t < 4; ++t) {
+      for (int64_t i = 0; i < cols; ++i) {
+        const int8_t v = t == 3 ? int8_t{-128} : static_cast<int8_t>(static_cast<int>(rng() % 256) - 128);
+        x[t * ldq + i] = v, sums[t] += v;
+      }
+    }
+    int32_t want[4], got[4];
+    for (int t = 0; t < 4; ++t) want[t] = cpu::ternary_dot_scalar(row.data(), x.data() + t * ldq, cols, sums[t]);
+    cpu::ternary_dot4_scalar(row.data(), x.data(), ldq, cols, sums.data(), got);
+    for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "scalar cols " << cols << " token " << t;
+    if (!cpu::has_avx2()) continue;
+    cpu::ternary_dot4_avx2(row.data(), x.data(), ldq, cols, sums.data(), got);
+    for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "avx2 cols " << cols << " token " << t;
+    if (!cpu::has_avxvnni()) continue;
+    cpu::ternary_dot4_vnni(row.data(), x.data(), ldq, cols, sums.data(), got);
+    for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "vnni cols " << cols << " token " << t;
   }
 }
 

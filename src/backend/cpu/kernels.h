@@ -26,6 +26,10 @@ void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const f
 // inv_freq[i] = 1 / theta^(2i/head_dim), computed in float32 as transformers does.
 void rope_inv_freq(float theta, int64_t head_dim, float* inv_freq);
 
+// ternary_dot of one row with 4 token rows at once (q, q + ldq, q + 2 ldq, q + 3 ldq; their
+// qsums): out[t]. The prefill's inner kernel: the row's codes are unpacked once.
+void ternary_dot4(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+
 // Causal attention of one query head over `n_ctx` cached positions (keys/values with
 // row stride `stride` floats). `scores` is scratch of n_ctx floats.
 void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,

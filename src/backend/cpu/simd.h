@@ -7,13 +7,20 @@
 
 namespace tern::cpu {
 
-// "avx2" or "scalar": what the dispatching kernels (cpu::ternary_dot, ...) run.
+// "avx-vnni", "avx2" or "scalar": what the dispatching kernels (cpu::ternary_dot, ...)
+// run. TERN_CPU_SIMD=avx2 or =scalar caps it.
 const char* simd_level();
 
-// The variants of cpu::ternary_dot (kernels.h), for tests. ternary_dot_avx2 may only be
-// called when has_avx2().
+// The variants of the dispatching kernels (kernels.h), for tests. The _avx2 ones may only
+// be called when has_avx2().
 bool has_avx2();
 int32_t ternary_dot_scalar(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
 int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
+void ternary_dot4_scalar(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+void ternary_dot4_avx2(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+// AVX-VNNI (has_avxvnni(): AVX2 + the VEX vpdpbusd) variants of the ternary dots.
+bool has_avxvnni();
+int32_t ternary_dot_vnni(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
+void ternary_dot4_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 
 }  // namespace tern::cpu
