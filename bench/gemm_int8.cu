@@ -13,14 +13,7 @@
 #include <cstdio>
 #include <vector>
 
-#define CK(x)                                                                                 \
-  do {                                                                                        \
-    cudaError_t e = (x);                                                                      \
-    if (e != cudaSuccess) {                                                                   \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__);    \
-      return 1;                                                                               \
-    }                                                                                         \
-  } while (0)
+#include "bench_cuda_check.h"
 #define CB(x)                                                                                 \
   do {                                                                                        \
     cublasStatus_t st_ = (x);                                                                   \

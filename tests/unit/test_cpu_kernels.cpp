@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/simd.h"
@@ -138,6 +139,38 @@ TEST(CpuKernels, TernaryDot4MatchesSingleDots) {
     if (!cpu::has_avxvnni()) continue;
     cpu::ternary_dot4_vnni(row.data(), x.data(), ldq, cols, sums.data(), got);
     for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "vnni cols " << cols << " token " << t;
+  }
+}
+
+// The float dots: the SIMD variants give the scalar ones' float exactly (same fused
+// operations in the same order), the 16-bit one equals dot_f32 of the converted row, and
+// all are within float rounding of a double reference.
+TEST(CpuKernels, FloatDotsSameOnEveryPath) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 1);
+  auto same = [](float a, float b) { return std::memcmp(&a, &b, 4) == 0; };
+  for (bool bf16 : {false, true}) {
+    for (int64_t n : {1, 15, 16, 17, 2560, 2567}) {
+      std::vector<uint16_t> w(n);
+      std::vector<float> wf(n), x(n);
+      double want = 0, mag = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = nd(rng) * 0.05f;
+        w[i] = bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+        wf[i] = bf16 ? bf16_to_f32(w[i]) : f16_to_f32(w[i]);
+        x[i] = nd(rng);
+        want += static_cast<double>(wf[i]) * x[i], mag += std::fabs(static_cast<double>(wf[i]) * x[i]);
+      }
+      const std::string what = "n " + std::to_string(n) + (bf16 ? " bf16" : " f16");
+      const float s = cpu::dot_half_f32_scalar(w.data(), bf16, x.data(), n);
+      EXPECT_NEAR(s, want, 1e-6 * mag + 1e-30) << what;
+      EXPECT_TRUE(same(cpu::dot_f32_scalar(wf.data(), x.data(), n), s)) << what;
+      EXPECT_TRUE(same(cpu::dot_f32(wf.data(), x.data(), n), cpu::dot_half_f32(w.data(), bf16, x.data(), n))) << what;
+      if (cpu::has_avx2()) {
+        EXPECT_TRUE(same(cpu::dot_half_f32_avx2(w.data(), bf16, x.data(), n), s)) << what;
+        EXPECT_TRUE(same(cpu::dot_f32_avx2(wf.data(), x.data(), n), s)) << what;
+      }
+    }
   }
 }
 

@@ -75,19 +75,6 @@ void attention_head(const float* q, const float* k, const float* v, int64_t stri
   }
 }
 
-float dot_f32(const float* a, const float* b, int64_t n) {
-  float acc[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  for (int j = 0; j < 8; ++j) acc[j] += acc[j + 8];
-  for (int j = 0; j < 4; ++j) acc[j] += acc[j + 4];
-  return (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail;
-}
-
 int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {
   int32_t acc = 0;
   for (int64_t i = 0; i < n; ++i) acc += static_cast<int32_t>(a[i]) * b[i];

@@ -35,8 +35,13 @@ void ternary_dot4(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padd
 void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
                     float* scores, float* out);
 
-// Float dot product with 16 partial sums (vectorisable without -ffast-math).
+// Float dot product in a fixed order whatever the build or CPU: 16 lanes of fused
+// multiply-adds (lane j takes elements i = j mod 16), a fixed reduction, then the tail.
+// Dispatched (simd.h); every variant gives the same float.
 float dot_f32(const float* a, const float* b, int64_t n);
+// The same dot with w F16 (or BF16 when bf16) converted as it is read: equal, bit for bit,
+// to dot_f32 of the converted row (the conversion is exact). The LM head's kernel.
+float dot_half_f32(const uint16_t* w, bool bf16, const float* x, int64_t n);
 
 // Exact int32 dot of two int8 vectors (the int8 LM head: model/head_i8.h). Exact for
 // n < 2^17 (127 * 128 * n fits int32), far above any hidden size.

@@ -6,11 +6,13 @@
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define TERN_X86 1
 #endif
 
 #include "backend/cpu/kernels.h"
+#include "util/half.h"
 
 namespace tern::cpu {
 
@@ -31,6 +33,48 @@ int32_t ternary_dot_scalar(const uint8_t* row, const int8_t* q, int64_t padded_c
 
 void ternary_dot4_scalar(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
   for (int t = 0; t < 4; ++t) out[t] = ternary_dot_scalar(row, q + t * ldq, padded_cols, qsum[t]);
+}
+
+namespace {
+
+// The float dots' fixed order (every variant): 16 lanes, lane j accumulating the
+// elements i = j mod 16 with fused multiply-adds, then this reduction, then the tail.
+float reduce16(const float* acc, float tail) {
+  float a[8];
+  for (int j = 0; j < 8; ++j) a[j] = acc[j] + acc[j + 8];
+  for (int j = 0; j < 4; ++j) a[j] += a[j + 4];
+  return (a[0] + a[2]) + (a[1] + a[3]) + tail;
+}
+
+// Element i of a float (kind 0), F16 (1) or BF16 (2) vector.
+template <int KIND>
+float elem(const void* w, int64_t i) {
+  if constexpr (KIND == 0) {
+    return static_cast<const float*>(w)[i];
+  } else if constexpr (KIND == 1) {
+    return f16_to_f32(static_cast<const uint16_t*>(w)[i]);
+  } else {
+    return bf16_to_f32(static_cast<const uint16_t*>(w)[i]);
+  }
+}
+
+template <int KIND>
+float dot_lanes_scalar(const void* w, const float* x, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] = std::fma(elem<KIND>(w, i + j), x[i + j], acc[j]);
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail = std::fma(elem<KIND>(w, i), x[i], tail);
+  return reduce16(acc, tail);
+}
+
+}  // namespace
+
+float dot_f32_scalar(const float* a, const float* b, int64_t n) { return dot_lanes_scalar<0>(a, b, n); }
+float dot_half_f32_scalar(const uint16_t* w, bool bf16, const float* x, int64_t n) {
+  return bf16 ? dot_lanes_scalar<2>(w, x, n) : dot_lanes_scalar<1>(w, x, n);
 }
 
 #ifdef TERN_X86
@@ -112,8 +156,13 @@ __attribute__((target("avx2"))) void ternary_dot4_avx2(const uint8_t* row, const
 
 // AVX-VNNI (VEX vpdpbusd: u8 x s8, four products summed into each int32 lane, exact): one
 // instruction per group instead of maddubs, the int16 add and the widening madd.
+// CPUID leaf 7 sub-leaf 1, EAX bit 4 (not every compiler's __builtin_cpu_supports knows
+// "avxvnni"); the OS saving the YMM state is part of the avx2 check.
 bool has_avxvnni() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return has_avx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && ((a >> 4) & 1u) != 0;
+  }();
   return yes;
 }
 
@@ -158,8 +207,45 @@ __attribute__((target("avx2,avxvnni"))) void ternary_dot4_vnni(const uint8_t* ro
   out[3] = hsum_avx2(_mm256_add_epi32(e3, o3)) - qsum[3];
 }
 
+// The float dots of dot_lanes_scalar in two 8-lane registers (lanes 0-7, 8-15): the same
+// fused multiply-adds in the same order, so the same float. KIND as elem().
+template <int KIND>
+__attribute__((target("avx2,fma,f16c"))) float dot_lanes_avx2(const void* w, const float* x, int64_t n) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 wa, wb;
+    if constexpr (KIND == 0) {
+      wa = _mm256_loadu_ps(static_cast<const float*>(w) + i), wb = _mm256_loadu_ps(static_cast<const float*>(w) + i + 8);
+    } else {
+      const uint16_t* h = static_cast<const uint16_t*>(w) + i;
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h)), b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 8));
+      if constexpr (KIND == 1) {
+        wa = _mm256_cvtph_ps(a), wb = _mm256_cvtph_ps(b);
+      } else {
+        wa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(a), 16));
+        wb = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+      }
+    }
+    lo = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x + i), lo);
+    hi = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x + i + 8), hi);
+  }
+  alignas(32) float acc[16];
+  _mm256_store_ps(acc, lo);
+  _mm256_store_ps(acc + 8, hi);
+  float tail = 0.0f;
+  for (; i < n; ++i) tail = std::fma(elem<KIND>(w, i), x[i], tail);
+  return reduce16(acc, tail);
+}
+
+float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_lanes_avx2<0>(a, b, n); }
+float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n) {
+  return bf16 ? dot_lanes_avx2<2>(w, x, n) : dot_lanes_avx2<1>(w, x, n);
+}
 #else
 bool has_avx2() { return false; }
+float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_f32_scalar(a, b, n); }
+float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n) { return dot_half_f32_scalar(w, bf16, x, n); }
 bool has_avxvnni() { return false; }
 int32_t ternary_dot_vnni(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
   return ternary_dot_scalar(row, q, padded_cols, qsum);
@@ -181,8 +267,12 @@ int forced_cap() {
   return std::strcmp(v, "scalar") == 0 ? 0 : std::strcmp(v, "avx2") == 0 ? 1 : 2;
 }
 
-// 0 scalar, 1 AVX2, 2 AVX2 + AVX-VNNI.
+// 0 scalar, 1 AVX2 (with FMA and F16C: every AVX2 CPU has them), 2 AVX2 + AVX-VNNI.
 const int kLevel = std::min(forced_cap(), has_avxvnni() ? 2 : has_avx2() ? 1 : 0);
+using DotF32 = float (*)(const float*, const float*, int64_t);
+const DotF32 kDotF32 = kLevel >= 1 ? dot_f32_avx2 : dot_f32_scalar;
+using DotHalf = float (*)(const uint16_t*, bool, const float*, int64_t);
+const DotHalf kDotHalf = kLevel >= 1 ? dot_half_f32_avx2 : dot_half_f32_scalar;
 using TernaryDot = int32_t (*)(const uint8_t*, const int8_t*, int64_t, int32_t);
 const TernaryDot kTernaryDot = kLevel == 2 ? ternary_dot_vnni : kLevel == 1 ? ternary_dot_avx2 : ternary_dot_scalar;
 using TernaryDot4 = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const int32_t*, int32_t*);
@@ -193,6 +283,10 @@ const TernaryDot4 kTernaryDot4 = kLevel == 2 ? ternary_dot4_vnni : kLevel == 1 ?
 const char* simd_level() { return kLevel == 2 ? "avx-vnni" : kLevel == 1 ? "avx2" : "scalar"; }
 
 int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) { return kTernaryDot(row, q, padded_cols, qsum); }
+
+float dot_f32(const float* a, const float* b, int64_t n) { return kDotF32(a, b, n); }
+
+float dot_half_f32(const uint16_t* w, bool bf16, const float* x, int64_t n) { return kDotHalf(w, bf16, x, n); }
 
 void ternary_dot4(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
   kTernaryDot4(row, q, ldq, padded_cols, qsum, out);
