@@ -6,6 +6,7 @@ reached (bytes moved / time), slowest kernels first. Used by scripts/gpu-check t
 import collections
 import csv
 import re
+import signal
 import sys
 
 UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0,
@@ -13,7 +14,11 @@ UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "nsecond": 1e-9, "usecond": 1e-6, "
 
 
 def main(path):
-    rows = list(csv.reader(open(path, errors="replace")))
+    try:
+        with open(path, errors="replace") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        sys.exit(f"ncu_kernel_table.py: cannot read {path}: {e.strerror}")
     start = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
     if start is None:
         print(f"{path}: no ncu rows")
@@ -45,4 +50,7 @@ def main(path):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet under `| head`
+    if len(sys.argv) != 2:
+        sys.exit("usage: ncu_kernel_table.py NCU_CSV")
     main(sys.argv[1])

@@ -56,10 +56,16 @@ grep -q '"test": "train12@b2"' "$WORK/out" && grep -q '"avg_ts"' "$WORK/out" && 
 expect_fail "--precision" "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 12 --precision half
 expect_fail "-p" "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 1
 expect_fail "--targets" "$TERN" bench -m "$WORK/t.gguf" --train --backend cpu -p 12 --targets qq_proj
-# The forced scalar CPU path (TERN_CPU_SIMD=scalar) gives the same logits as the dispatched one.
+# The capped CPU paths (TERN_CPU_SIMD=scalar, =avx2) give the same logits as the dispatched
+# one, and token-by-token decode (the fused 16-bit head, single-row dots) the same as one
+# 5-token forward (4-token tiles, the head row converted once).
 expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,4,5 -o "$WORK/simd.npy" --backend cpu
 TERN_CPU_SIMD=scalar expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,4,5 -o "$WORK/scalar.npy" --backend cpu
 same_file "$WORK/simd.npy" "$WORK/scalar.npy"
+TERN_CPU_SIMD=avx2 expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,4,5 -o "$WORK/avx2.npy" --backend cpu
+same_file "$WORK/simd.npy" "$WORK/avx2.npy"
+expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,4,5 -o "$WORK/decode.npy" --backend cpu --batch 1
+same_file "$WORK/simd.npy" "$WORK/decode.npy"
 
 # A base that behaves like a fresh HF model (logits of order 1): its first loss is near
 # log(vocab), where the sharp default init starts far above.

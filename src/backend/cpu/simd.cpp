@@ -83,11 +83,8 @@ bool has_avx2() {
   return yes;
 }
 
-// Per 128-weight block: the 32 bytes hold the codes of columns j, j+32, j+64, j+96 in
-// bits 7-6, 5-4, 3-2, 1-0 (tern2). Shifting 16-bit lanes and masking with 3 gives each
-// group's 32 codes (0..2) as bytes; maddubs multiplies them with the 32 int8 activations
-// of that group into int16 pair sums (|sum| <= 4 groups * 2 * 2 * 128 = 2048), madd
-// widens to int32. One horizontal sum per row.
+// Helpers are named functions, not lambdas: GCC does not give a lambda its enclosing
+// function's target attribute, and without -mavx2 the intrinsics would not inline.
 __attribute__((target("avx2"))) static inline __m256i ld(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
 __attribute__((target("avx2"))) static inline int32_t hsum_avx2(__m256i acc) {
@@ -97,13 +94,15 @@ __attribute__((target("avx2"))) static inline int32_t hsum_avx2(__m256i acc) {
   return _mm_cvtsi128_si32(v);
 }
 
-// (A named function, not a lambda: GCC does not give a lambda its enclosing function's
-// target attribute, and without -mavx2 the intrinsics would not inline.)
 __attribute__((target("avx2"))) static inline __m256i avx2_group(__m256i w, int shift, const int8_t* x) {
-  const __m256i codes = _mm256_and_si256(_mm256_srli_epi16(w, shift), _mm256_set1_epi8(3));
-  return _mm256_maddubs_epi16(codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+  return _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, shift), _mm256_set1_epi8(3)), ld(x));
 }
 
+// Per 128-weight block: the 32 bytes hold the codes of columns j, j+32, j+64, j+96 in
+// bits 7-6, 5-4, 3-2, 1-0 (tern2). Shifting 16-bit lanes and masking with 3 gives each
+// group's 32 codes (0..2) as bytes; maddubs multiplies them with the 32 int8 activations
+// of that group into int16 pair sums (|sum| <= 4 groups * 2 * 2 * 128 = 2048), madd
+// widens to int32. One horizontal sum per row.
 __attribute__((target("avx2"))) int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc = _mm256_setzero_si256();
@@ -130,18 +129,18 @@ __attribute__((target("avx2"))) void ternary_dot4_avx2(const uint8_t* row, const
     __m256i p0, p1, p2, p3;
     {
       const __m256i c = _mm256_and_si256(_mm256_srli_epi16(w, 6), mask);
-      p0 = _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + o)));
-      p1 = _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + o)));
-      p2 = _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x2 + o)));
-      p3 = _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x3 + o)));
+      p0 = _mm256_maddubs_epi16(c, ld(x0 + o));
+      p1 = _mm256_maddubs_epi16(c, ld(x1 + o));
+      p2 = _mm256_maddubs_epi16(c, ld(x2 + o));
+      p3 = _mm256_maddubs_epi16(c, ld(x3 + o));
     }
     for (int g = 1; g < 4; ++g) {
       const __m256i c = _mm256_and_si256(_mm256_srli_epi16(w, 6 - 2 * g), mask);
       const int64_t og = o + 32 * g;
-      p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + og))));
-      p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + og))));
-      p2 = _mm256_add_epi16(p2, _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x2 + og))));
-      p3 = _mm256_add_epi16(p3, _mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x3 + og))));
+      p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(c, ld(x0 + og)));
+      p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(c, ld(x1 + og)));
+      p2 = _mm256_add_epi16(p2, _mm256_maddubs_epi16(c, ld(x2 + og)));
+      p3 = _mm256_add_epi16(p3, _mm256_maddubs_epi16(c, ld(x3 + og)));
     }
     acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, ones));
     acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, ones));
@@ -173,11 +172,11 @@ __attribute__((target("avx2,avxvnni"))) int32_t ternary_dot_vnni(const uint8_t* 
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t b = 0; b < padded_cols / 128; ++b) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
-    const __m256i* x = reinterpret_cast<const __m256i*>(q + b * 128);
-    a0 = _mm256_dpbusd_avx_epi32(a0, _mm256_and_si256(_mm256_srli_epi16(w, 6), mask), _mm256_loadu_si256(x));
-    a1 = _mm256_dpbusd_avx_epi32(a1, _mm256_and_si256(_mm256_srli_epi16(w, 4), mask), _mm256_loadu_si256(x + 1));
-    a2 = _mm256_dpbusd_avx_epi32(a2, _mm256_and_si256(_mm256_srli_epi16(w, 2), mask), _mm256_loadu_si256(x + 2));
-    a3 = _mm256_dpbusd_avx_epi32(a3, _mm256_and_si256(w, mask), _mm256_loadu_si256(x + 3));
+    const int8_t* x = q + b * 128;
+    a0 = _mm256_dpbusd_avx_epi32(a0, _mm256_and_si256(_mm256_srli_epi16(w, 6), mask), ld(x));
+    a1 = _mm256_dpbusd_avx_epi32(a1, _mm256_and_si256(_mm256_srli_epi16(w, 4), mask), ld(x + 32));
+    a2 = _mm256_dpbusd_avx_epi32(a2, _mm256_and_si256(_mm256_srli_epi16(w, 2), mask), ld(x + 64));
+    a3 = _mm256_dpbusd_avx_epi32(a3, _mm256_and_si256(w, mask), ld(x + 96));
   }
   return hsum_avx2(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3))) - qsum;
 }
@@ -255,6 +254,9 @@ void ternary_dot4_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t
 }
 int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
   return ternary_dot_scalar(row, q, padded_cols, qsum);
+}
+void ternary_dot4_avx2(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
+  ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
 }
 #endif
 

@@ -19,6 +19,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
+#include "backend/cuda/launch.h"
 #include "backend/cuda/train_kernels.h"
 
 namespace tern::cuda {
@@ -27,8 +28,9 @@ namespace {
 
 constexpr int kRowsWarps = 8;
 
-// One step of the warp's reduce-scatter of kRowsSums sums (see lora_rows_kernel).
 constexpr int kRowsSums = 64;  // BM x R per lane: two blocks per SM fit in registers
+
+// One step of the warp's reduce-scatter of kRowsSums sums (see lora_rows_kernel).
 template <int OFF, int HALF>
 __device__ __forceinline__ void reduce_scatter_step(float (&acc)[kRowsSums], int lane) {
   const bool hi = (lane & OFF) != 0;
@@ -264,15 +266,6 @@ __global__ void __launch_bounds__(256) lora_cols_sum_kernel(const float* __restr
 }
 
 bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) v = 100;
-    return v;
-  }();
-  return n;
-}
 
 bool skinny_enabled() {
   static const bool on = [] {

@@ -1,0 +1,55 @@
+// util/thread_pool: every index of every loop is run exactly once, whether the workers are
+// still spinning when the next loop comes (back to back, as in decode) or have gone to
+// sleep on the condition variable (a pause longer than the spin), with odd sizes and
+// grains, and chunk boundaries on multiples of the grain.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "util/thread_pool.h"
+
+namespace tern {
+namespace {
+
+void check_loops(ThreadPool& pool, int loops, std::chrono::microseconds pause) {
+  for (int k = 0; k < loops; ++k) {
+    const int64_t n = 1 + (k * 37) % 1000, grain = 1 + k % 7;
+    std::vector<std::atomic<int>> hits(n);
+    std::atomic<bool> aligned{true};
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+      if (b % grain != 0) aligned = false;
+      for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+    }, grain);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "loop " << k << " index " << i;
+    EXPECT_TRUE(aligned.load()) << "loop " << k;
+    if (pause.count() > 0) std::this_thread::sleep_for(pause);
+  }
+}
+
+TEST(ThreadPool, EveryIndexOnceBackToBack) {
+  for (int threads : {1, 2, 3, 4}) {
+    ThreadPool pool(threads);
+    check_loops(pool, 2000, std::chrono::microseconds(0));
+  }
+}
+
+TEST(ThreadPool, EveryIndexOnceAfterWorkersSleep) {
+  ThreadPool pool(3);
+  check_loops(pool, 20, std::chrono::milliseconds(2));  // longer than the 200 us spin
+}
+
+TEST(ThreadPool, DestroyedWhileWorkersSpinOrSleep) {
+  for (int pause_us : {0, 2000}) {
+    ThreadPool pool(4);
+    std::atomic<int64_t> sum{0};
+    pool.parallel_for(100, [&](int64_t b, int64_t e) { sum += e - b; });
+    EXPECT_EQ(sum.load(), 100);
+    std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
+  }  // the destructor must stop and join them either way
+}
+
+}  // namespace
+}  // namespace tern
