@@ -200,6 +200,53 @@ TEST(CudaKernels, GateUpEpilogue) {
   }
 }
 
+// The training linear's epilogue (train_fwd.cu) against its definition, bit for bit:
+// v = float(y) / s[m] * scale(segment), + scaling * (B u) (fmaf over j in order), + the
+// residual; every rank path (none, exact 8/16/32, up to 16/32/64 with predicates, any),
+// one to three segments (one without an adapter), full 32-row blocks and a tail.
+TEST(CudaKernels, LinearEpilogueMatchesDefinition) {
+  SKIP_WITHOUT_GPU();
+  std::uniform_int_distribution<int32_t> sums(-40000, 40000);
+  for (int r : {0, 16, 8, 12, 32, 48, 80}) {
+    for (auto [M, segs] : std::vector<std::pair<int, std::vector<int>>>{{96, {300}}, {70, {260, 333, 517}}, {33, {64, 100}}}) {
+      for (bool with_resid : {false, true}) {
+        const int N = segs.back(), nseg = static_cast<int>(segs.size());
+        std::vector<int32_t> y(static_cast<size_t>(M) * N);
+        for (auto& v : y) v = sums(rng());
+        auto s = randn(M, 0.5f), resid = with_resid ? randn(static_cast<size_t>(M) * N) : std::vector<float>{};
+        for (auto& v : s) v = 1.0f + std::abs(v);
+        std::vector<float> scale(nseg);
+        std::vector<std::vector<float>> u(nseg), B(nseg);
+        for (int k = 0; k < nseg; ++k) {
+          scale[k] = 0.5f + 0.25f * static_cast<float>(k);
+          const int width = segs[k] - (k == 0 ? 0 : segs[k - 1]);
+          if (r > 0 && !(nseg > 1 && k == 1)) u[k] = randn(static_cast<size_t>(M) * r), B[k] = randn(static_cast<size_t>(width) * r, 0.1f);
+        }
+        const float scaling = 1.75f;
+        auto got = ct::linear_epilogue(y, M, N, s, segs, scale, r, scaling, u, B, resid);
+        std::vector<float> want(static_cast<size_t>(M) * N);
+        for (int m = 0; m < M; ++m) {
+          for (int c = 0, k = 0; c < N; ++c) {
+            while (c >= segs[k]) ++k;
+            const int start = k == 0 ? 0 : segs[k - 1];
+            volatile float o = static_cast<float>(y[static_cast<size_t>(m) * N + c]) / s[m] * scale[k];
+            if (!u[k].empty()) {
+              float acc = 0.0f;
+              for (int j = 0; j < r; ++j) acc = std::fma(B[k][static_cast<size_t>(c - start) * r + j], u[k][static_cast<size_t>(m) * r + j], acc);
+              volatile float t = scaling * acc;
+              o = o + t;
+            }
+            want[static_cast<size_t>(m) * N + c] = with_resid ? resid[static_cast<size_t>(m) * N + c] + o : o;
+          }
+        }
+        size_t bad = 0;
+        for (size_t i = 0; i < want.size(); ++i) bad += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+        EXPECT_EQ(bad, 0u) << "r=" << r << " M=" << M << " N=" << N << " segments " << nseg << " resid " << with_resid;
+      }
+    }
+  }
+}
+
 void cpu_attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v, int n_heads,
                    int n_kv, int hd, int M, int pos0, std::vector<float>& out) {
   const int qd = n_heads * hd, kvd = n_kv * hd, group = n_heads / n_kv;
@@ -366,11 +413,14 @@ TEST(CudaKernels, HeadLossMatchesCpuReference) {
       train::rmsnorm_fwd<float>(x.data(), normw.data(), M, H, 1e-5f, xn.data());
       const double want_loss = train::cross_entropy_fwd_bwd<float>(xn.data(), emb, labels.data(), M, n_norm, 1.0, dxn.data());
       train::rmsnorm_bwd<float>(x.data(), normw.data(), dxn.data(), M, H, 1e-5f, want.data());
-      auto got = ct::head_loss(emb, x.data(), normw.data(), labels.data(), M, n_norm, 1e-5f);
-      const std::string what = std::string(float_type_name(type)) + " V=" + std::to_string(V) + " H=" + std::to_string(H) +
-                               " M=" + std::to_string(M);
-      EXPECT_NEAR(got.loss, want_loss, 1e-5 * std::fabs(want_loss)) << what;
-      EXPECT_LT(test::rel_l2(got.dx.data(), want.data(), want.size()), 1e-4) << what;
+      // fast: --precision tf32's loss (one F16 / two BF16 terms: logits to ~1e-4).
+      for (bool fast : {false, true}) {
+        auto got = ct::head_loss(emb, x.data(), normw.data(), labels.data(), M, n_norm, 1e-5f, fast);
+        const std::string what = std::string(float_type_name(type)) + " V=" + std::to_string(V) + " H=" + std::to_string(H) +
+                                 " M=" + std::to_string(M) + (fast ? " fast" : "");
+        EXPECT_NEAR(got.loss, want_loss, (fast ? 1e-3 : 1e-5) * std::fabs(want_loss)) << what;
+        EXPECT_LT(test::rel_l2(got.dx.data(), want.data(), want.size()), fast ? 1e-2 : 1e-4) << what;
+      }
     }
   }
 }
@@ -442,15 +492,18 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
     EXPECT_LT(test::rel_l2(gu.data(), wu.data(), wu.size()), 1e-5) << "gated du act " << act;
   }
   // LoRA branch: the one-pass kernels (lora_skinny.cu: ranks up to 64, widths a multiple of
-  // 4) and the cuBLAS fallback (odd widths, rank 80), dropout hashed or stored as bits.
+  // 4) and the cuBLAS fallback (odd widths, rank 80), dropout hashed or stored as bits; with
+  // tf32, lora_mma.cu's tensor-core kernels (ranks up to 32; TF32 products: 5e-3).
   struct LoraCase {
     int M, in, r, out;
   };
   for (LoraCase c : std::vector<LoraCase>{{9, 96, 8, 70}, {9, 97, 8, 70}, {300, 640, 16, 388}, {77, 256, 64, 132}, {130, 516, 32, 68},
-                                          {33, 64, 80, 36}}) {
+                                          {33, 64, 80, 36}, {1030, 2560, 16, 6912}, {70, 528, 12, 44}}) {
     for (float p : {0.0f, 0.3f}) {
-      for (bool bits : {false, true}) {
+      for (int variant = 0; variant < 4; ++variant) {
+        const bool bits = variant & 1, tf32 = variant & 2;
         if (p == 0.0f && bits) continue;
+        const double tol = tf32 ? 5e-3 : 1e-5;
         const int Ml = c.M, in = c.in, r = c.r, out = c.out;
         auto lx = randn(Ml * in), A = randn(r * in, 0.1f), B = randn(out * r, 0.1f), ldy = randn(Ml * out);
         auto y0 = randn(Ml * out), dx0 = randn(Ml * in), dA0 = randn(r * in), dB0 = randn(out * r);
@@ -464,14 +517,24 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
                                true);
         train::lora_bwd<float>(lx.data(), A.data(), B.data(), u.data(), ldy.data(), Ml, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p,
                                dx.data(), dA.data(), dB.data(), true);
-        auto g = ct::lora_round_trip(lx, A, B, Ml, in, r, out, 2.0f, 17, p, y0, ldy, dx0, dA0, dB0, bits);
+        auto g = ct::lora_round_trip(lx, A, B, Ml, in, r, out, 2.0f, 17, p, y0, ldy, dx0, dA0, dB0, bits, tf32);
         const std::string what = "lora M=" + std::to_string(Ml) + " in=" + std::to_string(in) + " r=" + std::to_string(r) +
-                                 " out=" + std::to_string(out) + " p=" + std::to_string(p) + (bits ? " bits" : "");
-        EXPECT_LT(test::rel_l2(g.u.data(), u.data(), u.size()), 1e-5) << what << " u";
-        EXPECT_LT(test::rel_l2(g.y.data(), y.data(), y.size()), 1e-5) << what << " y";
-        EXPECT_LT(test::rel_l2(g.dx.data(), dx.data(), dx.size()), 1e-5) << what << " dx";
-        EXPECT_LT(test::rel_l2(g.dA.data(), dA.data(), dA.size()), 1e-5) << what << " dA";
-        EXPECT_LT(test::rel_l2(g.dB.data(), dB.data(), dB.size()), 1e-5) << what << " dB";
+                                 " out=" + std::to_string(out) + " p=" + std::to_string(p) + (bits ? " bits" : "") + (tf32 ? " tf32" : "");
+        // Against the accumulated totals, the updates alone (tf32's errors are relative to those).
+        auto delta = [](const std::vector<float>& v, const std::vector<float>& v0) {
+          std::vector<float> d(v.size());
+          for (size_t i = 0; i < v.size(); ++i) d[i] = v[i] - v0[i];
+          return d;
+        };
+        auto check = [&](const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& base, const char* name) {
+          const auto gd = delta(got, base), wd = delta(want, base);
+          EXPECT_LT(test::rel_l2(gd.data(), wd.data(), wd.size()), tol) << what << " " << name;
+        };
+        EXPECT_LT(test::rel_l2(g.u.data(), u.data(), u.size()), tol) << what << " u";
+        check(g.y, y, y0, "y");
+        check(g.dx, dx, dx0, "dx");
+        check(g.dA, dA, dA0, "dA");
+        check(g.dB, dB, dB0, "dB");
       }
     }
   }

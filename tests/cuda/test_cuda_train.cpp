@@ -211,15 +211,20 @@ TEST(CudaTraining, GradientsMatchPeft) {
   b.labels.assign(toks.size(), train::kIgnore);
   for (size_t i = 0; i + 1 < toks.size(); ++i) b.labels[i] = toks[i + 1], ++b.trained_tokens;
   const LoraSet<float> p = train::lora_set_from<float>(a);
-  auto gpu = train::make_cuda_grad_engine(m, p, 1, b.seq_len);
-  gpu->set_params(p);
-  gpu->zero_grads();
-  gpu->run(b, b.trained_tokens, 0.0f, {}, true);
-  LoraSet<float> got;
-  gpu->get_grads(got);
-  const double rel = test::rel_l2_vs_peft_grads(got);
-  std::printf("[ peft ] CUDA LoRA gradients vs peft: rel L2 %.3g\n", rel);
-  EXPECT_LT(rel, 1e-3);
+  // fp32, and tf32 (`tern finetune`'s default: 10-11-bit products where they pay; on this
+  // fixture 1.5e-2 from peft's float32, measured 2026-11-27, tensors up to 3.6e-2: the
+  // int8 activation rounding amplifies 1e-3 product errors).
+  for (bool tf32 : {false, true}) {
+    auto gpu = train::make_cuda_grad_engine(m, p, 1, b.seq_len, tf32);
+    gpu->set_params(p);
+    gpu->zero_grads();
+    gpu->run(b, b.trained_tokens, 0.0f, {}, true);
+    LoraSet<float> got;
+    gpu->get_grads(got);
+    const double rel = test::rel_l2_vs_peft_grads(got, tf32 ? 0.1 : 1e-2);
+    std::printf("[ peft ] CUDA LoRA gradients (%s) vs peft: rel L2 %.3g\n", tf32 ? "tf32" : "fp32", rel);
+    EXPECT_LT(rel, tf32 ? 5e-2 : 1e-3) << (tf32 ? "tf32" : "fp32");
+  }
 }
 
 // The optimizer on the device is train/optimizer.cpp bit for bit: AdamW with weight decay

@@ -29,9 +29,11 @@ void check_cublas(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw_error(std::string("cuBLAS ") + what + " failed: " + cublasGetStatusString(s));
 }
 
-int terms_of(const HeadWeights& w) {
+// fast (the training loss with --precision tf32): one F16 term (11 bits, as TF32) or two
+// BF16 terms (16 bits).
+int terms_of(const HeadWeights& w, bool fast) {
   if (w.q8 != nullptr) return 1;
-  return w.type == 1 ? 2 : w.type == 2 ? 3 : 1;
+  return (w.type == 1 ? 2 : w.type == 2 ? 3 : 1) - (fast && w.type != 0 ? 1 : 0);
 }
 
 size_t term_bytes(const HeadWeights& w) {
@@ -41,7 +43,7 @@ size_t term_bytes(const HeadWeights& w) {
 
 // One block per row m: xn = RMSNorm(x_m) * normw (the CPU's float ops), then the split
 // terms (term t of row m at row t * M + m of the GEMM input) or the int8 quantization.
-template <int MODE>  // 0 F32, 1 F16 x2, 2 BF16 x3, 3 int8
+template <int MODE>  // 0 F32, 1 F16 x2, 2 BF16 x3, 3 int8, 4 F16 x1, 5 BF16 x2
 __global__ void __launch_bounds__(kThreads) head_prep_kernel(const float* __restrict__ x, int H, int M,
                                                              const float* __restrict__ normw, float eps, void* out,
                                                              float* xscale) {
@@ -64,6 +66,13 @@ __global__ void __launch_bounds__(kThreads) head_prep_kernel(const float* __rest
       const int64_t at = static_cast<int64_t>(m) * H + i;
       if constexpr (MODE == 0) {
         static_cast<float*>(out)[at] = v;
+      } else if constexpr (MODE == 4) {
+        static_cast<__half*>(out)[at] = __float2half_rn(v);
+      } else if constexpr (MODE == 5) {
+        __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out);
+        const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+        o[at] = hi;
+        o[at + stride] = __float2bfloat16_rn(v - __bfloat162float(hi));
       } else {
         store_split<MODE>(out, at, stride, v);
       }
@@ -122,7 +131,8 @@ __global__ void __launch_bounds__(kThreads) head_combine_kernel(const void* __re
 
 }  // namespace
 
-HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows) : w_(w), max_rows_(std::max(1, max_rows)) {
+HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows, bool fast)
+    : w_(w), max_rows_(std::max(1, max_rows)), terms_(terms_of(w, fast)) {
   cublasHandle_t h = nullptr;
   check_cublas(cublasCreate(&h), "create");
   handle_ = h;
@@ -132,7 +142,7 @@ HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows) : w_(w),
   check_cublas(cublasSetWorkspace(h, workspace_, kWorkspace), "set workspace");
   check_cublas(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH), "set math mode");  // no TF32 for F32 heads
   check_cublas(cublasSetStream(h, st), "set stream");
-  const int terms = terms_of(w);
+  const int terms = terms_;
   TERN_CUDA_CHECK(cudaMalloc(&xs_, static_cast<size_t>(terms) * max_rows_ * w.H * term_bytes(w)));
   TERN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&xscale_), max_rows_ * sizeof(float)));
   TERN_CUDA_CHECK(cudaMalloc(&acc_, static_cast<size_t>(terms) * max_rows_ * w.V * 4));
@@ -150,18 +160,21 @@ void HeadGemm::run(const float* x, int M, const float* normw, float eps, float* 
                    cudaStream_t st) {
   cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
   check_cublas(cublasSetStream(h, st), "set stream");
-  const int V = w_.V, H = w_.H, terms = terms_of(w_);
+  const int V = w_.V, H = w_.H, terms = terms_;
   const bool i8 = w_.q8 != nullptr;
   for (int m0 = 0; m0 < M; m0 += max_rows_) {
     const int n = std::min(max_rows_, M - m0);
     const float* xm = x + static_cast<int64_t>(m0) * H;
     float* lm = logits + static_cast<int64_t>(m0) * V;
     unsigned long long* bm = best != nullptr ? best + m0 : nullptr;
-    const int mode = i8 ? 3 : w_.type;
+    const int full = w_.type == 1 ? 2 : w_.type == 2 ? 3 : 1;  // terms_of(w_, false)
+    const int mode = i8 ? 3 : terms < full ? w_.type + 3 : w_.type;
     switch (mode) {
       case 0: head_prep_kernel<0><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;
       case 1: head_prep_kernel<1><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;
       case 2: head_prep_kernel<2><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;
+      case 4: head_prep_kernel<4><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;
+      case 5: head_prep_kernel<5><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;
       default: head_prep_kernel<3><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;
     }
     TERN_CUDA_LAUNCHED("head_prep_kernel");
@@ -175,9 +188,12 @@ void HeadGemm::run(const float* x, int M, const float* normw, float eps, float* 
     } else {
       const float one = 1.0f, zero = 0.0f;
       const cudaDataType t = w_.type == 0 ? CUDA_R_32F : w_.type == 1 ? CUDA_R_16F : CUDA_R_16BF;
-      check_cublas(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, V, cols, H, &one, w_.emb, t, H, xs_, t, H, &zero, acc_, CUDA_R_32F, V,
+      // One term and no argmax: the GEMM writes the logits themselves (no combine pass).
+      void* dst = terms == 1 && bm == nullptr ? static_cast<void*>(lm) : acc_;
+      check_cublas(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, V, cols, H, &one, w_.emb, t, H, xs_, t, H, &zero, dst, CUDA_R_32F, V,
                                 w_.type == 0 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "head GEMM");
+      if (dst == lm) continue;
     }
     const dim3 cgrid((V + kThreads * kPer - 1) / (kThreads * kPer), n);
     if (bm != nullptr) TERN_CUDA_CHECK(cudaMemsetAsync(bm, 0, n * sizeof(unsigned long long), st));

@@ -78,11 +78,11 @@ void head_loss_rows(TrainBlas& blas, HeadGemm& head, const HeadWeights& hw, cons
 }
 
 double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps, const int32_t* labels,
-                         int M, int64_t n_norm, float* dx, cudaStream_t st) {
+                         int M, int64_t n_norm, float* dx, cudaStream_t st, bool tf32) {
   if (M <= 0) return 0.0;
   TrainBlas blas(st);
   DevBuf loss(static_cast<size_t>(M) * sizeof(double));
-  head_loss_rows(blas, head, hw, x, normw, eps, labels, M, n_norm, dx, loss.as<double>());
+  head_loss_rows(blas, head, hw, x, normw, eps, labels, M, n_norm, dx, loss.as<double>(), tf32);
   std::vector<double> host(M);
   TERN_CUDA_CHECK(cudaMemcpyAsync(host.data(), loss.as<double>(), M * sizeof(double), cudaMemcpyDeviceToHost, st));
   TERN_CUDA_CHECK(cudaStreamSynchronize(st));

@@ -198,7 +198,8 @@ struct HeadWeights {
 class HeadGemm {
  public:
   // max_rows: rows per GEMM (longer inputs run in chunks; each chunk reads the head once).
-  explicit HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows = 64);
+  // fast: fewer split terms (see head_gemm.cu; the training loss with --precision tf32).
+  explicit HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows = 64, bool fast = false);
   ~HeadGemm();
   HeadGemm(const HeadGemm&) = delete;
   HeadGemm& operator=(const HeadGemm&) = delete;
@@ -214,6 +215,7 @@ class HeadGemm {
   float* xscale_ = nullptr;  // int8: per-row activation scales
   void* acc_ = nullptr;      // GEMM output [terms * max_rows_][V] (float or int32)
   int max_rows_ = 64;
+  int terms_ = 1;
 };
 
 }  // namespace tern::cuda

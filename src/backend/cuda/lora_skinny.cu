@@ -256,24 +256,18 @@ __global__ void __launch_bounds__(32 * kColsGroups) lora_cols_kernel(const float
   }
 }
 
-// G += alpha * sum_s P[s] in chunk order.
-__global__ void __launch_bounds__(256) lora_cols_sum_kernel(const float* __restrict__ P, int S, int64_t n, float alpha, float* G) {
+// out (+)= alpha * sum_s P[s] in chunk order.
+__global__ void __launch_bounds__(256) partials_sum_kernel(const float* __restrict__ P, int S, int64_t n, float alpha, float* out,
+                                                           int accumulate) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
   if (i >= n) return;
   float sum = 0.0f;
   for (int s = 0; s < S; ++s) sum += P[s * n + i];
-  G[i] += alpha * sum;
+  out[i] = accumulate ? out[i] + alpha * sum : alpha * sum;
 }
 
 bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-bool skinny_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("TERN_TRAIN_LORA");
-    return e == nullptr || std::string(e) != "cublas";
-  }();
-  return on;
-}
 
 template <int R>
 void launch_rows(const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, cudaStream_t st) {
@@ -296,16 +290,30 @@ void launch_cols(const float* U, const float* X, int M, int K, int r, const Drop
   lora_cols_kernel<R><<<dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(S_used)), 32 * kColsGroups, 0, st>>>(
       U, X, K, M, K, r, chunk, d, dropout_threshold(d.p), 1.0f / (1.0f - d.p), P);
   TERN_CUDA_LAUNCHED("lora_cols_kernel");
-  const int64_t n = static_cast<int64_t>(r) * K;
-  lora_cols_sum_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, st>>>(P, S_used, n, alpha, G);
-  TERN_CUDA_LAUNCHED("lora_cols_sum_kernel");
+  launch_partials_sum(P, S_used, static_cast<int64_t>(r) * K, alpha, G, true, st);
 }
 
 }  // namespace
 
-bool lora_rows_product(const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, cudaStream_t st) {
-  if (!skinny_enabled()) return false;
+bool lora_skinny_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("TERN_TRAIN_LORA");
+    return e == nullptr || std::string(e) != "cublas";
+  }();
+  return on;
+}
+
+void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st) {
+  if (n <= 0) return;
+  partials_sum_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, st>>>(P, S, n, alpha, out, accumulate ? 1 : 0);
+  TERN_CUDA_LAUNCHED("partials_sum_kernel");
+}
+
+bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, bool tf32) {
+  if (!lora_skinny_enabled()) return false;
+  if (tf32 && lora_rows_mma(blas, X, K, M, K, A, r, 1.0f, d, U)) return true;
   if (M <= 0 || K <= 0 || r <= 0) return true;
+  cudaStream_t st = blas.stream();
   if (r > 64 || K % 4 != 0 || !aligned(X, 16) || !aligned(A, 16)) return false;
   if (r <= 8) {
     launch_rows<8>(X, M, K, A, r, d, U, st);
@@ -319,8 +327,10 @@ bool lora_rows_product(const float* X, int M, int K, const float* A, int r, cons
   return true;
 }
 
-bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G) {
-  if (!skinny_enabled()) return false;
+bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
+                       bool tf32) {
+  if (!lora_skinny_enabled()) return false;
+  if (tf32 && lora_cols_mma(blas, U, X, M, K, r, alpha, d, G)) return true;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   const int cw = r <= 16 ? 4 : r <= 32 ? 2 : 1;
   if (r > 64 || K % cw != 0 || !aligned(X, 4 * cw)) return false;

@@ -322,7 +322,7 @@ class CudaGradEngine final : public train::GradEngine {
     emb_type_ = float_type(m.embedding.type);
     emb_ = upload_bytes(m.embedding.data, m.embedding.nbytes());
     hw_.emb = emb_.as<void>(), hw_.type = emb_type_, hw_.V = static_cast<int>(c_.vocab), hw_.H = H_;
-    head_ = std::make_unique<HeadGemm>(hw_, st_, 256);  // the loss's chunks: the head read once per 256 rows
+    head_ = std::make_unique<HeadGemm>(hw_, st_, 256, tf32_);  // the loss's chunks: the head read once per 256 rows
     out_norm_ = upload_vec(m.output_norm);
   }
 

@@ -259,7 +259,7 @@ HeadResult lm_head(const FloatMatrix& emb, const float* x, const float* normw, i
 }
 
 HeadLossResult head_loss(const FloatMatrix& emb, const float* x, const float* normw, const int32_t* labels, int64_t M, int64_t n_norm,
-                         float eps) {
+                         float eps, bool fast) {
   const int V = static_cast<int>(emb.rows), H = static_cast<int>(emb.cols);
   DevBuf de = upload_bytes(emb.data, emb.nbytes());
   DevBuf dx_in = upload_bytes(x, M * H * sizeof(float)), dw = upload_bytes(normw, H * sizeof(float));
@@ -267,10 +267,10 @@ HeadLossResult head_loss(const FloatMatrix& emb, const float* x, const float* no
   DevBuf out = nan_buf(static_cast<size_t>(M) * H);
   HeadWeights hw;
   hw.emb = de.as<void>(), hw.type = type_code(emb.type), hw.V = V, hw.H = H;
-  HeadGemm head(hw, nullptr);
+  HeadGemm head(hw, nullptr, 64, fast);
   HeadLossResult r;
   r.loss = head_loss_fwd_bwd(head, hw, dx_in.as<float>(), dw.as<float>(), eps, dl.as<int32_t>(), static_cast<int>(M), n_norm,
-                             out.as<float>(), nullptr);
+                             out.as<float>(), nullptr, fast);
   r.dx = download<float>(out, static_cast<size_t>(M) * H);
   return r;
 }
@@ -311,6 +311,33 @@ TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<f
   return r;
 }
 
+std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, const std::vector<float>& s, const std::vector<int>& seg_end,
+                                   const std::vector<float>& seg_scale, int r, float scaling, const std::vector<std::vector<float>>& u,
+                                   const std::vector<std::vector<float>>& B, const std::vector<float>& resid) {
+  DevBuf dy = upload_vec(y), ds = upload_vec(s);
+  ColScales cs;
+  cs.n = static_cast<int>(seg_end.size());
+  std::vector<DevBuf> keep;
+  LoraEpilogue le;
+  le.r = r, le.scaling = scaling;
+  for (int k = 0; k < cs.n; ++k) {
+    cs.end[k] = seg_end[k], cs.scale[k] = seg_scale[k];
+    if (r > 0 && !u[k].empty()) {
+      keep.push_back(upload_vec(u[k]));
+      le.u[k] = keep.back().as<float>();
+      keep.push_back(upload_vec(B[k]));
+      le.B[k] = keep.back().as<float>();
+    }
+  }
+  if (resid.empty()) {
+    launch_linear_epilogue(reinterpret_cast<float*>(dy.as<int32_t>()), N, M, N, ds.as<float>(), cs, le, nullptr, nullptr, nullptr);
+    return download<float>(dy, static_cast<size_t>(M) * N);
+  }
+  DevBuf dr = upload_vec(resid), out = nan_buf(static_cast<size_t>(M) * N);
+  launch_linear_epilogue(reinterpret_cast<float*>(dy.as<int32_t>()), N, M, N, ds.as<float>(), cs, le, dr.as<float>(), out.as<float>(), nullptr);
+  return download<float>(out, static_cast<size_t>(M) * N);
+}
+
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
                                float eps, const std::vector<float>& dx_in, bool accumulate) {
   DevBuf dx_ = upload_vec(x), dw = upload_vec(w), ddy = upload_vec(dy), out = upload_vec(dx_in);
@@ -329,7 +356,8 @@ void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, con
 
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
-                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in, bool bits) {
+                          const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in, bool bits,
+                          bool tf32) {
   DevBuf dxx = upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dseed = upload_vec(std::vector<uint64_t>{seed});
   DevBuf u = nan_buf(static_cast<size_t>(M) * r), y = upload_vec(y_in), ddy = upload_vec(dy), gx = upload_vec(dx_in);
   DevBuf gA = upload_vec(dA_in), gB = upload_vec(dB_in);
@@ -341,9 +369,10 @@ LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>&
     mask_bits = nan_buf(static_cast<size_t>(M) * dropout_words(in));  // every word must be written
     d.bits = mask_bits.as<uint32_t>(), d.write_bits = true;
   }
-  lora_fwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, d, u.as<float>(), y.as<float>(), out, true);
+  lora_fwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, d, u.as<float>(), y.as<float>(), out, true,
+               tf32);
   lora_bwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), u.as<float>(), ddy.as<float>(), out, M, in, r, out, scaling, d,
-               gx.as<float>(), gA.as<float>(), gB.as<float>(), true);
+               gx.as<float>(), gA.as<float>(), gB.as<float>(), true, tf32);
   TERN_CUDA_CHECK(cudaDeviceSynchronize());
   LoraGrads g;
   g.u = download<float>(u, static_cast<size_t>(M) * r);

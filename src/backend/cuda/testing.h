@@ -60,8 +60,9 @@ struct HeadLossResult {
   double loss = 0;
   std::vector<float> dx;
 };
+// fast: the training loss of --precision tf32 (HeadGemm's fast terms, one-term split_gemm).
 HeadLossResult head_loss(const FloatMatrix& emb, const float* x, const float* normw, const int32_t* labels, int64_t M, int64_t n_norm,
-                         float eps);
+                         float eps, bool fast = false);
 
 // STE backward of a ternary linear on the GPU: dx [M][cols] = scale * dy [M][rows] . Wq.
 std::vector<float> ternary_linear_bwd(const TernaryMatrix& w, const float* dy, int64_t M);
@@ -76,6 +77,13 @@ struct TrainQuantized {
 };
 TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps);
 
+// launch_linear_epilogue on int32 sums y [M][N] (up to 3 column segments ending at
+// seg_end with seg_scale; u[k] [M][r] and B[k] [segment width][r] empty: no LoRA there);
+// resid empty: the floats written over y, else resid + the linear.
+std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, const std::vector<float>& s, const std::vector<int>& seg_end,
+                                   const std::vector<float>& seg_scale, int r, float scaling, const std::vector<std::vector<float>>& u,
+                                   const std::vector<std::vector<float>>& B, const std::vector<float>& resid);
+
 // train_ops.cu round trips (host vectors in and out; see kernels.h).
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
                                float eps, const std::vector<float>& dx_in, bool accumulate);
@@ -87,10 +95,11 @@ struct LoraGrads {
 // lora_fwd_gpu then lora_bwd_gpu with dy; y starts as y_in (accumulate), dx as dx_in, dA/dB
 // as given; dropout masks from the seed as train::dropout_mask(M * in, p, seed), stored as
 // bits by the forward and read by the backward when `bits` (as the training step does).
+// tf32: the --precision tf32 products (lora_mma.cu's tensor-core kernels where they apply).
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
                           const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in,
-                          bool bits = false);
+                          bool bits = false, bool tf32 = false);
 
 // train_attention.cu round trips: RoPE backward in place on dy [M][nh*hd] (positions
 // pos0..), and attention forward + backward of B sequences of T positions (rows b*T + t).

@@ -74,7 +74,7 @@ enum TrainSlot : int {
   kSlotAttnDP,      // attention backward: dP / dS
   kSlotHead,        // head loss: logits of a chunk
   kSlotAttnHeads,   // attention: q, k, v, out (or their gradients) head-major
-  kSlotSplitK,      // LoRA backward: per-chunk partial products
+  kSlotSplitK,      // LoRA: per-chunk partial products
 };
 
 }  // namespace tern::cuda

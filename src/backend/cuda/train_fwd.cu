@@ -71,15 +71,18 @@ __device__ __forceinline__ int seg_of(const ColScales& cs, int c) {
   return c < cs.end[0] ? 0 : (cs.n < 2 || c < cs.end[1]) ? 1 : 2;
 }
 
-// Thread = one column c over kRowsPerBlock rows, kRowStep at a time (their loads in
-// flight together): its B row sits in registers (R >= r slots; reading it per element
-// made this kernel 20x slower; staging the block's B rows through shared memory first,
-// to coalesce those reads, made it 45 % slower), the block's rows of u and s in shared
-// memory (read from global memory per row, they left every warp waiting on a dependent
-// load: ncu measured 12 of 19 cycles per instruction stalled so). Four blocks per SM (64
-// registers, a few spilled) measured faster than three. R = 0: no LoRA; R = -1: any
-// rank, B and u read from memory.
-constexpr int kRowsPerBlock = 32, kRowStep = 8;  // 64 or 128 rows per block measured slower
+// Thread = one column c over kRowsPerBlock rows: its B row sits in registers (reading it
+// per element made this kernel 20x slower; staging the block's B rows through shared
+// memory first, to coalesce those reads, made it 45 % slower), the block's rows of u and s
+// in shared memory (read from global memory per row, they left every warp waiting on a
+// dependent load). ncu on the first version: 149 instructions per element and half the
+// issue slots idle, latency-bound. So: the rank is a template constant where it is
+// exact (no per-FMA predicates), pointers walk the column (no 64-bit index products per
+// element), and the loads of the next kStep rows are issued before the current ones are
+// stored (y is read and written in place, so the compiler may not hoist them itself).
+// R = 0: no LoRA; EXACT: r == R, else r <= R with predicates; R = -1: any rank, B and u
+// read from memory.
+constexpr int kRowsPerBlock = 32;  // 64 or 128 rows per block measured slower (before pipelining)
 struct EpiArgs {
   int32_t* y;  // the GEMM's int32 sums, replaced by the floats' bits in place (without resid)
   int ld, M, N;
@@ -89,13 +92,34 @@ struct EpiArgs {
   const float* resid;
   float* out;
 };
-template <int R>
+
+// scaling * (b . u) in the order j = 0, 1, ... (the CPU's lora_fwd order).
+template <int R, bool EXACT>
+__device__ __forceinline__ float lora_dot(const float (&b)[R > 0 ? R : 1], const float* um, int r) {
+  float acc = 0.0f;
+  if constexpr (R > 0) {
+#pragma unroll
+    for (int j = 0; j < R; j += 4) {
+      if (EXACT || j < r) {  // the staged row is read 16 bytes at a time (a broadcast)
+        const float4 q = *reinterpret_cast<const float4*>(um + j);
+        acc = fmaf(b[j], q.x, acc);
+        if (EXACT || j + 1 < r) acc = fmaf(b[j + 1], q.y, acc);
+        if (EXACT || j + 2 < r) acc = fmaf(b[j + 2], q.z, acc);
+        if (EXACT || j + 3 < r) acc = fmaf(b[j + 3], q.w, acc);
+      }
+    }
+  }
+  return acc;
+}
+
+template <int R, bool EXACT, bool RESID>
 __global__ void __launch_bounds__(kThreads, 4) linear_epilogue_kernel(const EpiArgs a) {
   constexpr int RS = R > 0 ? R : 4;
+  constexpr int kStep = RESID ? 4 : 8;  // rows in flight per thread (registers: 64 at 4 blocks/SM)
   __shared__ __align__(16) float us[3][kRowsPerBlock][RS];
   __shared__ float ss[kRowsPerBlock];
   const int m0 = blockIdx.y * kRowsPerBlock, rows = min(kRowsPerBlock, a.M - m0);
-  const int r = a.le.r;
+  const int r = EXACT ? R : a.le.r;
   const int c0 = blockIdx.x * kThreads, c = c0 + threadIdx.x;
   for (int i = threadIdx.x; i < rows; i += kThreads) ss[i] = a.s[m0 + i];
   if constexpr (R > 0) {
@@ -116,48 +140,60 @@ __global__ void __launch_bounds__(kThreads, 4) linear_epilogue_kernel(const EpiA
   float b[R > 0 ? R : 1];
   if constexpr (R > 0) {
 #pragma unroll
-    for (int j = 0; j < R; ++j) b[j] = u != nullptr && j < r ? brow[j] : 0.0f;
+    for (int j = 0; j < R; ++j) b[j] = u != nullptr && (EXACT || j < r) ? brow[j] : 0.0f;
   }
-  for (int mb = 0; mb < rows; mb += kRowStep) {
-    float v[kRowStep], rs[kRowStep];
+  const int64_t at = static_cast<int64_t>(m0) * a.ld + c;
+  int32_t* yp = a.y + at;
+  const float* rp = RESID ? a.resid + static_cast<int64_t>(m0) * a.N + c : nullptr;
+  float* op = RESID ? a.out + static_cast<int64_t>(m0) * a.N + c : nullptr;
+  auto one = [&](int i, int32_t yi, float ri) {  // row m0 + i
+    // Explicit roundings: nvcc would contract `resid + q * scale` into an FMA (the CPU
+    // rounds twice; a test caught it on the no-adapter path).
+    float o = __fmul_rn(__fdiv_rn(static_cast<float>(yi), ss[i]), scale);
+    if (u != nullptr) {
+      float acc;
+      if constexpr (R > 0) {
+        acc = lora_dot<R, EXACT>(b, us[k][i], r);
+      } else {
+        acc = 0.0f;
+        const float* um = u + (static_cast<int64_t>(m0) + i) * r;
+        for (int j = 0; j < r; ++j) acc = fmaf(brow[j], um[j], acc);
+      }
+      o = __fadd_rn(o, __fmul_rn(a.le.scaling, acc));
+    }
+    if constexpr (RESID) {
+      op[static_cast<int64_t>(i) * a.N] = __fadd_rn(ri, o);
+    } else {
+      yp[static_cast<int64_t>(i) * a.ld] = __float_as_int(o);  // int32-typed like its loads (no type punning)
+    }
+  };
+  if (rows < kRowsPerBlock) {  // the last block row: one row at a time
+    for (int i = 0; i < rows; ++i) one(i, yp[static_cast<int64_t>(i) * a.ld], RESID ? rp[static_cast<int64_t>(i) * a.N] : 0.0f);
+    return;
+  }
+  int32_t v[kStep];
+  float rs[kStep];
 #pragma unroll
-    for (int i = 0; i < kRowStep; ++i) {
-      const int64_t m = m0 + mb + i;
-      if (mb + i < rows) {
-        v[i] = static_cast<float>(a.y[m * a.ld + c]);
-        rs[i] = a.resid != nullptr ? a.resid[m * a.N + c] : 0.0f;
+  for (int i = 0; i < kStep; ++i) {
+    v[i] = yp[static_cast<int64_t>(i) * a.ld];
+    rs[i] = RESID ? rp[static_cast<int64_t>(i) * a.N] : 0.0f;
+  }
+#pragma unroll
+  for (int mb = 0; mb < kRowsPerBlock; mb += kStep) {
+    int32_t vn[kStep];
+    float rn[kStep];
+    if (mb + kStep < kRowsPerBlock) {  // the next rows' loads in flight while these are computed
+#pragma unroll
+      for (int i = 0; i < kStep; ++i) {
+        vn[i] = yp[static_cast<int64_t>(mb + kStep + i) * a.ld];
+        rn[i] = RESID ? rp[static_cast<int64_t>(mb + kStep + i) * a.N] : 0.0f;
       }
     }
 #pragma unroll
-    for (int i = 0; i < kRowStep; ++i) {
-      if (mb + i >= rows) break;
-      const int64_t m = m0 + mb + i;
-      float o = v[i] / ss[mb + i] * scale;
-      if (u != nullptr) {
-        float acc = 0.0f;
-        if constexpr (R > 0) {
-          const float* um = us[k][mb + i];
+    for (int i = 0; i < kStep; ++i) one(mb + i, v[i], rs[i]);
+    if (mb + kStep < kRowsPerBlock) {
 #pragma unroll
-          for (int j = 0; j < R; j += 4) {
-            if (j < r) {  // r <= R; the staged row is read 16 bytes at a time (a broadcast)
-              const float4 q = *reinterpret_cast<const float4*>(um + j);
-              acc = fmaf(b[j], q.x, acc);
-              if (j + 1 < r) acc = fmaf(b[j + 1], q.y, acc);
-              if (j + 2 < r) acc = fmaf(b[j + 2], q.z, acc);
-              if (j + 3 < r) acc = fmaf(b[j + 3], q.w, acc);
-            }
-          }
-        } else {
-          const float* um = u + m * r;
-          for (int j = 0; j < r; ++j) acc = fmaf(brow[j], um[j], acc);
-        }
-        o = __fadd_rn(o, __fmul_rn(a.le.scaling, acc));
-      }
-      if (a.resid != nullptr) {
-        a.out[m * a.N + c] = rs[i] + o;
-      } else {
-        a.y[m * a.ld + c] = __float_as_int(o);  // int32-typed like its loads (no type punning)
-      }
+      for (int i = 0; i < kStep; ++i) v[i] = vn[i], rs[i] = rn[i];
     }
   }
 }
@@ -210,6 +246,27 @@ __global__ void __launch_bounds__(kThreads) f16_to_i8_rows_kernel(const __half* 
   dst[i] = static_cast<int8_t>(c < K ? __half2int_rn(src[r * K + c]) : 0);
 }
 
+template <bool RESID>
+void launch_epilogue_r(dim3 grid, int r, const EpiArgs& a, cudaStream_t st) {
+  if (r == 0) {
+    linear_epilogue_kernel<0, true, RESID><<<grid, kThreads, 0, st>>>(a);
+  } else if (r == 8) {
+    linear_epilogue_kernel<8, true, RESID><<<grid, kThreads, 0, st>>>(a);
+  } else if (r == 16) {
+    linear_epilogue_kernel<16, true, RESID><<<grid, kThreads, 0, st>>>(a);
+  } else if (r < 16) {
+    linear_epilogue_kernel<16, false, RESID><<<grid, kThreads, 0, st>>>(a);
+  } else if (r == 32) {
+    linear_epilogue_kernel<32, true, RESID><<<grid, kThreads, 0, st>>>(a);
+  } else if (r <= 32) {
+    linear_epilogue_kernel<32, false, RESID><<<grid, kThreads, 0, st>>>(a);
+  } else if (r <= 64) {
+    linear_epilogue_kernel<64, false, RESID><<<grid, kThreads, 0, st>>>(a);
+  } else {
+    linear_epilogue_kernel<-1, false, RESID><<<grid, kThreads, 0, st>>>(a);
+  }
+}
+
 }  // namespace
 
 void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, int ldd, cudaStream_t st) {
@@ -234,18 +291,11 @@ void launch_linear_epilogue(float* y, int ld, int M, int N, const float* s, cons
   if (M <= 0 || N <= 0) return;
   const dim3 grid((N + kThreads - 1) / kThreads, (M + kRowsPerBlock - 1) / kRowsPerBlock);
   const EpiArgs a{reinterpret_cast<int32_t*>(y), ld, M, N, s, cs, lora, resid, out};
-  if (lora.r == 0) {
-    linear_epilogue_kernel<0><<<grid, kThreads, 0, st>>>(a);
-  } else if (lora.r <= 8) {
-    linear_epilogue_kernel<8><<<grid, kThreads, 0, st>>>(a);
-  } else if (lora.r <= 16) {
-    linear_epilogue_kernel<16><<<grid, kThreads, 0, st>>>(a);
-  } else if (lora.r <= 32) {
-    linear_epilogue_kernel<32><<<grid, kThreads, 0, st>>>(a);
-  } else if (lora.r <= 64) {
-    linear_epilogue_kernel<64><<<grid, kThreads, 0, st>>>(a);
+  const int r = lora.r;
+  if (resid != nullptr) {
+    launch_epilogue_r<true>(grid, r, a, st);
   } else {
-    linear_epilogue_kernel<-1><<<grid, kThreads, 0, st>>>(a);
+    launch_epilogue_r<false>(grid, r, a, st);
   }
   TERN_CUDA_LAUNCHED("linear_epilogue_kernel");
 }

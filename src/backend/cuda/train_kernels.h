@@ -86,9 +86,24 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
 // from d.bits; scratch slot kSlotSplitK). Deterministic. Both return false, doing nothing,
 // for what they do not cover (r > 64, K not a multiple of 4 / of the lane width,
 // misaligned rows): the caller takes the cuBLAS path. TERN_TRAIN_LORA=cublas turns them
-// off (for comparisons).
-bool lora_rows_product(const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, cudaStream_t st);
-bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G);
+// off (for comparisons; lora_skinny_enabled() says which). tf32: lora_mma.cu's tensor-core
+// kernels where they apply (r <= 32).
+bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U,
+                       bool tf32 = false);
+bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
+                       bool tf32 = false);
+bool lora_skinny_enabled();
+// out[i] (+)= alpha * sum over s < S of P[s * n + i], in s order (per-chunk partials).
+void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st);
+
+// ---- lora_mma.cu: the same thin products on TF32 tensor cores (r <= 32, K % 4 == 0) ----
+// U [M][r] = alpha * drop(X) A^T, X rows at stride ldx, A [r][K]. Masks as
+// lora_rows_product (hashed, written, or read).
+bool lora_rows_mma(TrainBlas& blas, const float* X, int ldx, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
+                   float* U);
+// G [r][K] += alpha * U^T drop(X) for X [M][K], U [M][r]; the mask read from d.bits or
+// hashed.
+bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G);
 
 // ---- train_attention.cu ----
 // RoPE in place on M rows (row stride ld) of n_heads x hd, row m at position
@@ -136,11 +151,12 @@ void split_gemm(const float* A, int M, int N, const void* W, int type, int K, fl
 // weight normw) unless dx is null (loss only). `head` computes the logits (its weights
 // must be hw, exact head). Row m's share of the loss goes to loss_rows[m] (device
 // doubles; the caller sums them in order: deterministic). Does not synchronize.
-// tf32: dx through TrainBlas::split_gemm's tf32 mode (the logits and loss stay exact).
+// tf32: dx through TrainBlas::split_gemm's tf32 mode (the logits keep what `head` computes:
+// exact, or ~1e-4 with HeadGemm's fast terms).
 void head_loss_rows(TrainBlas& blas, HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps,
                     const int32_t* labels, int M, int64_t n_norm, float* dx, double* loss_rows, bool tf32 = false);
 // The same for one call: returns the loss (synchronizes st).
 double head_loss_fwd_bwd(HeadGemm& head, const HeadWeights& hw, const float* x, const float* normw, float eps, const int32_t* labels,
-                         int M, int64_t n_norm, float* dx, cudaStream_t st);
+                         int M, int64_t n_norm, float* dx, cudaStream_t st, bool tf32 = false);
 
 }  // namespace tern::cuda

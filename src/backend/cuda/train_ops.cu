@@ -91,15 +91,19 @@ void gemm_tn_chunked(TrainBlas& blas, int m, int n, int K, float alpha, const fl
 }
 
 // dx (+)= dropout_mask * (du A) / (1 - p) without materialising du A: thread = one input
-// column c over kDxRows rows, its column of A in registers (R >= r), the block's du rows
-// in shared memory (from global memory they were a dependent load per row: ncu showed
-// two thirds of the cycles stalled on them), kDxStep rows' dx and mask loads in flight.
+// column c over kDxRows rows, its column of A in registers, the block's du rows in shared
+// memory (from global memory they were a dependent load per row: ncu showed two thirds of
+// the cycles stalled on them). As the linear's epilogue (train_fwd.cu): the rank a
+// template constant where exact (EXACT: r == R, else r <= R with predicates), pointers
+// walking the column, and the next kDxStep rows' dx and mask loads issued before the
+// current rows are stored (dx is read and written in place).
 constexpr int kDxRows = 32, kDxStep = 8;
-template <int R>
-__global__ void __launch_bounds__(kThreads) lora_dx_kernel(const float* __restrict__ du, const float* __restrict__ A, int M, int in, int r,
+template <int R, bool EXACT>
+__global__ void __launch_bounds__(kThreads) lora_dx_kernel(const float* __restrict__ du, const float* __restrict__ A, int M, int in, int r_,
                                                            const DropoutSpec d, uint64_t threshold, float keep, float* __restrict__ dx,
                                                            int accumulate) {
   __shared__ __align__(16) float dus[kDxRows][R];
+  const int r = EXACT ? R : r_;
   const int m0 = blockIdx.y * kDxRows, rows = min(kDxRows, M - m0);
   for (int i = threadIdx.x; i < rows * r; i += kThreads) dus[i / r][i % r] = du[static_cast<int64_t>(m0) * r + i];
   __syncthreads();
@@ -108,39 +112,55 @@ __global__ void __launch_bounds__(kThreads) lora_dx_kernel(const float* __restri
   if (c >= in) return;
   float a[R];
 #pragma unroll
-  for (int j = 0; j < R; ++j) a[j] = j < r ? A[static_cast<int64_t>(j) * in + c] : 0.0f;
-  for (int mb = 0; mb < rows; mb += kDxStep) {
-    float old[kDxStep];
-    bool kept[kDxStep];
+  for (int j = 0; j < R; ++j) a[j] = EXACT || j < r ? A[static_cast<int64_t>(j) * in + c] : 0.0f;
+  float* dxp = dx + static_cast<int64_t>(m0) * in + c;
+  const uint32_t* bp = d.bits != nullptr ? d.bits + static_cast<int64_t>(m0) * words + c / 32 : nullptr;
+  const int shift = c & 31;
+  auto kept_at = [&](int i) -> bool {  // row m0 + i
+    if (bp != nullptr) return (bp[static_cast<int64_t>(i) * words] >> shift) & 1u;
+    const int m = m0 + i, t = m % d.period;
+    return dropout_keep(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * in + c, threshold);
+  };
+  auto one = [&](int i, float old, bool kept) {
+    const float* dum = dus[i];
+    float acc = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kDxStep; ++i) {
-      const int m = m0 + mb + i;
-      if (mb + i >= rows) break;
-      old[i] = accumulate ? dx[static_cast<int64_t>(m) * in + c] : 0.0f;
-      if (d.bits != nullptr) {
-        kept[i] = (d.bits[static_cast<int64_t>(m) * words + c / 32] >> (c & 31)) & 1u;
-      } else {
-        const int t = m % d.period;
-        kept[i] = dropout_keep(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * in + c, threshold);
+    for (int j = 0; j < R; j += 4) {
+      if (EXACT || j < r) {  // the staged row read 16 bytes at a time (a broadcast)
+        const float4 q = *reinterpret_cast<const float4*>(dum + j);
+        acc = fmaf(q.x, a[j], acc);
+        if (EXACT || j + 1 < r) acc = fmaf(q.y, a[j + 1], acc);
+        if (EXACT || j + 2 < r) acc = fmaf(q.z, a[j + 2], acc);
+        if (EXACT || j + 3 < r) acc = fmaf(q.w, a[j + 3], acc);
+      }
+    }
+    const float v = kept ? __fmul_rn(acc, keep) : 0.0f;
+    dxp[static_cast<int64_t>(i) * in] = accumulate ? __fadd_rn(old, v) : v;
+  };
+  if (rows < kDxRows) {  // the last block row: one row at a time
+    for (int i = 0; i < rows; ++i) one(i, accumulate ? dxp[static_cast<int64_t>(i) * in] : 0.0f, kept_at(i));
+    return;
+  }
+  float old[kDxStep];
+  bool kept[kDxStep];
+#pragma unroll
+  for (int i = 0; i < kDxStep; ++i) old[i] = accumulate ? dxp[static_cast<int64_t>(i) * in] : 0.0f, kept[i] = kept_at(i);
+#pragma unroll
+  for (int mb = 0; mb < kDxRows; mb += kDxStep) {
+    float on[kDxStep];
+    bool kn[kDxStep];
+    if (mb + kDxStep < kDxRows) {  // the next rows' loads in flight while these are computed
+#pragma unroll
+      for (int i = 0; i < kDxStep; ++i) {
+        on[i] = accumulate ? dxp[static_cast<int64_t>(mb + kDxStep + i) * in] : 0.0f;
+        kn[i] = kept_at(mb + kDxStep + i);
       }
     }
 #pragma unroll
-    for (int i = 0; i < kDxStep; ++i) {
-      if (mb + i >= rows) break;
-      const float* dum = dus[mb + i];
-      float acc = 0.0f;
+    for (int i = 0; i < kDxStep; ++i) one(mb + i, old[i], kept[i]);
+    if (mb + kDxStep < kDxRows) {
 #pragma unroll
-      for (int j = 0; j < R; j += 4) {
-        if (j < r) {  // the staged row read 16 bytes at a time (a broadcast)
-          const float4 q = *reinterpret_cast<const float4*>(dum + j);
-          acc = fmaf(q.x, a[j], acc);
-          if (j + 1 < r) acc = fmaf(q.y, a[j + 1], acc);
-          if (j + 2 < r) acc = fmaf(q.z, a[j + 2], acc);
-          if (j + 3 < r) acc = fmaf(q.w, a[j + 3], acc);
-        }
-      }
-      const float v = kept[i] ? acc * keep : 0.0f;
-      dx[static_cast<int64_t>(m0 + mb + i) * in + c] = accumulate ? old[i] + v : v;
+      for (int i = 0; i < kDxStep; ++i) old[i] = on[i], kept[i] = kn[i];
     }
   }
 }
@@ -164,7 +184,7 @@ void launch_gated_act_bwd(const float* g, const float* u, int ldi, const float* 
 
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
                   const DropoutSpec& d, float* u, float* y, int ldy, bool accumulate, bool tf32) {
-  if (!lora_rows_product(x, M, in, A, r, d, u, blas.stream())) {
+  if (!lora_rows_product(blas, x, M, in, A, r, d, u, tf32)) {
     const float* xd = x;
     if (d.p > 0.0f) {
       auto* t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
@@ -192,7 +212,7 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
   blas.mark("b.lora.du");
   gemm_tn_chunked(blas, out, r, M, scaling, dy, ldy, u, r, dB, r, tf32);  // dB += s dy^T u
   blas.mark("b.lora.dB");
-  if (!lora_cols_product(blas, du, x, M, in, r, 1.0f, dd, dA)) {
+  if (!lora_cols_product(blas, du, x, M, in, r, 1.0f, dd, dA, tf32)) {
     const float* xd = x;
     if (drop) {
       launch_dropout(x, in, M, in, dd, scratch_x(), in, false, blas.stream());
@@ -209,12 +229,16 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
     const float keep = 1.0f / (1.0f - d.p);
     const int acc = accumulate ? 1 : 0;
     const uint64_t thr = dropout_threshold(d.p);
-    if (r <= 16) {
-      lora_dx_kernel<16><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
+    if (r == 16) {
+      lora_dx_kernel<16, true><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
+    } else if (r <= 16) {
+      lora_dx_kernel<16, false><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
+    } else if (r == 32) {
+      lora_dx_kernel<32, true><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
     } else if (r <= 32) {
-      lora_dx_kernel<32><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
+      lora_dx_kernel<32, false><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
     } else {
-      lora_dx_kernel<64><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
+      lora_dx_kernel<64, false><<<grid, kThreads, 0, blas.stream()>>>(du, A, M, in, r, dd, thr, keep, dx, acc);
     }
     TERN_CUDA_LAUNCHED("lora_dx_kernel");
   } else if (drop) {

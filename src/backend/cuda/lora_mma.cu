@@ -1,0 +1,273 @@
+// The LoRA branch's thin products on TF32 tensor cores (--precision tf32): the same
+// products as lora_skinny.cu, whose float32 FMA kernels hold BM x R sums per lane and so
+// re-read A once per few rows (ncu: L2-bound at 0.7-0.9 TB/s). An mma.m16n8k8 keeps a
+// 16 x 8 tile's sums in 4 registers per lane, so one warp covers 16 rows (rows form) or
+// 16 LoRA ranks (cols form) and A / U are re-read once per 16 rows instead.
+//
+//  rows: P[s] [M][r] = drop(X) A^T over K split s (A [r][K]; the forward's A x). Lane (g, t) = (lane / 4, lane % 4) loads X[row g and g + 8][4t ..
+//        4t + 3] of each 16-column step as two float4: the reduction index is permuted
+//        (k slot t <-> column 4t, t + 4 <-> 4t + 1 in the first mma, 4t + 2 / 4t + 3 in the
+//        second) and A's fragment uses the same permutation, so the loads stay coalesced.
+//  cols: P[s] [r][K] = U^T drop(X) over row chunk s (the backward's dA). Lane (g, t)
+//        loads X[row t and t + 4][4g .. 4g + 3] of each 8-row step; the four columns of a
+//        float4 are four n-tiles, so a lane ends with 8 consecutive columns of one rank.
+// Masks as lora_skinny.cu (hashed per 4 columns, or read from / written to d.bits). The
+// partials are summed in split order by launch_partials_sum (deterministic).
+// Measured (H100, 2b-4t step, session 3): forward A x 16.7 -> 10.7 ms, dA 15.5 -> 12.5 ms.
+// The unmasked du = dy B and dB = dy^T u through these kernels were slower than cuBLAS
+// (13.8 vs 12.6 and 6.9 vs 6.2 ms: for the narrow k/v projections the grid is too small
+// to hide the latency), so they stay on cuBLAS.
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/launch.h"
+#include "backend/cuda/train_kernels.h"
+
+namespace tern::cuda {
+
+namespace {
+
+constexpr int kWarps = 4, kUnroll = 4;
+
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// d += a b: m16n8k8, TF32 inputs, float32 sums.
+__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+
+// Keep bits of X[m][c .. c + 3] (c % 4 == 0).
+__device__ __forceinline__ unsigned mask_nib(const DropoutSpec& d, uint64_t thr, int m, int c, int K, int words, bool from_bits) {
+  if (from_bits) return (d.bits[static_cast<int64_t>(m) * words + c / 32] >> (c & 31)) & 15u;
+  const int t = m % d.period;
+  return dropout_bits<4>(d.seq_seed[m / d.period] + d.salt, static_cast<uint64_t>(t) * K + c, thr);
+}
+
+__device__ __forceinline__ float4 apply_nib(float4 v, unsigned nib, float keep) {
+  v.x = (nib & 1u) ? v.x * keep : 0.0f;
+  v.y = (nib & 2u) ? v.y * keep : 0.0f;
+  v.z = (nib & 4u) ? v.z * keep : 0.0f;
+  v.w = (nib & 8u) ? v.w * keep : 0.0f;
+  return v;
+}
+
+struct MaskArgs {
+  DropoutSpec d;
+  uint64_t thr;
+  float keep;
+};
+
+template <int NT>
+__global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float* __restrict__ X, int ldx, int M, int K,
+                                                                    const float* __restrict__ A, int lda, int r, int kspan,
+                                                                    const MaskArgs ma, float* __restrict__ P) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int m0 = (blockIdx.x * kWarps + warp) * 16, row0 = m0 + g, row1 = row0 + 8;
+  const bool v0 = row0 < M, v1 = row1 < M;
+  const int k_begin = blockIdx.y * kspan, k_end = min(K, k_begin + kspan);
+  const DropoutSpec& d = ma.d;
+  const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr && !d.write_bits, write_bits = drop && d.bits != nullptr && d.write_bits;
+  const int words = dropout_words(K);
+  const float* x0p = X + static_cast<int64_t>(v0 ? row0 : 0) * ldx;
+  const float* x1p = X + static_cast<int64_t>(v1 ? row1 : 0) * ldx;
+  float acc[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int cb = k_begin; cb < k_end; cb += 16 * kUnroll) {  // bounds uniform across the warp (shuffles)
+    float4 x0[kUnroll], x1[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {  // every load of the step in flight first
+      const int c = cb + 16 * u + 4 * t;
+      const bool in = c < k_end;
+      x0[u] = in && v0 ? ld4(x0p + c) : zero;
+      x1[u] = in && v1 ? ld4(x1p + c) : zero;
+    }
+    if (drop) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c0 = cb + 16 * u, c = c0 + 4 * t;
+        if (c0 >= k_end) break;  // uniform
+        const bool in = c < k_end;
+        const unsigned n0 = in && v0 ? mask_nib(d, ma.thr, row0, c, K, words, from_bits) : 0u;
+        const unsigned n1 = in && v1 ? mask_nib(d, ma.thr, row1, c, K, words, from_bits) : 0u;
+        if (write_bits) {  // the quad's 4 nibbles are the 16 bits of columns c0 .. c0 + 15
+          unsigned h0 = n0 << (4 * t), h1 = n1 << (4 * t);
+          h0 |= __shfl_xor_sync(kFullMask, h0, 1), h1 |= __shfl_xor_sync(kFullMask, h1, 1);
+          h0 |= __shfl_xor_sync(kFullMask, h0, 2), h1 |= __shfl_xor_sync(kFullMask, h1, 2);
+          auto* half = reinterpret_cast<uint16_t*>(d.bits);
+          if (t == 0 && v0) half[static_cast<int64_t>(row0) * words * 2 + c0 / 16] = static_cast<uint16_t>(h0);
+          if (t == 0 && v1) half[static_cast<int64_t>(row1) * words * 2 + c0 / 16] = static_cast<uint16_t>(h1);
+        }
+        x0[u] = apply_nib(x0[u], n0, ma.keep);
+        x1[u] = apply_nib(x1[u], n1, ma.keep);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = cb + 16 * u + 4 * t;
+      if (cb + 16 * u >= k_end) break;  // uniform
+      const uint32_t a0 = to_tf32(x0[u].x), a1 = to_tf32(x1[u].x), a2 = to_tf32(x0[u].y), a3 = to_tf32(x1[u].y);
+      const uint32_t e0 = to_tf32(x0[u].z), e1 = to_tf32(x1[u].z), e2 = to_tf32(x0[u].w), e3 = to_tf32(x1[u].w);
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const int j = 8 * n + g;
+        float4 b = zero;
+        if (j < r && c < k_end) b = ld4(A + static_cast<int64_t>(j) * lda + c);
+        mma_tf32(acc[n], a0, a1, a2, a3, to_tf32(b.x), to_tf32(b.y));
+        mma_tf32(acc[n], e0, e1, e2, e3, to_tf32(b.z), to_tf32(b.w));
+      }
+    }
+  }
+  // Lane (g, t) holds ranks 8n + 2t, 8n + 2t + 1 of rows g and g + 8.
+  float* ps = P + static_cast<int64_t>(blockIdx.y) * M * r;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = 8 * n + 2 * t + h;
+      if (j >= r) continue;
+      if (v0) ps[static_cast<int64_t>(row0) * r + j] = acc[n][h];
+      if (v1) ps[static_cast<int64_t>(row1) * r + j] = acc[n][2 + h];
+    }
+  }
+}
+
+template <int MT>
+__global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float* __restrict__ U, int ldu, const float* __restrict__ X, int ldx,
+                                                                    int M, int K, int r, int chunk, const MaskArgs ma, float* __restrict__ P) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int c0 = (blockIdx.x * kWarps + warp) * 32, cg = c0 + 4 * g;  // this lane's float4 of columns
+  const bool vc = cg < K;
+  const int s = blockIdx.y, m_begin = s * chunk, m_end = min(M, m_begin + chunk);
+  const DropoutSpec& d = ma.d;
+  const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr;
+  const int words = dropout_words(K);
+  float acc[MT][4][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[i][q][0] = acc[i][q][1] = acc[i][q][2] = acc[i][q][3] = 0.0f;
+  }
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int mb = m_begin; mb < m_end; mb += 8 * kUnroll) {
+    float4 xa[kUnroll], xb[kUnroll];  // rows mb + 8u + t and + 4
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int ra = mb + 8 * u + t, rb = ra + 4;
+      xa[u] = vc && ra < m_end ? ld4(X + static_cast<int64_t>(ra) * ldx + cg) : zero;
+      xb[u] = vc && rb < m_end ? ld4(X + static_cast<int64_t>(rb) * ldx + cg) : zero;
+    }
+    if (drop) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int ra = mb + 8 * u + t, rb = ra + 4;
+        if (vc && ra < m_end) xa[u] = apply_nib(xa[u], mask_nib(d, ma.thr, ra, cg, K, words, from_bits), ma.keep);
+        if (vc && rb < m_end) xb[u] = apply_nib(xb[u], mask_nib(d, ma.thr, rb, cg, K, words, from_bits), ma.keep);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int ra = mb + 8 * u + t, rb = ra + 4;
+      if (mb + 8 * u >= m_end) break;  // uniform
+      const uint32_t b0[4] = {to_tf32(xa[u].x), to_tf32(xa[u].y), to_tf32(xa[u].z), to_tf32(xa[u].w)};
+      const uint32_t b1[4] = {to_tf32(xb[u].x), to_tf32(xb[u].y), to_tf32(xb[u].z), to_tf32(xb[u].w)};
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        // A fragment = U^T: (rank j, row k); rows ra (k slot t) and rb (t + 4).
+        const int j0 = 16 * i + g, j1 = j0 + 8;
+        const bool ia = ra < m_end, ib = rb < m_end;
+        const uint32_t a0 = to_tf32(ia && j0 < r ? U[static_cast<int64_t>(ra) * ldu + j0] : 0.0f);
+        const uint32_t a1 = to_tf32(ia && j1 < r ? U[static_cast<int64_t>(ra) * ldu + j1] : 0.0f);
+        const uint32_t a2 = to_tf32(ib && j0 < r ? U[static_cast<int64_t>(rb) * ldu + j0] : 0.0f);
+        const uint32_t a3 = to_tf32(ib && j1 < r ? U[static_cast<int64_t>(rb) * ldu + j1] : 0.0f);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) mma_tf32(acc[i][q], a0, a1, a2, a3, b0[q], b1[q]);
+      }
+    }
+  }
+  // acc[i][q][h + 2 * hi]: rank 16 i + g + 8 hi, column c0 + 4 (2t + h) + q, i.e. the
+  // lane holds columns c0 + 8t .. c0 + 8t + 7 of ranks 16 i + g and 16 i + g + 8.
+  float* ps = P + static_cast<int64_t>(s) * r * K;
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int j = 16 * i + g + 8 * hi;
+      if (j >= r) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int c = c0 + 8 * t + 4 * h;
+        if (c >= K) continue;  // K % 4 == 0: a float4 is all in or all out
+        *reinterpret_cast<float4*>(ps + static_cast<int64_t>(j) * K + c) =
+            make_float4(acc[i][0][h + 2 * hi], acc[i][1][h + 2 * hi], acc[i][2][h + 2 * hi], acc[i][3][h + 2 * hi]);
+      }
+    }
+  }
+}
+
+MaskArgs mask_args(const DropoutSpec& d) { return MaskArgs{d, dropout_threshold(d.p), d.p > 0.0f ? 1.0f / (1.0f - d.p) : 1.0f}; }
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+bool lora_rows_mma(TrainBlas& blas, const float* X, int ldx, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
+                   float* U) {
+  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned16(X) || !aligned16(A)) return false;
+  if (M <= 0 || K <= 0 || r <= 0) return true;
+  // About 16 warps per SM over (row tiles) x (K splits), each split a multiple of 16
+  // columns and at least 16 steps (the partials cost 1/16 of the reads then).
+  const int tiles = (M + 15) / 16, steps = (K + 15) / 16;
+  const int want = std::max(1, std::min(steps / 16, (16 * sm_count() + tiles - 1) / tiles));
+  const int kspan = (steps + want - 1) / want * 16, S = (K + kspan - 1) / kspan;
+  auto* P = static_cast<float*>(blas.scratch(kSlotSplitK, static_cast<size_t>(S) * M * r * sizeof(float)));
+  const dim3 grid(static_cast<unsigned>((tiles + kWarps - 1) / kWarps), static_cast<unsigned>(S));
+  const MaskArgs ma = mask_args(d);
+  cudaStream_t st = blas.stream();
+  if (r <= 8) {
+    lora_rows_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(X, ldx, M, K, A, K, r, kspan, ma, P);
+  } else if (r <= 16) {
+    lora_rows_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(X, ldx, M, K, A, K, r, kspan, ma, P);
+  } else {
+    lora_rows_mma_kernel<4><<<grid, kWarps * 32, 0, st>>>(X, ldx, M, K, A, K, r, kspan, ma, P);
+  }
+  TERN_CUDA_LAUNCHED("lora_rows_mma_kernel");
+  launch_partials_sum(P, S, static_cast<int64_t>(M) * r, alpha, U, false, st);
+  return true;
+}
+
+bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G) {
+  if (r > 32 || K % 4 != 0 || !aligned16(X)) return false;
+  if (M <= 0 || K <= 0 || r <= 0) return true;
+  // About 16 warps per SM over (32-column strips) x (row chunks of 8-row steps).
+  const int strips = (K + 31) / 32, blocks = (strips + kWarps - 1) / kWarps, steps = (M + 7) / 8;
+  const int want = std::max(1, std::min(steps, (16 * sm_count() + strips - 1) / strips));
+  const int chunk = (steps + want - 1) / want * 8, S = (M + chunk - 1) / chunk;
+  auto* P = static_cast<float*>(blas.scratch(kSlotSplitK, static_cast<size_t>(S) * r * K * sizeof(float)));
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(S));
+  DropoutSpec dd = d;
+  dd.write_bits = false;
+  const MaskArgs ma = mask_args(dd);
+  cudaStream_t st = blas.stream();
+  if (r <= 16) {
+    lora_cols_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(U, r, X, K, M, K, r, chunk, ma, P);
+  } else {
+    lora_cols_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(U, r, X, K, M, K, r, chunk, ma, P);
+  }
+  TERN_CUDA_LAUNCHED("lora_cols_mma_kernel");
+  launch_partials_sum(P, S, static_cast<int64_t>(r) * K, alpha, G, true, st);
+  return true;
+}
+
+}  // namespace tern::cuda
