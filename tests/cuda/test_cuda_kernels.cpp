@@ -87,7 +87,8 @@ TEST(CudaKernels, NormQuantMatchesCpuExactly) {
 // the row's padding up to the int8 GEMM's stride.
 TEST(CudaKernels, TrainNormQuantMatchesCpuExactly) {
   SKIP_WITHOUT_GPU();
-  for (int64_t n : {128, 200, 2560, 6912}) {
+  // Widths for each of the kernel's paths: row in registers (<= 3072, <= 7168) or re-read.
+  for (int64_t n : {128, 200, 2560, 3100, 6912, 7300}) {
     for (bool gated : {false, true}) {
       const int M = 5;
       auto x = randn(M * n * (gated ? 2 : 1), n == 200 ? 30.0f : 1.0f);
@@ -475,13 +476,17 @@ TEST(CudaKernels, TernaryLinearBackwardMatchesCpu) {
 TEST(CudaKernels, TrainingOpsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const int M = 9, n = 300;
-  auto x = randn(M * n), w = randn(n, 0.1f), dy = randn(M * n), acc = randn(M * n);
-  for (auto& v : w) v += 1.0f;
-  for (bool accumulate : {false, true}) {
-    std::vector<float> want = acc;
-    train::rmsnorm_bwd<float>(x.data(), w.data(), dy.data(), M, n, 1e-5f, want.data(), accumulate);
-    auto got = ct::rmsnorm_bwd(x, w, dy, M, n, 1e-5f, acc, accumulate);
-    EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5) << "rmsnorm_bwd accumulate " << accumulate;
+  auto dy = randn(M * n);
+  // RMSNorm backward at widths for each path (row in registers up to 3072 / 7168, re-read).
+  for (int nb : {n, 3100, 7300}) {
+    auto bx = randn(M * nb), bw = randn(nb, 0.1f), bdy = randn(M * nb), bacc = randn(M * nb);
+    for (auto& v : bw) v += 1.0f;
+    for (bool accumulate : {false, true}) {
+      std::vector<float> want = bacc;
+      train::rmsnorm_bwd<float>(bx.data(), bw.data(), bdy.data(), M, nb, 1e-5f, want.data(), accumulate);
+      auto got = ct::rmsnorm_bwd(bx, bw, bdy, M, nb, 1e-5f, bacc, accumulate);
+      EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5) << "rmsnorm_bwd n " << nb << " accumulate " << accumulate;
+    }
   }
   for (int act = 0; act < 3; ++act) {
     auto g = randn(M * n), u = randn(M * n);
