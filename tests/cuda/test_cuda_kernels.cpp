@@ -553,7 +553,8 @@ TEST(CudaKernels, TrainingAttentionMatchesCpu) {
   struct Case {
     int B, T, nh, nkv, hd;
   };
-  for (Case c : std::vector<Case>{{1, 37, 4, 2, 64}, {1, 1, 4, 4, 32}, {2, 70, 8, 2, 128}, {3, 5, 6, 3, 16}, {3, 2048, 8, 2, 16}}) {
+  for (Case c : std::vector<Case>{{1, 37, 4, 2, 64}, {1, 1, 4, 4, 32}, {2, 70, 8, 2, 128}, {3, 5, 6, 3, 16}, {3, 2048, 8, 2, 16},
+                                  {2, 512, 8, 2, 128}, {2, 130, 4, 4, 64}}) {
     const int qd = c.nh * c.hd, kvd = c.nkv * c.hd, M = c.B * c.T;
     auto q = randn(M * qd), k = randn(M * kvd), v = randn(M * kvd), dout = randn(M * qd);
     std::vector<float> out(M * qd), lse(c.T * c.nh), dq(M * qd), dk(M * kvd), dv(M * kvd);
@@ -570,6 +571,12 @@ TEST(CudaKernels, TrainingAttentionMatchesCpu) {
     EXPECT_LT(test::rel_l2(g.dq.data(), dq.data(), dq.size()), 1e-5) << what << " dq";
     EXPECT_LT(test::rel_l2(g.dk.data(), dk.data(), dk.size()), 1e-5) << what << " dk";
     EXPECT_LT(test::rel_l2(g.dv.data(), dv.data(), dv.size()), 1e-5) << what << " dv";
+    // tf32: flash_attention.cu's forward (head dims 64, 128) and the TF32 backward.
+    auto gt = ct::attention_train(q, k, v, dout, c.B, c.T, c.nh, c.nkv, c.hd, true);
+    EXPECT_LT(test::rel_l2(gt.out.data(), out.data(), out.size()), 5e-3) << what << " out tf32";
+    EXPECT_LT(test::rel_l2(gt.dq.data(), dq.data(), dq.size()), 5e-3) << what << " dq tf32";
+    EXPECT_LT(test::rel_l2(gt.dk.data(), dk.data(), dk.size()), 5e-3) << what << " dk tf32";
+    EXPECT_LT(test::rel_l2(gt.dv.data(), dv.data(), dv.size()), 5e-3) << what << " dv tf32";
     // RoPE backward on dq-shaped rows at positions 3.. .
     std::vector<float> want = dout;
     std::vector<float> inv(c.hd / 2);

@@ -390,7 +390,7 @@ std::vector<float> rope_bwd(const std::vector<float>& dy, int M, int nh, int hd,
 }
 
 AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd) {
+                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd, bool tf32) {
   // q, k, v side by side in one [B*T][qd + 2 kvd] buffer, as the training step keeps them.
   const int qd = nh * hd, kvd = nkv * hd, ld = qd + 2 * kvd, M = B * T;
   std::vector<float> qkv(static_cast<size_t>(M) * ld);
@@ -408,8 +408,8 @@ AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>&
   sh.B = B, sh.T = T, sh.nh = nh, sh.nkv = nkv, sh.hd = hd;
   const float* p = dqkv_in.as<float>();
   float* g = grads.as<float>();
-  train_attention_fwd(blas, sh, p, p + qd, p + qd + kvd, ld, out.as<float>(), qd);
-  train_attention_bwd(blas, sh, p, p + qd, p + qd + kvd, ld, ddo.as<float>(), qd, g, g + qd, g + qd + kvd, ld);
+  train_attention_fwd(blas, sh, p, p + qd, p + qd + kvd, ld, out.as<float>(), qd, tf32);
+  train_attention_bwd(blas, sh, p, p + qd, p + qd + kvd, ld, ddo.as<float>(), qd, g, g + qd, g + qd + kvd, ld, tf32);
   TERN_CUDA_CHECK(cudaDeviceSynchronize());
   AttnGrads r;
   r.out = download<float>(out, q.size());

@@ -108,6 +108,6 @@ struct AttnGrads {
   std::vector<float> out, dq, dk, dv;
 };
 AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd);
+                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd, bool tf32 = false);
 
 }  // namespace tern::cuda::testing

@@ -177,6 +177,7 @@ void launch_rope_bwd(float* dy, int M, int n_heads, int hd, int pos0, const floa
 void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
                          int ldo, bool tf32) {
   if (sh.B <= 0 || sh.T <= 0) return;
+  if (tf32 && flash_attention_fwd(sh, q, k, v, ld, out, ldo, blas.stream())) return;
   Attn a(blas, sh, tf32);
   a.heads(q, ld, a.q(), sh.nh, true);
   a.heads(k, ld, a.k(), sh.nkv, true);

@@ -119,6 +119,10 @@ struct TrainAttnShape {
 };
 void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
                          int ldo, bool tf32 = false);
+// flash_attention.cu: the forward in one TF32 tensor-core kernel (train_attention_fwd's tf32
+// path for head dims 64 and 128); false when it does not apply.
+bool flash_attention_fwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out, int ldo,
+                         cudaStream_t st);
 // dq, dk, dv (row stride ldd) are written; the probabilities are recomputed.
 void train_attention_bwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld,
                          const float* dout, int ldo, float* dq, float* dk, float* dv, int ldd, bool tf32 = false);
