@@ -16,6 +16,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
+#include "backend/cuda/mma_tf32.cuh"
 #include "backend/cuda/train_kernels.h"
 
 namespace tern::cuda {
@@ -23,20 +24,6 @@ namespace tern::cuda {
 namespace {
 
 constexpr int kBlockQ = 64, kBlockK = 64;
-
-__device__ __forceinline__ uint32_t tf32_bits(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-}
-
-__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
 template <int HD>
 __global__ void __launch_bounds__(128) flash_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k,
@@ -56,10 +43,10 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const float* __restrict_
   uint32_t qa[QG][8];
 #pragma unroll
   for (int s = 0; s < QG; ++s) {
-    const float4 x0 = r0 < T ? load4(qp + static_cast<int64_t>(r0) * ld + 16 * s + 4 * t) : zero;
-    const float4 x1 = r1 < T ? load4(qp + static_cast<int64_t>(r1) * ld + 16 * s + 4 * t) : zero;
-    qa[s][0] = tf32_bits(x0.x), qa[s][1] = tf32_bits(x1.x), qa[s][2] = tf32_bits(x0.y), qa[s][3] = tf32_bits(x1.y);
-    qa[s][4] = tf32_bits(x0.z), qa[s][5] = tf32_bits(x1.z), qa[s][6] = tf32_bits(x0.w), qa[s][7] = tf32_bits(x1.w);
+    const float4 x0 = r0 < T ? load_float4(qp + static_cast<int64_t>(r0) * ld + 16 * s + 4 * t) : zero;
+    const float4 x1 = r1 < T ? load_float4(qp + static_cast<int64_t>(r1) * ld + 16 * s + 4 * t) : zero;
+    qa[s][0] = to_tf32(x0.x), qa[s][1] = to_tf32(x1.x), qa[s][2] = to_tf32(x0.y), qa[s][3] = to_tf32(x1.y);
+    qa[s][4] = to_tf32(x0.z), qa[s][5] = to_tf32(x1.z), qa[s][6] = to_tf32(x0.w), qa[s][7] = to_tf32(x1.w);
   }
   float o[NT][4];
 #pragma unroll
@@ -77,9 +64,9 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const float* __restrict_
       const float* kr = kp + static_cast<int64_t>(key) * ld + 4 * t;
 #pragma unroll
       for (int sg = 0; sg < QG; ++sg) {
-        const float4 kv = key < T ? load4(kr + 16 * sg) : zero;
-        mma_tf32(s[j], qa[sg][0], qa[sg][1], qa[sg][2], qa[sg][3], tf32_bits(kv.x), tf32_bits(kv.y));
-        mma_tf32(s[j], qa[sg][4], qa[sg][5], qa[sg][6], qa[sg][7], tf32_bits(kv.z), tf32_bits(kv.w));
+        const float4 kv = key < T ? load_float4(kr + 16 * sg) : zero;
+        mma_tf32(s[j], qa[sg][0], qa[sg][1], qa[sg][2], qa[sg][3], to_tf32(kv.x), to_tf32(kv.y));
+        mma_tf32(s[j], qa[sg][4], qa[sg][5], qa[sg][6], qa[sg][7], to_tf32(kv.z), to_tf32(kv.w));
       }
     }
     // s[j][e]: row e < 2 ? r0 : r1, key k0 + 8j + 2t + (e & 1). Scale (log2 units) and mask.
@@ -118,16 +105,16 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const float* __restrict_
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int ka = k0 + 8 * j + 2 * t, kb = ka + 1;
-      const uint32_t a0 = tf32_bits(s[j][0]), a1 = tf32_bits(s[j][2]), a2 = tf32_bits(s[j][1]), a3 = tf32_bits(s[j][3]);
+      const uint32_t a0 = to_tf32(s[j][0]), a1 = to_tf32(s[j][2]), a2 = to_tf32(s[j][1]), a3 = to_tf32(s[j][3]);
       const float* va = vp + static_cast<int64_t>(ka) * ld + NT * g;
       const float* vb = vp + static_cast<int64_t>(kb) * ld + NT * g;
 #pragma unroll
       for (int c = 0; c < NT; c += 4) {
-        const float4 x = ka < T ? load4(va + c) : zero, y = kb < T ? load4(vb + c) : zero;
-        mma_tf32(o[c + 0], a0, a1, a2, a3, tf32_bits(x.x), tf32_bits(y.x));
-        mma_tf32(o[c + 1], a0, a1, a2, a3, tf32_bits(x.y), tf32_bits(y.y));
-        mma_tf32(o[c + 2], a0, a1, a2, a3, tf32_bits(x.z), tf32_bits(y.z));
-        mma_tf32(o[c + 3], a0, a1, a2, a3, tf32_bits(x.w), tf32_bits(y.w));
+        const float4 x = ka < T ? load_float4(va + c) : zero, y = kb < T ? load_float4(vb + c) : zero;
+        mma_tf32(o[c + 0], a0, a1, a2, a3, to_tf32(x.x), to_tf32(y.x));
+        mma_tf32(o[c + 1], a0, a1, a2, a3, to_tf32(x.y), to_tf32(y.y));
+        mma_tf32(o[c + 2], a0, a1, a2, a3, to_tf32(x.z), to_tf32(y.z));
+        mma_tf32(o[c + 3], a0, a1, a2, a3, to_tf32(x.w), to_tf32(y.w));
       }
     }
   }

@@ -23,6 +23,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/launch.h"
+#include "backend/cuda/mma_tf32.cuh"
 #include "backend/cuda/train_kernels.h"
 
 namespace tern::cuda {
@@ -30,21 +31,6 @@ namespace tern::cuda {
 namespace {
 
 constexpr int kWarps = 4, kUnroll = 4;
-
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-}
-
-// d += a b: m16n8k8, TF32 inputs, float32 sums.
-__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
 // Keep bits of X[m][c .. c + 3] (c % 4 == 0).
 __device__ __forceinline__ unsigned mask_nib(const DropoutSpec& d, uint64_t thr, int m, int c, int K, int words, bool from_bits) {
@@ -90,8 +76,8 @@ __global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float*
     for (int u = 0; u < kUnroll; ++u) {  // every load of the step in flight first
       const int c = cb + 16 * u + 4 * t;
       const bool in = c < k_end;
-      x0[u] = in && v0 ? ld4(x0p + c) : zero;
-      x1[u] = in && v1 ? ld4(x1p + c) : zero;
+      x0[u] = in && v0 ? load_float4(x0p + c) : zero;
+      x1[u] = in && v1 ? load_float4(x1p + c) : zero;
     }
     if (drop) {
 #pragma unroll
@@ -123,7 +109,7 @@ __global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float*
       for (int n = 0; n < NT; ++n) {
         const int j = 8 * n + g;
         float4 b = zero;
-        if (j < r && c < k_end) b = ld4(A + static_cast<int64_t>(j) * lda + c);
+        if (j < r && c < k_end) b = load_float4(A + static_cast<int64_t>(j) * lda + c);
         mma_tf32(acc[n], a0, a1, a2, a3, to_tf32(b.x), to_tf32(b.y));
         mma_tf32(acc[n], e0, e1, e2, e3, to_tf32(b.z), to_tf32(b.w));
       }
@@ -165,8 +151,8 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int ra = mb + 8 * u + t, rb = ra + 4;
-      xa[u] = vc && ra < m_end ? ld4(X + static_cast<int64_t>(ra) * ldx + cg) : zero;
-      xb[u] = vc && rb < m_end ? ld4(X + static_cast<int64_t>(rb) * ldx + cg) : zero;
+      xa[u] = vc && ra < m_end ? load_float4(X + static_cast<int64_t>(ra) * ldx + cg) : zero;
+      xb[u] = vc && rb < m_end ? load_float4(X + static_cast<int64_t>(rb) * ldx + cg) : zero;
     }
     if (drop) {
 #pragma unroll
