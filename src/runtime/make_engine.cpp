@@ -1,4 +1,6 @@
+#include <array>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "runtime/engine.h"
@@ -18,14 +20,19 @@ void check_forward_args(const ModelConfig& c, int seq, int n_seq, std::span<cons
 }
 
 // An empty batch is a valid no-op; a sequence twice in one step would need its second
-// token to see the first one's KV entry, which a single batched step cannot give.
+// token to see the first one's KV entry, which a single batched step cannot give. The
+// seen-set lives on the stack up to 4096 sequences: decode steps allocate nothing.
 void check_decode_shape(int n_seq, std::span<const int> seqs, std::span<const int32_t> tokens) {
   if (seqs.size() != tokens.size()) fail("decode: {} sequences but {} tokens (one token per sequence)", seqs.size(), tokens.size());
-  std::vector<char> seen(n_seq > 0 ? n_seq : 0, 0);
+  constexpr int kStackSeqs = 4096;
+  std::array<uint64_t, kStackSeqs / 64> stack{};
+  std::vector<uint64_t> heap(n_seq > kStackSeqs ? (n_seq + 63) / 64 : 0);
+  uint64_t* seen = n_seq > kStackSeqs ? heap.data() : stack.data();
   for (int s : seqs) {
     if (s < 0 || s >= n_seq) fail("decode: sequence {} is out of range (the engine has {} sequence{})", s, n_seq, n_seq == 1 ? "" : "s");
-    if (seen[s]) fail("decode: sequence {} appears more than once in one step", s);
-    seen[s] = 1;
+    const uint64_t bit = uint64_t{1} << (s % 64);
+    if (seen[s / 64] & bit) fail("decode: sequence {} appears more than once in one step", s);
+    seen[s / 64] |= bit;
   }
 }
 

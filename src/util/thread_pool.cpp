@@ -65,16 +65,17 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
+void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   if (n_threads_ == 1 || n <= grain) {
-    fn(0, n);
+    fn(ctx, 0, n);
     return;
   }
   {
     std::lock_guard<std::mutex> lk(mu_);
-    job_ = &fn;
+    job_ = fn;
+    job_ctx_ = ctx;
     job_n_ = n;
     job_grain_ = grain;
     pending_.store(n_threads_ - 1);
@@ -82,18 +83,20 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   }
   cv_start_.notify_all();  // and sleeping ones here
   auto [b, e] = chunk(n, grain, n_threads_, 0);
-  if (b < e) fn(b, e);
+  if (b < e) fn(ctx, b, e);
   if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_done_.wait(lk, [this] { return pending_.load() == 0; });
   }
   job_ = nullptr;
+  job_ctx_ = nullptr;
 }
 
 void ThreadPool::worker(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
+    Job job;
+    void* ctx;
     int64_t n, grain;
     if (!spin_until([&] { return stop_.load() || generation_.load(std::memory_order_acquire) != seen; })) {
       std::unique_lock<std::mutex> lk(mu_);
@@ -104,11 +107,12 @@ void ThreadPool::worker(int index) {
       if (stop_.load()) return;
       seen = generation_.load();
       job = job_;
+      ctx = job_ctx_;
       n = job_n_;
       grain = job_grain_;
     }
     auto [b, e] = chunk(n, grain, n_threads_, index);
-    if (b < e) (*job)(b, e);
+    if (b < e) job(ctx, b, e);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lk(mu_);  // a waiter that checked before the decrement is now asleep or will see 0
       cv_done_.notify_one();

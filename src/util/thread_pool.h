@@ -2,11 +2,14 @@
 // into one contiguous chunk per thread and blocks until all are done; the calling
 // thread runs chunk 0, so a pool of 1 thread runs everything inline. Threads spin
 // briefly for the next loop (or for the others to finish) before they sleep.
+// No allocation per loop: the callable is passed by reference as a (context, function
+// pointer) pair, not wrapped in a std::function (a lambda capturing more than two
+// references would be copied to the heap; a decode step runs ~500 loops).
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
+#include <type_traits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -23,15 +26,23 @@ class ThreadPool {
   int size() const { return n_threads_; }
   // fn(begin, end) over disjoint chunks covering [0, n). Chunks are multiples of
   // `grain` (except the last) so callers can keep SIMD-friendly boundaries.
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
+  template <class F>
+  void parallel_for(int64_t n, F&& fn, int64_t grain = 1) {
+    using Fn = std::remove_reference_t<F>;
+    run(n, grain, [](void* f, int64_t b, int64_t e) { (*static_cast<Fn*>(f))(b, e); },
+        const_cast<void*>(static_cast<const void*>(&fn)));
+  }
 
  private:
+  using Job = void (*)(void*, int64_t, int64_t);
+  void run(int64_t n, int64_t grain, Job job, void* ctx);
   void worker(int index);
   int n_threads_;
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
-  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  Job job_ = nullptr;
+  void* job_ctx_ = nullptr;
   int64_t job_n_ = 0, job_grain_ = 1;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
