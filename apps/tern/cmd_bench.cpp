@@ -1,5 +1,5 @@
 // tern bench -m MODEL [-p 512] [-n 128] [-B 1,8,32,64] [-r 3] [--backend cpu|cuda|auto]
-//            [--threads N] [--lm-head f16|int8] [--lora DIR[:S]] [--bw GB/s] [--json]
+//            [--threads N] [--lm-head f16|int8] [--cache-type f32|f16] [--lora DIR[:S]] [--bw GB/s] [--json]
 // Like llama-bench: pp = one forward over N prompt tokens; tg = N single-token decode
 // steps from an empty cache, greedy (the backend's argmax: only token ids come back);
 // tgN@B = N decode steps of B sequences at once from empty caches, aggregate tokens/s.
@@ -65,7 +65,7 @@ double weight_bytes(const Model& m, LmHead head) {
 Action add_bench(CLI::App& app) {
   struct Opts {
     ModelFlags model;
-    std::string p = "512", n = "128", batch, backend = "cpu", lm_head = "f16";
+    std::string p = "512", n = "128", batch, backend = "cpu", lm_head = "f16", cache_type = "f32";
     std::vector<std::string> lora;
     int reps = 3, threads = 0;
     double bw = 0;
@@ -84,6 +84,7 @@ Action add_bench(CLI::App& app) {
   app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   add_lm_head_option(app, o->lm_head);
+  add_cache_type_option(app, o->cache_type);
   add_lora_option(app, o->lora);
   app.add_option("--bw", o->bw, "Memory bandwidth for the roofline in GB/s (default: measured)");
   app.add_flag("--json", o->json, "Print results as JSON");
@@ -112,6 +113,7 @@ Action add_bench(CLI::App& app) {
     eo.threads = o->threads;
     eo.ctx = longest;
     eo.lm_head = parse_lm_head(o->lm_head);
+    eo.kv_type = parse_cache_type(o->cache_type);
     eo.loras = load_loras(o->lora, m.config);
     const bool on_gpu = resolve_backend(o->backend) == "cuda";
     std::vector<int64_t> batches =
@@ -131,7 +133,8 @@ Action add_bench(CLI::App& app) {
       if (bw <= 0) bw = cpu_read_bandwidth(o->threads > 0 ? o->threads : static_cast<int>(std::thread::hardware_concurrency()));
     }
     const double wbytes = weight_bytes(m, eo.lm_head);
-    const double kv_per_pos = 2.0 * 4.0 * m.config.n_layers * m.config.kv_dim();  // float32 K and V
+    const double kv_bytes = eo.kv_type == KvType::F16 ? 2.0 : 4.0;
+    const double kv_per_pos = 2.0 * kv_bytes * m.config.n_layers * m.config.kv_dim();  // K and V
     // Roofline tok/s of n steps of B sequences from empty caches (step i reads i+1 positions).
     auto roofline = [&](int64_t n, int64_t B) {
       const double bytes = n * wbytes + B * kv_per_pos * (n * (n + 1) / 2.0);

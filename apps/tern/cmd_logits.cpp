@@ -15,7 +15,7 @@ namespace tern::cli {
 Action add_logits(CLI::App& app) {
   struct Opts {
     ModelFlags model;
-    std::string tokens, prompt, out, backend = "cpu", lm_head = "f16";
+    std::string tokens, prompt, out, backend = "cpu", lm_head = "f16", cache_type = "f32";
     std::vector<std::string> lora;
     int threads = 0;
     int64_t batch = 0;
@@ -30,6 +30,7 @@ Action add_logits(CLI::App& app) {
   app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   add_lm_head_option(app, o->lm_head);
+  add_cache_type_option(app, o->cache_type);
   add_lora_option(app, o->lora);
   app.add_option("--batch", o->batch, "Tokens per forward call (default: all at once; 1 = token-by-token decode)");
   app.add_flag("--no-bos", o->no_bos, "With -p: do not prepend BOS");
@@ -49,6 +50,7 @@ Action add_logits(CLI::App& app) {
     eo.backend = o->backend;
     eo.threads = o->threads;
     eo.lm_head = parse_lm_head(o->lm_head);
+    eo.kv_type = parse_cache_type(o->cache_type);
     eo.loras = load_loras(o->lora, m.config);
     eo.ctx = static_cast<int64_t>(ids.size());
     if (eo.ctx > m.config.ctx) fail("{} tokens exceed the model's context length {}", ids.size(), m.config.ctx);

@@ -1,4 +1,4 @@
-// tern perplexity -m MODEL -f TEXT [--ctx 512] [--stride N] [--lm-head int8] [--lora DIR[:S]]
+// tern perplexity -m MODEL -f TEXT [--ctx 512] [--stride N] [--lm-head int8] [--cache-type f16] [--lora DIR[:S]]
 #include <fmt/core.h>
 
 #include "commands.h"
@@ -14,7 +14,7 @@ namespace tern::cli {
 Action add_perplexity(CLI::App& app) {
   struct Opts {
     ModelFlags model;
-    std::string file, backend = "auto", lm_head = "f16";
+    std::string file, backend = "auto", lm_head = "f16", cache_type = "f32";
     std::vector<std::string> lora;
     int64_t ctx = 512, stride = 0;
     int threads = 0;
@@ -27,6 +27,7 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   app.add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   add_lm_head_option(app, o->lm_head);
+  add_cache_type_option(app, o->cache_type);
   add_lora_option(app, o->lora);
   return [o] {
     std::string text = read_text_file(o->file);
@@ -38,6 +39,7 @@ Action add_perplexity(CLI::App& app) {
     eo.backend = o->backend;
     eo.threads = o->threads;
     eo.lm_head = parse_lm_head(o->lm_head);
+    eo.kv_type = parse_cache_type(o->cache_type);
     eo.loras = load_loras(o->lora, m.config);
     eo.ctx = o->ctx;
     auto engine = make_engine(m, eo);

@@ -1,5 +1,5 @@
 // Engine flags shared by the commands that run a model (generate, chat, logits,
-// perplexity, bench): the LM head's precision and LoRA adapters.
+// perplexity, bench): the LM head's precision, the KV cache's type and LoRA adapters.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cmath>
@@ -28,6 +28,21 @@ inline LmHead parse_lm_head(const std::string& s) {
   if (s == "f16" || s.empty()) return LmHead::Exact;
   if (s == "int8") return LmHead::Int8;
   fail("--lm-head: unknown value '{}' (expected f16 or int8)", s);
+}
+
+// --cache-type f32|f16 (CPU backend): the KV cache's element type.
+inline void add_cache_type_option(CLI::App& app, std::string& value) {
+  if (value.empty()) value = "f32";
+  app.add_option("--cache-type", value,
+                 "KV cache type: f32 (exact) or f16 (CPU: half the cache memory, K and V rounded to F16 as stored)")
+      ->check(CLI::IsMember({"f32", "f16"}))
+      ->capture_default_str();
+}
+
+inline KvType parse_cache_type(const std::string& s) {
+  if (s == "f32" || s.empty()) return KvType::F32;
+  if (s == "f16") return KvType::F16;
+  fail("--cache-type: unknown value '{}' (expected f32 or f16)", s);
 }
 
 // --lora DIR[:scale], repeatable: peft LoRA adapters added on top of the model in the

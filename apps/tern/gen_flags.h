@@ -21,6 +21,7 @@ struct GenFlags {
   int threads = 0;
   int64_t ctx = 0;
   std::string lm_head = "f16";
+  std::string cache_type = "f32";
   std::vector<std::string> lora;
 
   void add(CLI::App& app, int64_t default_n) {
@@ -38,6 +39,7 @@ struct GenFlags {
     app.add_option("-t,--threads", threads, "CPU threads (default: all cores)");
     app.add_option("-c,--ctx", ctx, "Context size in tokens (default: the model's)");
     add_lm_head_option(app, lm_head);
+    add_cache_type_option(app, cache_type);
     add_lora_option(app, lora);
   }
 
@@ -57,6 +59,7 @@ struct GenFlags {
     eo.threads = threads;
     eo.ctx = ctx > 0 ? ctx : c.ctx;
     eo.lm_head = parse_lm_head(lm_head);
+    eo.kv_type = parse_cache_type(cache_type);
     eo.loras = load_loras(lora, c);
     return eo;
   }

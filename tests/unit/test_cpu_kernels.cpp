@@ -239,6 +239,24 @@ TEST(CpuKernels, AttentionMatchesSoftmaxDefinition) {
   EXPECT_LT(test::rel_l2(out.data(), want.data(), hd), 1e-5);
 }
 
+// The F16-cache attention (--cache-type f16) is the F32 one on the widened values, bit
+// for bit: the only difference a F16 cache makes is the rounding of what is stored.
+TEST(CpuKernels, AttentionOverF16CacheEqualsWidenedF32) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 1);
+  const int64_t hd = 64, n = 29, stride = 160;
+  std::vector<float> q(hd), kf(n * stride), vf(n * stride), s1(n), s2(n), o1(hd), o2(hd);
+  std::vector<uint16_t> kh(n * stride), vh(n * stride);
+  for (auto& x : q) x = nd(rng);
+  for (size_t i = 0; i < kh.size(); ++i) {
+    kh[i] = f32_to_f16(nd(rng)), vh[i] = f32_to_f16(nd(rng));
+    kf[i] = f16_to_f32(kh[i]), vf[i] = f16_to_f32(vh[i]);
+  }
+  cpu::attention_head(q.data(), kh.data(), vh.data(), stride, n, hd, s1.data(), o1.data());
+  cpu::attention_head(q.data(), kf.data(), vf.data(), stride, n, hd, s2.data(), o2.data());
+  EXPECT_EQ(o1, o2);
+}
+
 TEST(CpuKernels, GatedActivations) {
   std::vector<float> g = {-2, -0.5f, 0, 0.5f, 3}, u = {1, 2, 3, 4, 5}, h(5);
   cpu::gated_activation(g.data(), u.data(), 5, Activation::Relu2, h.data());

@@ -15,6 +15,7 @@
 #include "runtime/engine.h"
 #include "tern/error.h"
 #include "train/lora_adapter.h"
+#include "util/half.h"
 #include "util/thread_pool.h"
 
 namespace tern {
@@ -83,10 +84,16 @@ class CpuEngine final : public Engine {
     // Left uninitialised: pages are only touched as positions are filled, so sequences
     // (and context) that are never used cost address space, not memory.
     const size_t cache = static_cast<size_t>(c_.n_layers) * ctx_ * c_.kv_dim();
+    f16_cache_ = opts.kv_type == KvType::F16;
     seqs_.resize(opts.n_seq);
     for (Seq& s : seqs_) {
-      s.k.reset(new float[cache]);
-      s.v.reset(new float[cache]);
+      if (f16_cache_) {
+        s.k16.reset(new uint16_t[cache]);
+        s.v16.reset(new uint16_t[cache]);
+      } else {
+        s.k.reset(new float[cache]);
+        s.v.reset(new float[cache]);
+      }
     }
     inv_freq_.resize(c_.head_dim / 2);
     cpu::rope_inv_freq(c_.rope_theta, c_.head_dim, inv_freq_.data());
@@ -142,7 +149,8 @@ class CpuEngine final : public Engine {
 
  private:
   struct Seq {
-    std::unique_ptr<float[]> k, v;  // [layer][ctx][kv_dim]
+    std::unique_ptr<float[]> k, v;        // [layer][ctx][kv_dim]
+    std::unique_ptr<uint16_t[]> k16, v16;  // the same as F16 bits (KvType::F16)
     int64_t pos = 0;
   };
 
@@ -160,7 +168,22 @@ class CpuEngine final : public Engine {
   }
 
   // tokens are already checked.
+  // Long inputs go through in chunks of kMaxRows tokens, so the activation buffers stay
+  // bounded (~120 KB a token for the 2B model: a 2k prompt in one piece took 240 MB) and
+  // the results are the same: every op is per token or reads the cache the earlier
+  // chunks filled (Engine.PrefillEqualsDecodeAndChunks).
+  static constexpr int64_t kMaxRows = 512;
   void run(Seq& s, std::span<const int32_t> tokens, float* logits, Logits which) {
+    const int64_t n = static_cast<int64_t>(tokens.size()), V = c_.vocab;
+    for (int64_t c0 = 0; c0 < n; c0 += kMaxRows) {
+      const int64_t c = std::min(kMaxRows, n - c0);
+      const bool last = c0 + c == n;
+      const Logits w = which == Logits::All ? Logits::All : which == Logits::Last && last ? Logits::Last : Logits::None;
+      run_rows(s, tokens.subspan(c0, c), which == Logits::All ? logits + c0 * V : logits, w);
+    }
+  }
+
+  void run_rows(Seq& s, std::span<const int32_t> tokens, float* logits, Logits which) {
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (n == 0) return;
     resize(n);
@@ -203,21 +226,30 @@ class CpuEngine final : public Engine {
     add_loras(li, Proj::Q, norm_.data(), n, q_.data());  // before RoPE, as q_proj's output
     add_loras(li, Proj::K, norm_.data(), n, k_.data());
     add_loras(li, Proj::V, norm_.data(), n, v_.data());
-    float* kc = s.k.get() + li * ctx_ * KV;
-    float* vc = s.v.get() + li * ctx_ * KV;
+    const int64_t at = li * ctx_ * KV;
     for (int64_t i = 0; i < n; ++i) {
       cpu::rope_neox(q_.data() + i * QD, c_.n_heads, hd, pos + i, inv_freq_.data());
       cpu::rope_neox(k_.data() + i * KV, c_.n_kv_heads, hd, pos + i, inv_freq_.data());
-      std::copy_n(k_.data() + i * KV, KV, kc + (pos + i) * KV);
-      std::copy_n(v_.data() + i * KV, KV, vc + (pos + i) * KV);
+      const int64_t row = at + (pos + i) * KV;
+      if (f16_cache_) {
+        for (int64_t c = 0; c < KV; ++c) s.k16[row + c] = f32_to_f16(k_[i * KV + c]), s.v16[row + c] = f32_to_f16(v_[i * KV + c]);
+      } else {
+        std::copy_n(k_.data() + i * KV, KV, s.k.get() + row);
+        std::copy_n(v_.data() + i * KV, KV, s.v.get() + row);
+      }
     }
     const int64_t group = c_.n_heads / c_.n_kv_heads;
     pool_.parallel_for(n * c_.n_heads, [&](int64_t b, int64_t e) {
       float* scores = scratch(ctx_);
       for (int64_t j = b; j < e; ++j) {
         const int64_t i = j / c_.n_heads, h = j % c_.n_heads, g = h / group;
-        cpu::attention_head(q_.data() + i * QD + h * hd, kc + g * hd, vc + g * hd, KV, pos + i + 1, hd, scores,
-                            att_.data() + i * QD + h * hd);
+        float* out = att_.data() + i * QD + h * hd;
+        const float* q = q_.data() + i * QD + h * hd;
+        if (f16_cache_) {
+          cpu::attention_head(q, s.k16.get() + at + g * hd, s.v16.get() + at + g * hd, KV, pos + i + 1, hd, scores, out);
+        } else {
+          cpu::attention_head(q, s.k.get() + at + g * hd, s.v.get() + at + g * hd, KV, pos + i + 1, hd, scores, out);
+        }
       }
     });
     norm_rows(att_.data(), L.attn_sub_norm, n, QD, norm_.data());
@@ -317,6 +349,7 @@ class CpuEngine final : public Engine {
   int64_t ctx_;
   std::vector<Seq> seqs_;
   std::vector<float> inv_freq_;
+  bool f16_cache_ = false;
   std::vector<float> x_, norm_, q_, k_, v_, att_, gate_, up_;
   std::vector<float> row_;  // decode's logits row when only argmax is wanted
   QuantizedActs acts_;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "util/half.h"
+
 namespace tern::cpu {
 
 void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
@@ -50,14 +52,18 @@ void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const f
   }
 }
 
-void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
-                    float* scores, float* out) {
+namespace {
+inline float widen(float x) { return x; }
+inline float widen(uint16_t h) { return f16_to_f32(h); }
+
+template <class T>
+void attention_head_t(const float* q, const T* k, const T* v, int64_t stride, int64_t n_ctx, int64_t head_dim, float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   float mx = -INFINITY;
   for (int64_t t = 0; t < n_ctx; ++t) {
-    const float* kt = k + t * stride;
+    const T* kt = k + t * stride;
     float d = 0;
-    for (int64_t i = 0; i < head_dim; ++i) d += q[i] * kt[i];
+    for (int64_t i = 0; i < head_dim; ++i) d += q[i] * widen(kt[i]);
     scores[t] = d * scale;
     mx = std::max(mx, scores[t]);
   }
@@ -70,9 +76,20 @@ void attention_head(const float* q, const float* k, const float* v, int64_t stri
   std::fill(out, out + head_dim, 0.0f);
   for (int64_t t = 0; t < n_ctx; ++t) {
     const float p = scores[t] * inv;
-    const float* vt = v + t * stride;
-    for (int64_t i = 0; i < head_dim; ++i) out[i] += p * vt[i];
+    const T* vt = v + t * stride;
+    for (int64_t i = 0; i < head_dim; ++i) out[i] += p * widen(vt[i]);
   }
+}
+}  // namespace
+
+void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
+                    float* scores, float* out) {
+  attention_head_t(q, k, v, stride, n_ctx, head_dim, scores, out);
+}
+
+void attention_head(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
+                    float* scores, float* out) {
+  attention_head_t(q, k, v, stride, n_ctx, head_dim, scores, out);
 }
 
 int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {

@@ -34,6 +34,11 @@ void ternary_dot4(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padd
 // row stride `stride` floats). `scores` is scratch of n_ctx floats.
 void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
                     float* scores, float* out);
+// The same over an F16 cache (uint16_t bits): each element widened as it is read, then
+// the very float ops of the F32 version (so a cache of F16-rounded floats gives the same
+// result either way).
+void attention_head(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
+                    float* scores, float* out);
 
 // Float dot product in a fixed order whatever the build or CPU: 16 lanes of fused
 // multiply-adds (lane j takes elements i = j mod 16), a fixed reduction, then the tail.

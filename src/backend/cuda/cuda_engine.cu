@@ -283,6 +283,7 @@ class CudaEngine final : public Engine {
          "head_dim " + std::to_string(c.head_dim) + " is not supported (32, 64, 128 or 256)");
     need(c.hidden < (1 << 20) && c.ffn < (1 << 20) && c.vocab < (1 << 28), "dimensions too large");
     need(opts.lm_head != LmHead::Int8 || c.hidden % 4 == 0, "--lm-head int8 needs a hidden size divisible by 4");
+    need(opts.kv_type == KvType::F32, "--cache-type f16 is a CPU option (the CUDA backend keeps an F32 cache)");
     need(m.embedding.rows == c.vocab && m.embedding.cols == c.hidden && m.embedding.data != nullptr, "embedding shape");
     need(static_cast<int64_t>(m.output_norm.size()) == c.hidden, "output_norm size");
     for (const Layer& L : m.layers) {
