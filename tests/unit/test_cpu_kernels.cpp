@@ -142,6 +142,41 @@ TEST(CpuKernels, TernaryDot4MatchesSingleDots) {
   }
 }
 
+// The 8-token tile: every path equals the single dots, including rows of -128 and +127
+// activations against all-2 codes over 16+ blocks (the int16 partial sums' bounds).
+TEST(CpuKernels, TernaryDot8MatchesSingleDots) {
+  auto rng = rng_for_test();
+  for (int64_t cols : {128, 2048, 2560, 128 * 37, 6912}) {
+    for (int pattern = 0; pattern < 2; ++pattern) {
+      std::vector<uint8_t> row(cols / 4);
+      for (auto& b : row) {
+        uint8_t v = 0;
+        for (int k = 0; k < 4; ++k) v = static_cast<uint8_t>(v << 2 | (pattern == 1 ? 2 : rng() % 3));
+        b = v;
+      }
+      const int64_t ldq = cols + 64;
+      std::vector<int8_t> x(8 * ldq);
+      std::vector<int32_t> sums(8, 0);
+      for (int t = 0; t < 8; ++t) {
+        for (int64_t i = 0; i < cols; ++i) {
+          const int8_t v = pattern == 1 ? (t % 2 == 0 ? int8_t{-128} : int8_t{127}) : static_cast<int8_t>(static_cast<int>(rng() % 256) - 128);
+          x[t * ldq + i] = v, sums[t] += v;
+        }
+      }
+      int32_t want[8], got[8];
+      for (int t = 0; t < 8; ++t) want[t] = cpu::ternary_dot_scalar(row.data(), x.data() + t * ldq, cols, sums[t]);
+      const std::string what = "cols " + std::to_string(cols) + " pattern " + std::to_string(pattern);
+      cpu::ternary_dot8_scalar(row.data(), x.data(), ldq, cols, sums.data(), got);
+      for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "scalar " << what << " token " << t;
+      cpu::ternary_dot8(row.data(), x.data(), ldq, cols, sums.data(), got);
+      for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "dispatched " << what << " token " << t;
+      if (!cpu::has_avx2()) continue;
+      cpu::ternary_dot8_avx2(row.data(), x.data(), ldq, cols, sums.data(), got);
+      for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "avx2 " << what << " token " << t;
+    }
+  }
+}
+
 // The float dots: the SIMD variants give the scalar ones' float exactly (same fused
 // operations in the same order), the 16-bit one equals dot_f32 of the converted row, and
 // all are within float rounding of a double reference.

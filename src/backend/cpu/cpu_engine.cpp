@@ -49,7 +49,7 @@ struct QuantizedActs {
 // rather than once per row.
 void ternary_linear(const TernaryMatrix& w, const QuantizedActs& a, float* out, bool accumulate, ThreadPool& pool) {
   constexpr int64_t kL2Budget = 384 * 1024, kL1Rows = 16 * 1024;
-  const int64_t block = std::max<int64_t>(4, kL2Budget / a.padded / 4 * 4);
+  const int64_t block = std::max<int64_t>(8, kL2Budget / a.padded / 8 * 8);
   const int64_t row_group = std::clamp<int64_t>(kL1Rows / w.row_bytes, 4, 32);
   auto put = [&](int64_t m, int64_t r, int32_t d) {
     const float y = static_cast<float>(d) / a.scale[m] * w.scale;
@@ -58,10 +58,17 @@ void ternary_linear(const TernaryMatrix& w, const QuantizedActs& a, float* out, 
   };
   pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
     for (int64_t m0 = 0; m0 < a.rows; m0 += block) {
-      const int64_t m1 = std::min(a.rows, m0 + block), m4 = m0 + (m1 - m0) / 4 * 4;
+      const int64_t m1 = std::min(a.rows, m0 + block), m8 = m0 + (m1 - m0) / 8 * 8, m4 = m0 + (m1 - m0) / 4 * 4;
       for (int64_t g0 = r0; g0 < r1; g0 += row_group) {
         const int64_t g1 = std::min(r1, g0 + row_group);
-        for (int64_t m = m0; m < m4; m += 4) {
+        for (int64_t m = m0; m < m8; m += 8) {
+          for (int64_t r = g0; r < g1; ++r) {
+            int32_t d[8];
+            cpu::ternary_dot8(w.data + r * w.row_bytes, a.q.data() + m * a.padded, a.padded, w.padded_cols(), a.sum.data() + m, d);
+            for (int t = 0; t < 8; ++t) put(m + t, r, d[t]);
+          }
+        }
+        for (int64_t m = m8; m < m4; m += 4) {
           for (int64_t r = g0; r < g1; ++r) {
             int32_t d[4];
             cpu::ternary_dot4(w.data + r * w.row_bytes, a.q.data() + m * a.padded, a.padded, w.padded_cols(), a.sum.data() + m, d);

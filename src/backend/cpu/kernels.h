@@ -29,6 +29,8 @@ void rope_inv_freq(float theta, int64_t head_dim, float* inv_freq);
 // ternary_dot of one row with 4 token rows at once (q, q + ldq, q + 2 ldq, q + 3 ldq; their
 // qsums): out[t]. The prefill's inner kernel: the row's codes are unpacked once.
 void ternary_dot4(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+// The same with 8 token rows (out[0..7]).
+void ternary_dot8(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 
 // Causal attention of one query head over `n_ctx` cached positions (keys/values with
 // row stride `stride` floats). `scores` is scratch of n_ctx floats.
