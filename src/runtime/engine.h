@@ -105,7 +105,7 @@ double cuda_copy_bandwidth();
 // "cpu" or "cuda": what make_engine builds for a --backend value ("auto" = CUDA when built
 // and a GPU is present). Throws tern::Error for unknown or unavailable backends.
 std::string resolve_backend(const std::string& backend);
-// Picks the backend named in opts.
+// Picks the backend named in opts ("auto" with a CPU-only option, --cache-type f16: the CPU).
 std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts);
 
 }  // namespace tern

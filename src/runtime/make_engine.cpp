@@ -68,7 +68,9 @@ std::string resolve_backend(const std::string& backend) {
 
 std::unique_ptr<Engine> make_engine(const Model& model, const EngineOptions& opts) {
 #ifdef TERN_HAVE_CUDA
-  if (resolve_backend(opts.backend) == "cuda") return make_cuda_engine(model, opts);
+  // An F16 cache is a CPU option: "auto" then means the CPU ("cuda" still refuses it).
+  const bool cpu_only = opts.kv_type == KvType::F16;
+  if (!(cpu_only && opts.backend == "auto") && resolve_backend(opts.backend) == "cuda") return make_cuda_engine(model, opts);
 #else
   resolve_backend(opts.backend);  // throws for cuda / unknown names
 #endif

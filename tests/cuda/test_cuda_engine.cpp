@@ -228,6 +228,25 @@ TEST(CudaEngine, UnsupportedHeadDimIsACleanError) {
   EXPECT_THROW(engine(m, "cuda", 8), Error);
 }
 
+// --cache-type f16 is a CPU option: the CUDA engine refuses it, naming the flag, and
+// --backend auto takes the CPU for it.
+TEST(CudaEngine, F16CacheIsACleanError) {
+  SKIP_WITHOUT_GPU();
+  Model m = synth_model(parse_shape("256,512,2,4,2,300"), 1);
+  EngineOptions eo;
+  eo.backend = "cuda";
+  eo.ctx = 8;
+  eo.kv_type = KvType::F16;
+  try {
+    make_engine(m, eo);
+    ADD_FAILURE() << "the CUDA engine accepted an F16 cache";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--cache-type f16"), std::string::npos) << e.what();
+  }
+  eo.backend = "auto";
+  EXPECT_EQ(make_engine(m, eo)->name().rfind("cpu", 0), 0u);
+}
+
 }  // namespace
 }  // namespace tern
 

@@ -6,6 +6,7 @@
 // from the same float input the linear quantizes (backend/cpu/lora_apply.h).
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/kernels.h"
@@ -42,11 +43,11 @@ struct QuantizedActs {
 };
 
 // out[m, r] = (sum_k W[r,k] q[m,k]) / s[m] * W.scale, optionally added to out.
-// Prefill is a blocked matrix product (cpu::ternary_dot4 = 1 weight row x 4 tokens):
-// tokens in blocks whose int8 rows fit in L2 (512 tokens of the 6912-wide down
+// Prefill is a blocked matrix product (cpu::ternary_dot8 / dot4 = 1 weight row x 8 / 4
+// tokens): tokens in blocks whose int8 rows fit in L2 (512 tokens of the 6912-wide down
 // projection are 3.5 MB), and within a block, rows in groups that fit in L1 with one
-// group of 4 tokens, so each group of token rows is read from L2 once per row group
-// rather than once per row.
+// tile of tokens, so each tile of token rows is read from L2 once per row group rather
+// than once per row.
 void ternary_linear(const TernaryMatrix& w, const QuantizedActs& a, float* out, bool accumulate, ThreadPool& pool) {
   constexpr int64_t kL2Budget = 384 * 1024, kL1Rows = 16 * 1024;
   const int64_t block = std::max<int64_t>(8, kL2Budget / a.padded / 8 * 8);
@@ -56,25 +57,25 @@ void ternary_linear(const TernaryMatrix& w, const QuantizedActs& a, float* out, 
     float& o = out[m * w.rows + r];
     o = accumulate ? o + y : y;
   };
+  // Tokens [mb, me) (a multiple of T) against rows [g0, g1), T tokens at a time.
+  auto tiles = [&](auto tile, int64_t mb, int64_t me, int64_t g0, int64_t g1) {
+    constexpr int T = decltype(tile)::value;
+    for (int64_t m = mb; m < me; m += T) {
+      for (int64_t r = g0; r < g1; ++r) {
+        int32_t d[T];
+        (T == 8 ? cpu::ternary_dot8 : cpu::ternary_dot4)(w.data + r * w.row_bytes, a.q.data() + m * a.padded, a.padded, w.padded_cols(),
+                                                         a.sum.data() + m, d);
+        for (int t = 0; t < T; ++t) put(m + t, r, d[t]);
+      }
+    }
+  };
   pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
     for (int64_t m0 = 0; m0 < a.rows; m0 += block) {
       const int64_t m1 = std::min(a.rows, m0 + block), m8 = m0 + (m1 - m0) / 8 * 8, m4 = m0 + (m1 - m0) / 4 * 4;
       for (int64_t g0 = r0; g0 < r1; g0 += row_group) {
         const int64_t g1 = std::min(r1, g0 + row_group);
-        for (int64_t m = m0; m < m8; m += 8) {
-          for (int64_t r = g0; r < g1; ++r) {
-            int32_t d[8];
-            cpu::ternary_dot8(w.data + r * w.row_bytes, a.q.data() + m * a.padded, a.padded, w.padded_cols(), a.sum.data() + m, d);
-            for (int t = 0; t < 8; ++t) put(m + t, r, d[t]);
-          }
-        }
-        for (int64_t m = m8; m < m4; m += 4) {
-          for (int64_t r = g0; r < g1; ++r) {
-            int32_t d[4];
-            cpu::ternary_dot4(w.data + r * w.row_bytes, a.q.data() + m * a.padded, a.padded, w.padded_cols(), a.sum.data() + m, d);
-            for (int t = 0; t < 4; ++t) put(m + t, r, d[t]);
-          }
-        }
+        tiles(std::integral_constant<int, 8>{}, m0, m8, g0, g1);
+        tiles(std::integral_constant<int, 4>{}, m8, m4, g0, g1);
         for (int64_t r = g0; r < g1; ++r) {  // the tokens left over (decode: the one token)
           for (int64_t m = m4; m < m1; ++m) put(m, r, cpu::ternary_dot(w.data + r * w.row_bytes, a.q.data() + m * a.padded, w.padded_cols(), a.sum[m]));
         }

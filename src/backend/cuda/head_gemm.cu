@@ -167,8 +167,7 @@ void HeadGemm::run(const float* x, int M, const float* normw, float eps, float* 
     const float* xm = x + static_cast<int64_t>(m0) * H;
     float* lm = logits + static_cast<int64_t>(m0) * V;
     unsigned long long* bm = best != nullptr ? best + m0 : nullptr;
-    const int full = w_.type == 1 ? 2 : w_.type == 2 ? 3 : 1;  // terms_of(w_, false)
-    const int mode = i8 ? 3 : terms < full ? w_.type + 3 : w_.type;
+    const int mode = i8 ? 3 : terms < terms_of(w_, false) ? w_.type + 3 : w_.type;
     switch (mode) {
       case 0: head_prep_kernel<0><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;
       case 1: head_prep_kernel<1><<<n, kThreads, 0, st>>>(xm, H, n, normw, eps, xs_, xscale_); break;

@@ -54,9 +54,9 @@ struct MaskArgs {
 };
 
 template <int NT>
-__global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float* __restrict__ X, int ldx, int M, int K,
-                                                                    const float* __restrict__ A, int lda, int r, int kspan,
-                                                                    const MaskArgs ma, float* __restrict__ P) {
+__global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float* __restrict__ X, int M, int K,
+                                                                    const float* __restrict__ A, int r, int kspan, const MaskArgs ma,
+                                                                    float* __restrict__ P) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int m0 = (blockIdx.x * kWarps + warp) * 16, row0 = m0 + g, row1 = row0 + 8;
   const bool v0 = row0 < M, v1 = row1 < M;
@@ -64,8 +64,8 @@ __global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float*
   const DropoutSpec& d = ma.d;
   const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr && !d.write_bits, write_bits = drop && d.bits != nullptr && d.write_bits;
   const int words = dropout_words(K);
-  const float* x0p = X + static_cast<int64_t>(v0 ? row0 : 0) * ldx;
-  const float* x1p = X + static_cast<int64_t>(v1 ? row1 : 0) * ldx;
+  const float* x0p = X + static_cast<int64_t>(v0 ? row0 : 0) * K;
+  const float* x1p = X + static_cast<int64_t>(v1 ? row1 : 0) * K;
   float acc[NT][4];
 #pragma unroll
   for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float*
       for (int n = 0; n < NT; ++n) {
         const int j = 8 * n + g;
         float4 b = zero;
-        if (j < r && c < k_end) b = load_float4(A + static_cast<int64_t>(j) * lda + c);
+        if (j < r && c < k_end) b = load_float4(A + static_cast<int64_t>(j) * K + c);
         mma_tf32(acc[n], a0, a1, a2, a3, to_tf32(b.x), to_tf32(b.y));
         mma_tf32(acc[n], e0, e1, e2, e3, to_tf32(b.z), to_tf32(b.w));
       }
@@ -130,8 +130,8 @@ __global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float*
 }
 
 template <int MT>
-__global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float* __restrict__ U, int ldu, const float* __restrict__ X, int ldx,
-                                                                    int M, int K, int r, int chunk, const MaskArgs ma, float* __restrict__ P) {
+__global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float* __restrict__ U, const float* __restrict__ X, int M, int K,
+                                                                    int r, int chunk, const MaskArgs ma, float* __restrict__ P) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int c0 = (blockIdx.x * kWarps + warp) * 32, cg = c0 + 4 * g;  // this lane's float4 of columns
   const bool vc = cg < K;
@@ -151,8 +151,8 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int ra = mb + 8 * u + t, rb = ra + 4;
-      xa[u] = vc && ra < m_end ? load_float4(X + static_cast<int64_t>(ra) * ldx + cg) : zero;
-      xb[u] = vc && rb < m_end ? load_float4(X + static_cast<int64_t>(rb) * ldx + cg) : zero;
+      xa[u] = vc && ra < m_end ? load_float4(X + static_cast<int64_t>(ra) * K + cg) : zero;
+      xb[u] = vc && rb < m_end ? load_float4(X + static_cast<int64_t>(rb) * K + cg) : zero;
     }
     if (drop) {
 #pragma unroll
@@ -173,10 +173,10 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
         // A fragment = U^T: (rank j, row k); rows ra (k slot t) and rb (t + 4).
         const int j0 = 16 * i + g, j1 = j0 + 8;
         const bool ia = ra < m_end, ib = rb < m_end;
-        const uint32_t a0 = to_tf32(ia && j0 < r ? U[static_cast<int64_t>(ra) * ldu + j0] : 0.0f);
-        const uint32_t a1 = to_tf32(ia && j1 < r ? U[static_cast<int64_t>(ra) * ldu + j1] : 0.0f);
-        const uint32_t a2 = to_tf32(ib && j0 < r ? U[static_cast<int64_t>(rb) * ldu + j0] : 0.0f);
-        const uint32_t a3 = to_tf32(ib && j1 < r ? U[static_cast<int64_t>(rb) * ldu + j1] : 0.0f);
+        const uint32_t a0 = to_tf32(ia && j0 < r ? U[static_cast<int64_t>(ra) * r + j0] : 0.0f);
+        const uint32_t a1 = to_tf32(ia && j1 < r ? U[static_cast<int64_t>(ra) * r + j1] : 0.0f);
+        const uint32_t a2 = to_tf32(ib && j0 < r ? U[static_cast<int64_t>(rb) * r + j0] : 0.0f);
+        const uint32_t a3 = to_tf32(ib && j1 < r ? U[static_cast<int64_t>(rb) * r + j1] : 0.0f);
 #pragma unroll
         for (int q = 0; q < 4; ++q) mma_tf32(acc[i][q], a0, a1, a2, a3, b0[q], b1[q]);
       }
@@ -208,9 +208,9 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 }  // namespace
 
-bool lora_rows_mma(TrainBlas& blas, const float* X, int ldx, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
+bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
                    float* U) {
-  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned16(X) || !aligned16(A)) return false;
+  if (r > 32 || K % 4 != 0 || !aligned16(X) || !aligned16(A)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   // About 16 warps per SM over (row tiles) x (K splits), each split a multiple of 16
   // columns and at least 16 steps (the partials cost 1/16 of the reads then).
@@ -222,11 +222,11 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int ldx, int M, int K, const
   const MaskArgs ma = mask_args(d);
   cudaStream_t st = blas.stream();
   if (r <= 8) {
-    lora_rows_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(X, ldx, M, K, A, K, r, kspan, ma, P);
+    lora_rows_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
   } else if (r <= 16) {
-    lora_rows_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(X, ldx, M, K, A, K, r, kspan, ma, P);
+    lora_rows_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
   } else {
-    lora_rows_mma_kernel<4><<<grid, kWarps * 32, 0, st>>>(X, ldx, M, K, A, K, r, kspan, ma, P);
+    lora_rows_mma_kernel<4><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
   }
   TERN_CUDA_LAUNCHED("lora_rows_mma_kernel");
   launch_partials_sum(P, S, static_cast<int64_t>(M) * r, alpha, U, false, st);
@@ -247,9 +247,9 @@ bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K
   const MaskArgs ma = mask_args(dd);
   cudaStream_t st = blas.stream();
   if (r <= 16) {
-    lora_cols_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(U, r, X, K, M, K, r, chunk, ma, P);
+    lora_cols_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(U, X, M, K, r, chunk, ma, P);
   } else {
-    lora_cols_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(U, r, X, K, M, K, r, chunk, ma, P);
+    lora_cols_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(U, X, M, K, r, chunk, ma, P);
   }
   TERN_CUDA_LAUNCHED("lora_cols_mma_kernel");
   launch_partials_sum(P, S, static_cast<int64_t>(r) * K, alpha, G, true, st);

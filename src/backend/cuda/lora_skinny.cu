@@ -311,7 +311,7 @@ void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* o
 
 bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, bool tf32) {
   if (!lora_skinny_enabled()) return false;
-  if (tf32 && lora_rows_mma(blas, X, K, M, K, A, r, 1.0f, d, U)) return true;
+  if (tf32 && lora_rows_mma(blas, X, M, K, A, r, 1.0f, d, U)) return true;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   cudaStream_t st = blas.stream();
   if (r > 64 || K % 4 != 0 || !aligned(X, 16) || !aligned(A, 16)) return false;

@@ -97,9 +97,9 @@ bool lora_skinny_enabled();
 void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st);
 
 // ---- lora_mma.cu: the same thin products on TF32 tensor cores (r <= 32, K % 4 == 0) ----
-// U [M][r] = alpha * drop(X) A^T, X rows at stride ldx, A [r][K]. Masks as
+// U [M][r] = alpha * drop(X) A^T for X [M][K], A [r][K]. Masks as
 // lora_rows_product (hashed, written, or read).
-bool lora_rows_mma(TrainBlas& blas, const float* X, int ldx, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
+bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
                    float* U);
 // G [r][K] += alpha * U^T drop(X) for X [M][K], U [M][r]; the mask read from d.bits or
 // hashed.
