@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "backend/cpu/kernels.h"
 #include "train/ops.h"
 
 // Compiled with -ffp-contract=off like the CPU engine (CMakeLists.txt), so the float
@@ -33,12 +34,14 @@ void rope_rotate(T* x, int64_t M, int64_t n_heads, int64_t head_dim, int64_t pos
   }
 }
 
-template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T d = 0;
+// float: cpu::dot_f32, the engine's attention dot (its fixed lane order), so the float
+// forward stays the engine's float for float; double (gradient checks): in order.
+double dot(const double* a, const double* b, int64_t n) {
+  double d = 0;
   for (int64_t i = 0; i < n; ++i) d += a[i] * b[i];
   return d;
 }
+float dot(const float* a, const float* b, int64_t n) { return cpu::dot_f32(b, a, n); }
 
 }  // namespace
 

@@ -469,13 +469,37 @@ TEST(LoraEngine, QueryKeyAdaptersActFromPosition1) {
   EXPECT_GT(test::rel_l2(with.data() + V, base.data() + V, base.size() - V), 1e-3);
 }
 
+// Stacked adapters add up "to rounding", but int8 activation rounding turns a 1-ulp
+// difference into a flipped quantization step now and then (a chaotic model: see
+// docs/CUDA_NOTES.md). So each position must match to 1e-5 unless nudging the adapter's
+// scale by one ulp moves that position as much (measured here): then it may differ by up
+// to twice the nudge's effect. Few positions may be such ties, or the test says nothing.
+void expect_equal_up_to_rounding(const Model& m, const std::vector<int32_t>& toks, const LoraAdapter& a, const std::vector<float>& got,
+                                 const std::vector<float>& want, const std::string& what) {
+  const auto nudged = logits(m, toks, {ref_of(a, std::nextafter(1.0f, 2.0f))});
+  const size_t V = m.config.vocab;
+  ASSERT_EQ(got.size(), want.size());
+  size_t ties = 0;
+  for (size_t r = 0; r < toks.size(); ++r) {
+    const double err = test::rel_l2(got.data() + r * V, want.data() + r * V, V);
+    const double nudge = test::rel_l2(nudged.data() + r * V, want.data() + r * V, V);
+    if (nudge > 1e-5) {
+      ++ties;
+      EXPECT_LT(err, 2 * nudge) << what << " at position " << r;
+    } else {
+      EXPECT_LT(err, 1e-5) << what << " at position " << r << " (a 1-ulp nudge moves it by " << nudge << ")";
+      EXPECT_EQ(test::argmax(got.data() + r * V, V), test::argmax(want.data() + r * V, V)) << what << " at position " << r;
+    }
+  }
+  EXPECT_LE(ties, toks.size() / 4) << what;
+}
+
 TEST(LoraEngine, AdaptersStack) {
   Model m = load_model(kTiny + "/model-i2_s.gguf");
   const auto toks = some_tokens(10, m.config.vocab);
   const LoraAdapter a = random_lora_adapter(m.config, 8, 16, all_projs(), 2, 0.05f);
   const auto once = logits(m, toks, {ref_of(a, 1.0f)});
-  const auto twice = logits(m, toks, {ref_of(a, 0.5f), ref_of(a, 0.5f)});
-  test::expect_logits_match(twice, once, m.config.vocab, 1e-5, "0.5 + 0.5 vs 1");
+  expect_equal_up_to_rounding(m, toks, a, logits(m, toks, {ref_of(a, 0.5f), ref_of(a, 0.5f)}), once, "0.5 + 0.5 vs 1");
   // scale -1 then +1 cancels back to the base model (up to rounding).
   const auto cancel = logits(m, toks, {ref_of(a, 1.0f), ref_of(a, -1.0f)});
   test::expect_logits_match(cancel, logits(m, toks, {}), m.config.vocab, 1e-5, "+1 - 1 vs base");

@@ -55,16 +55,17 @@ void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const f
 namespace {
 inline float widen(float x) { return x; }
 inline float widen(uint16_t h) { return f16_to_f32(h); }
+// q . k in dot_f32's fixed lane order (SIMD where the CPU has it; train::attention_fwd
+// uses the same dot, so the training forward stays the engine's float for float).
+inline float key_dot(const float* q, const float* k, int64_t n) { return dot_f32(k, q, n); }
+inline float key_dot(const float* q, const uint16_t* k, int64_t n) { return dot_half_f32(k, false, q, n); }
 
 template <class T>
 void attention_head_t(const float* q, const T* k, const T* v, int64_t stride, int64_t n_ctx, int64_t head_dim, float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   float mx = -INFINITY;
   for (int64_t t = 0; t < n_ctx; ++t) {
-    const T* kt = k + t * stride;
-    float d = 0;
-    for (int64_t i = 0; i < head_dim; ++i) d += q[i] * widen(kt[i]);
-    scores[t] = d * scale;
+    scores[t] = key_dot(q, k + t * stride, head_dim) * scale;
     mx = std::max(mx, scores[t]);
   }
   float sum = 0;

@@ -109,6 +109,21 @@ __device__ __forceinline__ void store_split(void* out, int64_t at, int64_t strid
   }
 }
 
+// v as TERMS 16-bit terms (the first TERMS of store_split's; fewer in tf32 mode), term t at out[at + t * stride].
+template <int TYPE, int TERMS>
+__device__ __forceinline__ void store_terms(void* out, int64_t at, int64_t stride, float v) {
+  if constexpr (TERMS == (TYPE == 1 ? 2 : 3)) {
+    store_split<TYPE>(out, at, stride, v);
+  } else if constexpr (TYPE == 1) {
+    static_cast<__half*>(out)[at] = __float2half_rn(v);
+  } else {
+    __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out);
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    o[at] = hi;
+    o[at + stride] = __float2bfloat16_rn(v - __bfloat162float(hi));
+  }
+}
+
 // train::dropout_mask(seed) on the device: splitmix64 output k (0-based) of the stream
 // seeded with `seed`; element i is kept when its 16-bit lane (i % 4) of output i / 4 is
 // >= threshold (train::dropout_threshold(p) = ceil(p * 65536)).

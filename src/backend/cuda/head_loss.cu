@@ -3,9 +3,10 @@
 // train::cross_entropy_fwd_bwd and train::rmsnorm_bwd (train/ops.h).
 //
 // Per chunk of rows: logits = RMSNorm(x) E^T by HeadGemm (exact to ~1e-6), one block per
-// row turns them into (softmax - onehot) / n_norm in place (log-sum-exp in double), then
-// dxn = dlogits E by split_gemm (float accuracy on tensor cores), and the RMSNorm
-// backward gives dx.
+// row computes the loss and dlogits = (softmax - onehot) / n_norm (log-sum-exp in double),
+// written as split_gemm's 16-bit terms, then dxn = dlogits E on tensor cores
+// (TrainBlas::terms_gemm: float accuracy, or ~10 bits with tf32), and the RMSNorm backward
+// gives dx.
 
 #include <algorithm>
 #include <cmath>
@@ -22,35 +23,72 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Row m of logits [R][V] -> dlogits in place (when grad); loss[m] = (lse - logit[label]) /
-// n_norm (0 if ignored; dlogits 0 too).
+// Row m of logits [R][V]: loss[m] = (lse - logit[label]) / n_norm (0 if ignored) and, when
+// grad, dlogits = (softmax - onehot) / n_norm. TYPE 0 writes them in place (F32 heads: the
+// SGEMM takes them as they are); TYPE 1/2 writes split_gemm's TERMS 16-bit terms straight
+// to `split` with the row's power-of-two scale in rscale[m], the very values split_rows
+// would make of the F32 dlogits (no F32 round trip and no split pass over 128k columns).
+// The max and the sum of exponentials come from one pass (a running max per thread, the
+// sum rescaled when it grows; log-sum-exp in double).
+template <int TYPE, int TERMS>
 __global__ void __launch_bounds__(kThreads) ce_rows_kernel(float* __restrict__ logits, int V, const int32_t* __restrict__ labels,
-                                                           double inv_norm, double* __restrict__ loss, int grad) {
+                                                           double inv_norm, double* __restrict__ loss, int grad, void* __restrict__ split,
+                                                           float* __restrict__ rscale, int R) {
   __shared__ double sd[kThreads / 32];
   __shared__ float sf[kThreads / 32];
   const int m = blockIdx.x;
   float* row = logits + static_cast<int64_t>(m) * V;
   const int label = labels[m];
+  const int64_t at = static_cast<int64_t>(m) * V, stride = static_cast<int64_t>(R) * V;
   if (label < 0) {
     if (grad) {
-      for (int v = threadIdx.x; v < V; v += kThreads) row[v] = 0.0f;
+      for (int v = threadIdx.x; v < V; v += kThreads) {
+        if constexpr (TYPE == 0) {
+          row[v] = 0.0f;
+        } else {
+          store_terms<TYPE, TERMS>(split, at + v, stride, 0.0f);
+        }
+      }
+      if (TYPE != 0 && threadIdx.x == 0) rscale[m] = 1.0f;
     }
     if (threadIdx.x == 0) loss[m] = 0.0;
     return;
   }
-  float mx = -INFINITY;
-  for (int v = threadIdx.x; v < V; v += kThreads) mx = fmaxf(mx, row[v]);
-  mx = block_reduce<kThreads>(mx, sf, MaxOp{});
-  double se = 0.0;
-  for (int v = threadIdx.x; v < V; v += kThreads) se += exp(static_cast<double>(row[v]) - mx);
-  se = block_reduce<kThreads>(se, sd, SumOp{});
-  const double lse = mx + log(se);
-  if (threadIdx.x == 0) loss[m] = (lse - row[label]) * inv_norm;
-  if (!grad) return;
-  __syncthreads();  // row[label] is read above before it is overwritten below
+  // Per thread: running max mt, the sum st of exp(x - mt), and the largest logit that is
+  // not the label's (its probability is the largest dlogit but the label's).
+  float mt = -INFINITY, other = -INFINITY;
+  double st = 0.0;
   for (int v = threadIdx.x; v < V; v += kThreads) {
-    const double p = exp(static_cast<double>(row[v]) - lse);
-    row[v] = static_cast<float>((p - (v == label ? 1.0 : 0.0)) * inv_norm);
+    const float x = row[v];
+    if (v != label) other = fmaxf(other, x);
+    if (x > mt) {
+      st = (mt == -INFINITY ? 0.0 : st * exp(static_cast<double>(mt) - x)) + 1.0;
+      mt = x;
+    } else {
+      st += exp(static_cast<double>(x) - mt);
+    }
+  }
+  const float mx = block_reduce<kThreads>(mt, sf, MaxOp{});
+  __syncthreads();  // sf is reused below
+  other = block_reduce<kThreads>(other, sf, MaxOp{});
+  const double se = block_reduce<kThreads>(mt == -INFINITY ? 0.0 : st * exp(static_cast<double>(mt) - mx), sd, SumOp{});
+  const double lse = mx + log(se);
+  const float xl = row[label];
+  if (threadIdx.x == 0) loss[m] = (lse - xl) * inv_norm;
+  if (!grad) return;
+  auto dlogit = [&](int v, float x) {
+    const double p = exp(static_cast<double>(x) - lse);
+    return static_cast<float>((p - (v == label ? 1.0 : 0.0)) * inv_norm);
+  };
+  if constexpr (TYPE == 0) {
+    __syncthreads();  // row[label] is read above before it is overwritten below
+    for (int v = threadIdx.x; v < V; v += kThreads) row[v] = dlogit(v, row[v]);
+  } else {
+    // The largest |dlogit|: the label's or the largest other logit's (exp is monotonic).
+    const float amax = fmaxf(fabsf(dlogit(label, xl)), other == -INFINITY ? 0.0f : fabsf(dlogit(label == 0 ? 1 : 0, other)));
+    const int e = amax > 0.0f ? -ilogbf(amax) : 0;  // split_rows' scale
+    for (int v = threadIdx.x; v < V; v += kThreads) store_terms<TYPE, TERMS>(split, at + v, stride, ldexpf(dlogit(v, row[v]), e));
+    if (threadIdx.x == 0) rscale[m] = ldexpf(1.0f, -e);
   }
 }
 
@@ -69,10 +107,30 @@ void head_loss_rows(TrainBlas& blas, HeadGemm& head, const HeadWeights& hw, cons
   for (int m0 = 0; m0 < M; m0 += R) {
     const int n = std::min(R, M - m0);
     head.run(x + static_cast<int64_t>(m0) * H, n, normw, eps, logits, nullptr, st);
-    ce_rows_kernel<<<n, kThreads, 0, st>>>(logits, V, labels + m0, inv_norm, loss_rows + m0, dx != nullptr ? 1 : 0);
-    TERN_CUDA_LAUNCHED("ce_rows_kernel");
-    if (dx == nullptr) continue;
-    blas.split_gemm(logits, V, n, V, ColScales{}, hw.emb, hw.type, H, 1.0f, dxn, H, false, tf32);  // dxn = dlogits . E
+    const int grad = dx != nullptr ? 1 : 0;
+    if (hw.type == 0 || !grad) {
+      ce_rows_kernel<0, 1><<<n, kThreads, 0, st>>>(logits, V, labels + m0, inv_norm, loss_rows + m0, grad, nullptr, nullptr, n);
+      TERN_CUDA_LAUNCHED("ce_rows_kernel");
+      if (!grad) continue;
+      blas.split_gemm(logits, V, n, V, ColScales{}, hw.emb, hw.type, H, 1.0f, dxn, H, false, tf32);  // dxn = dlogits . E
+    } else {
+      const int terms = TrainBlas::split_terms(hw.type, tf32);
+      void* split = blas.scratch(kSlotSplitA, static_cast<size_t>(terms) * n * V * 2);
+      auto* rscale = static_cast<float*>(blas.scratch(kSlotSplitScale, static_cast<size_t>(n) * sizeof(float)));
+      auto* lab = labels + m0;
+      double* lr = loss_rows + m0;
+      if (hw.type == 1 && terms == 1) {
+        ce_rows_kernel<1, 1><<<n, kThreads, 0, st>>>(logits, V, lab, inv_norm, lr, 1, split, rscale, n);
+      } else if (hw.type == 1) {
+        ce_rows_kernel<1, 2><<<n, kThreads, 0, st>>>(logits, V, lab, inv_norm, lr, 1, split, rscale, n);
+      } else if (terms == 2) {
+        ce_rows_kernel<2, 2><<<n, kThreads, 0, st>>>(logits, V, lab, inv_norm, lr, 1, split, rscale, n);
+      } else {
+        ce_rows_kernel<2, 3><<<n, kThreads, 0, st>>>(logits, V, lab, inv_norm, lr, 1, split, rscale, n);
+      }
+      TERN_CUDA_LAUNCHED("ce_rows_kernel");
+      blas.terms_gemm(split, terms, rscale, n, V, hw.emb, hw.type, H, 1.0f, dxn, H, false);  // dxn = dlogits . E
+    }
     launch_rmsnorm_bwd(x + static_cast<int64_t>(m0) * H, normw, dxn, n, H, eps, dx + static_cast<int64_t>(m0) * H, false, st);
   }
 }
