@@ -84,8 +84,8 @@ TEST(CpuKernels, TernaryDotIsExact) {
 // case), for widths of one block up to 6912 and odd multiples of 128.
 TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
   auto rng = rng_for_test();
-  std::printf("[info] SIMD level: %s (avx2 %s, avx-vnni %s)\n", cpu::simd_level(), cpu::has_avx2() ? "yes" : "no",
-              cpu::has_avxvnni() ? "yes" : "no");
+  std::printf("[info] SIMD level: %s (avx2 %s, avx-vnni %s, avx512-vnni %s)\n", cpu::simd_level(), cpu::has_avx2() ? "yes" : "no",
+              cpu::has_avxvnni() ? "yes" : "no", cpu::has_avx512vnni() ? "yes" : "no");
   if (!cpu::has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path runs";
   for (int64_t cols : {128, 384, 2560, 6912, 128 * 37}) {
     for (int fill : {0, 1, 2}) {  // random, all -128, all 127
@@ -106,11 +106,14 @@ TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
       if (cpu::has_avxvnni()) {
         EXPECT_EQ(cpu::ternary_dot_vnni(row.data(), x.data(), cols, sum), want) << "vnni " << cols << " fill " << fill;
       }
+      if (cpu::has_avx512vnni()) {
+        EXPECT_EQ(cpu::ternary_dot_vnni512(row.data(), x.data(), cols, sum), want) << "vnni512 " << cols << " fill " << fill;
+      }
     }
   }
 }
 
-// The prefill tile (1 weight row x 4 tokens) equals four single dots, on both paths.
+// The prefill tile (1 weight row x 4 tokens) equals four single dots, on every path.
 TEST(CpuKernels, TernaryDot4MatchesSingleDots) {
   auto rng = rng_for_test();
   for (int64_t cols : {128, 384, 2560, 128 * 37}) {
@@ -136,9 +139,14 @@ TEST(CpuKernels, TernaryDot4MatchesSingleDots) {
     if (!cpu::has_avx2()) continue;
     cpu::ternary_dot4_avx2(row.data(), x.data(), ldq, cols, sums.data(), got);
     for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "avx2 cols " << cols << " token " << t;
-    if (!cpu::has_avxvnni()) continue;
-    cpu::ternary_dot4_vnni(row.data(), x.data(), ldq, cols, sums.data(), got);
-    for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "vnni cols " << cols << " token " << t;
+    if (cpu::has_avxvnni()) {
+      cpu::ternary_dot4_vnni(row.data(), x.data(), ldq, cols, sums.data(), got);
+      for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "vnni cols " << cols << " token " << t;
+    }
+    if (cpu::has_avx512vnni()) {
+      cpu::ternary_dot4_vnni512(row.data(), x.data(), ldq, cols, sums.data(), got);
+      for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "vnni512 cols " << cols << " token " << t;
+    }
   }
 }
 

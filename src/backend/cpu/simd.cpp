@@ -204,46 +204,28 @@ bool has_avxvnni() {
   return yes;
 }
 
-__attribute__((target("avx2,avxvnni"))) int32_t ternary_dot_vnni(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
-  // One accumulator per group: vpdpbusd's latency (~5 cycles) would otherwise chain the
-  // four of a block (one accumulator measured 30 % slower than the AVX2 dot).
-  const __m256i mask = _mm256_set1_epi8(3);
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t b = 0; b < padded_cols / 128; ++b) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
-    const int8_t* x = q + b * 128;
-    a0 = _mm256_dpbusd_avx_epi32(a0, _mm256_and_si256(_mm256_srli_epi16(w, 6), mask), ld(x));
-    a1 = _mm256_dpbusd_avx_epi32(a1, _mm256_and_si256(_mm256_srli_epi16(w, 4), mask), ld(x + 32));
-    a2 = _mm256_dpbusd_avx_epi32(a2, _mm256_and_si256(_mm256_srli_epi16(w, 2), mask), ld(x + 64));
-    a3 = _mm256_dpbusd_avx_epi32(a3, _mm256_and_si256(w, mask), ld(x + 96));
-  }
-  return hsum_avx2(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3))) - qsum;
+#define TERN_VNNI_TARGET "avx2,avxvnni"
+#define TERN_VNNI_NAME(base) base##_vnni
+#define TERN_DPBUSD _mm256_dpbusd_avx_epi32
+#include "backend/cpu/simd_vnni.inc"
+#undef TERN_VNNI_TARGET
+#undef TERN_VNNI_NAME
+#undef TERN_DPBUSD
+
+// AVX512-VNNI with AVX512VL (the EVEX vpdpbusd on 256-bit registers); the OS saving the
+// AVX-512 state is part of __builtin_cpu_supports' check.
+bool has_avx512vnni() {
+  static const bool yes = has_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  return yes;
 }
 
-__attribute__((target("avx2,avxvnni"))) void ternary_dot4_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols,
-                                                              const int32_t* qsum, int32_t* out) {
-  // Two accumulators per token (even and odd groups): eight independent chains.
-  const __m256i mask = _mm256_set1_epi8(3);
-  __m256i e0 = _mm256_setzero_si256(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
-  const int8_t *x0 = q, *x1 = q + ldq, *x2 = q + 2 * ldq, *x3 = q + 3 * ldq;
-  for (int64_t b = 0; b < padded_cols / 128; ++b) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
-    const int64_t o = b * 128;
-    for (int g = 0; g < 4; g += 2) {
-      const __m256i ce = _mm256_and_si256(_mm256_srli_epi16(w, 6 - 2 * g), mask);
-      const __m256i co = _mm256_and_si256(_mm256_srli_epi16(w, 4 - 2 * g), mask);
-      const int64_t oe = o + 32 * g, oo = oe + 32;
-      e0 = _mm256_dpbusd_avx_epi32(e0, ce, ld(x0 + oe)), o0 = _mm256_dpbusd_avx_epi32(o0, co, ld(x0 + oo));
-      e1 = _mm256_dpbusd_avx_epi32(e1, ce, ld(x1 + oe)), o1 = _mm256_dpbusd_avx_epi32(o1, co, ld(x1 + oo));
-      e2 = _mm256_dpbusd_avx_epi32(e2, ce, ld(x2 + oe)), o2 = _mm256_dpbusd_avx_epi32(o2, co, ld(x2 + oo));
-      e3 = _mm256_dpbusd_avx_epi32(e3, ce, ld(x3 + oe)), o3 = _mm256_dpbusd_avx_epi32(o3, co, ld(x3 + oo));
-    }
-  }
-  out[0] = hsum_avx2(_mm256_add_epi32(e0, o0)) - qsum[0];
-  out[1] = hsum_avx2(_mm256_add_epi32(e1, o1)) - qsum[1];
-  out[2] = hsum_avx2(_mm256_add_epi32(e2, o2)) - qsum[2];
-  out[3] = hsum_avx2(_mm256_add_epi32(e3, o3)) - qsum[3];
-}
+#define TERN_VNNI_TARGET "avx2,avx512vl,avx512vnni"
+#define TERN_VNNI_NAME(base) base##_vnni512
+#define TERN_DPBUSD _mm256_dpbusd_epi32
+#include "backend/cpu/simd_vnni.inc"
+#undef TERN_VNNI_TARGET
+#undef TERN_VNNI_NAME
+#undef TERN_DPBUSD
 
 // The float dots of dot_lanes_scalar in two 8-lane registers (lanes 0-7, 8-15): the same
 // fused multiply-adds in the same order, so the same float. KIND as elem().
@@ -285,10 +267,17 @@ bool has_avx2() { return false; }
 float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_f32_scalar(a, b, n); }
 float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n) { return dot_half_f32_scalar(w, bf16, x, n); }
 bool has_avxvnni() { return false; }
+bool has_avx512vnni() { return false; }
 int32_t ternary_dot_vnni(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
   return ternary_dot_scalar(row, q, padded_cols, qsum);
 }
 void ternary_dot4_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
+  ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
+}
+int32_t ternary_dot_vnni512(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
+  return ternary_dot_scalar(row, q, padded_cols, qsum);
+}
+void ternary_dot4_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
   ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
 }
 int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
@@ -311,27 +300,39 @@ int forced_cap() {
   return std::strcmp(v, "scalar") == 0 ? 0 : std::strcmp(v, "avx2") == 0 ? 1 : 2;
 }
 
-// 0 scalar, 1 AVX2 (with FMA and F16C: every AVX2 CPU has them), 2 AVX2 + AVX-VNNI.
-const int kLevel = std::min(forced_cap(), has_avxvnni() ? 2 : has_avx2() ? 1 : 0);
+// TERN_CPU_SIMD=avx512-vnni: the EVEX kernels even where the VEX ones exist (to compare them).
+bool forced_evex() {
+  const char* v = std::getenv("TERN_CPU_SIMD");
+  return v != nullptr && std::strcmp(v, "avx512-vnni") == 0;
+}
+
+// 0 scalar, 1 AVX2 (with FMA and F16C: every AVX2 CPU has them), 2 AVX2 + vpdpbusd on
+// 256-bit registers, VEX (AVX-VNNI) where the CPU has it, else EVEX (AVX512-VNNI + VL).
+const int kLevel = std::min(forced_cap(), has_avxvnni() || has_avx512vnni() ? 2 : has_avx2() ? 1 : 0);
+const bool kVex = has_avxvnni() && !(forced_evex() && has_avx512vnni());
 using DotF32 = float (*)(const float*, const float*, int64_t);
 const DotF32 kDotF32 = kLevel >= 1 ? dot_f32_avx2 : dot_f32_scalar;
 using DotHalf = float (*)(const uint16_t*, bool, const float*, int64_t);
 const DotHalf kDotHalf = kLevel >= 1 ? dot_half_f32_avx2 : dot_half_f32_scalar;
 using TernaryDot = int32_t (*)(const uint8_t*, const int8_t*, int64_t, int32_t);
-const TernaryDot kTernaryDot = kLevel == 2 ? ternary_dot_vnni : kLevel == 1 ? ternary_dot_avx2 : ternary_dot_scalar;
+const TernaryDot kTernaryDot = kLevel == 2   ? (kVex ? ternary_dot_vnni : ternary_dot_vnni512)
+                               : kLevel == 1 ? ternary_dot_avx2
+                                             : ternary_dot_scalar;
 using TernaryDot4 = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const int32_t*, int32_t*);
-const TernaryDot4 kTernaryDot4 = kLevel == 2 ? ternary_dot4_vnni : kLevel == 1 ? ternary_dot4_avx2 : ternary_dot4_scalar;
+const TernaryDot4 kTernaryDot4 = kLevel == 2   ? (kVex ? ternary_dot4_vnni : ternary_dot4_vnni512)
+                                 : kLevel == 1 ? ternary_dot4_avx2
+                                               : ternary_dot4_scalar;
 // AVX-VNNI: two 4-token tiles (vpdpbusd needs no widening, and its latency wants the two
 // accumulators per token that an 8-token tile has no registers for).
 void ternary_dot8_vnni_pair(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  ternary_dot4_vnni(row, q, ldq, padded_cols, qsum, out);
-  ternary_dot4_vnni(row, q + 4 * ldq, ldq, padded_cols, qsum + 4, out + 4);
+  kTernaryDot4(row, q, ldq, padded_cols, qsum, out);
+  kTernaryDot4(row, q + 4 * ldq, ldq, padded_cols, qsum + 4, out + 4);
 }
 const TernaryDot4 kTernaryDot8 = kLevel == 2 ? ternary_dot8_vnni_pair : kLevel == 1 ? ternary_dot8_avx2 : ternary_dot8_scalar;
 
 }  // namespace
 
-const char* simd_level() { return kLevel == 2 ? "avx-vnni" : kLevel == 1 ? "avx2" : "scalar"; }
+const char* simd_level() { return kLevel == 2 ? (kVex ? "avx-vnni" : "avx512-vnni") : kLevel == 1 ? "avx2" : "scalar"; }
 
 int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) { return kTernaryDot(row, q, padded_cols, qsum); }
 
