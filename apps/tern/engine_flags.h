@@ -14,14 +14,18 @@
 
 namespace tern::cli {
 
+// An option taking one of `choices`, the first the default.
+inline void add_choice_option(CLI::App& app, const std::string& name, std::string& value, const std::vector<std::string>& choices,
+                              const std::string& help) {
+  if (value.empty()) value = choices.front();
+  app.add_option(name, value, help)->check(CLI::IsMember(choices))->capture_default_str();
+}
+
 // --lm-head f16|int8. "f16" names the exact head whatever the checkpoint stores
 // (F16, BF16 or F32): it is the default, and what every reference comparison uses.
 inline void add_lm_head_option(CLI::App& app, std::string& value) {
-  if (value.empty()) value = "f16";
-  app.add_option("--lm-head", value,
-                 "LM head precision: f16 (exact, in the model's stored F16/BF16/F32) or int8 (per-row int8: faster, not exact)")
-      ->check(CLI::IsMember({"f16", "int8"}))
-      ->capture_default_str();
+  add_choice_option(app, "--lm-head", value, {"f16", "int8"},
+                    "LM head precision: f16 (exact, in the model's stored F16/BF16/F32) or int8 (per-row int8: faster, not exact)");
 }
 
 inline LmHead parse_lm_head(const std::string& s) {
@@ -32,11 +36,8 @@ inline LmHead parse_lm_head(const std::string& s) {
 
 // --cache-type f32|f16 (CPU backend): the KV cache's element type.
 inline void add_cache_type_option(CLI::App& app, std::string& value) {
-  if (value.empty()) value = "f32";
-  app.add_option("--cache-type", value,
-                 "KV cache type: f32 (exact) or f16 (CPU: half the cache memory, K and V rounded to F16 as stored)")
-      ->check(CLI::IsMember({"f32", "f16"}))
-      ->capture_default_str();
+  add_choice_option(app, "--cache-type", value, {"f32", "f16"},
+                    "KV cache type: f32 (exact) or f16 (CPU: half the cache memory, K and V rounded to F16 as stored)");
 }
 
 inline KvType parse_cache_type(const std::string& s) {

@@ -30,6 +30,22 @@ same_file() {
   if cmp -s "$1" "$2"; then ok; else bad "$1 and $2 differ"; fi
 }
 
+# check_engine_option OPT VALUE: on the tiny model $WORK/t.gguf, the engine option runs in
+# generate, logits and perplexity; prefill and token-by-token decode give the same logits
+# file; and that file differs from the default's.
+check_engine_option() {
+  local opt="$1" val="$2"
+  expect_ok "$TERN" generate -m "$WORK/t.gguf" -p "Hello" -n 4 --temp 0 -t 2 "$opt" "$val"
+  expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/opt.npy" "$opt" "$val"
+  expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/optb.npy" "$opt" "$val" --batch 1 -t 1
+  same_file "$WORK/opt.npy" "$WORK/optb.npy"
+  expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/default.npy"
+  cmp -s "$WORK/opt.npy" "$WORK/default.npy" && bad "$opt $val gave the default's logits" || ok
+  printf 'The quick brown fox jumps over the lazy dog. %.0s' 1 2 3 4 5 >"$WORK/p.txt"
+  expect_ok "$TERN" perplexity -m "$WORK/t.gguf" -f "$WORK/p.txt" -c 16 -t 2 "$opt" "$val"
+  grep -q "Final estimate" "$WORK/out" && ok || bad "perplexity $opt $val printed no estimate"
+}
+
 finish() {
   echo "$PASSED passed, $FAILED failed"
   [ "$FAILED" -eq 0 ]

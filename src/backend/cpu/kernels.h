@@ -33,7 +33,8 @@ void ternary_dot4(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padd
 void ternary_dot8(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 
 // Causal attention of one query head over `n_ctx` cached positions (keys/values with
-// row stride `stride` floats). `scores` is scratch of n_ctx floats.
+// row stride `stride` floats); q . k by dot_f32 (train::attention_fwd's float dot too).
+// `scores` is scratch of n_ctx floats.
 void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
                     float* scores, float* out);
 // The same over an F16 cache (uint16_t bits): each element widened as it is read, then
