@@ -458,6 +458,64 @@ TEST(CudaKernels, SplitGemmIsFloatAccurate) {
   }
 }
 
+// split_gemm with the LoRA input gradients of up to three parts fused into its combine
+// (LoraDx): against the definition in double, masks from random bits or none, odd widths
+// (mask words cut mid-word), the tail block of rows, accumulate and tf32.
+TEST(CudaKernels, SplitGemmAddsLoraInputGradients) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int M, N, K, r, parts;
+    bool masked, accumulate, tf32;
+  };
+  for (Case c : std::vector<Case>{{70, 200, 300, 16, 3, true, false, false}, {33, 64, 256, 16, 1, false, true, false},
+                                  {100, 130, 2560, 8, 2, true, true, false}, {64, 96, 100, 32, 1, true, false, false},
+                                  {96, 300, 644, 16, 2, true, false, true}, {5, 40, 36, 16, 3, false, false, false}}) {
+    auto A = randn(c.M * c.N), cin = randn(c.M * c.K);
+    std::vector<float> W(c.N * c.K);
+    for (auto& w : W) w = static_cast<float>(static_cast<int>(rng()() % 3) - 1);
+    const int words = (c.K + 31) / 32;
+    const float keep = 1.0f / (1.0f - 0.3f);
+    std::vector<ct::LoraDxPart> parts(c.parts);
+    for (auto& p : parts) {
+      p.du = randn(c.M * c.r, 0.1f), p.A = randn(c.r * c.K, 0.1f);
+      if (c.masked) {
+        p.bits.resize(static_cast<size_t>(c.M) * words);
+        for (auto& b : p.bits) b = static_cast<uint32_t>(rng()());
+      }
+    }
+    const auto got = ct::split_gemm_lora(A, c.M, c.N, W, c.K, 0.75f, c.r, parts, keep, cin, c.accumulate, c.tf32);
+    std::vector<double> want(c.M * c.K), ste(c.M * c.K);
+    for (int m = 0; m < c.M; ++m) {
+      for (int k = 0; k < c.K; ++k) {
+        double s = 0;
+        for (int n = 0; n < c.N; ++n) s += double(A[m * c.N + n]) * W[n * c.K + k];
+        ste[m * c.K + k] = 0.75 * s;
+        double v = ste[m * c.K + k] + (c.accumulate ? cin[m * c.K + k] : 0.0);
+        for (const auto& p : parts) {
+          const bool kept = p.bits.empty() || ((p.bits[m * words + k / 32] >> (k & 31)) & 1u);
+          double d = 0;
+          for (int j = 0; j < c.r; ++j) d += double(p.du[m * c.r + j]) * p.A[j * c.K + k];
+          if (kept) v += d * keep;
+        }
+        want[m * c.K + k] = v;
+      }
+    }
+    const std::string what = "M=" + std::to_string(c.M) + " K=" + std::to_string(c.K) + " r=" + std::to_string(c.r) +
+                             " parts=" + std::to_string(c.parts) + (c.tf32 ? " tf32" : "");
+    if (!c.tf32) {
+      const std::vector<float> wantf(want.begin(), want.end());
+      EXPECT_LT(test::rel_l2(got.data(), wantf.data(), wantf.size()), 2e-6) << what;
+    } else {  // one F16 term: ~1e-3 of the STE part, the LoRA part exact
+      std::vector<double> d(want.size());
+      for (size_t i = 0; i < d.size(); ++i) d[i] = got[i] - want[i];
+      double e = 0, n = 0;
+      for (size_t i = 0; i < d.size(); ++i) e += d[i] * d[i], n += ste[i] * ste[i];
+      EXPECT_LT(std::sqrt(e / n), 2e-3) << what;
+      for (float v : got) ASSERT_FALSE(std::isnan(v)) << what;
+    }
+  }
+}
+
 // The STE backward of a ternary linear (dx = m * Wq^T dy) against train::ternary_linear_bwd.
 TEST(CudaKernels, TernaryLinearBackwardMatchesCpu) {
   SKIP_WITHOUT_GPU();
@@ -488,13 +546,29 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
       EXPECT_LT(test::rel_l2(got.data(), want.data(), want.size()), 1e-5) << "rmsnorm_bwd n " << nb << " accumulate " << accumulate;
     }
   }
+  // The feed-forward sub-norm + gating backward: train::rmsnorm_bwd on h = act(g) * u, then
+  // train::gated_act_bwd.
   for (int act = 0; act < 3; ++act) {
-    auto g = randn(M * n), u = randn(M * n);
-    std::vector<float> wg(M * n), wu(M * n), gg, gu;
-    train::gated_act_bwd<float>(g.data(), u.data(), dy.data(), M * n, static_cast<Activation>(act), wg.data(), wu.data());
-    ct::gated_act_bwd(g, u, dy, act, &gg, &gu);
-    EXPECT_LT(test::rel_l2(gg.data(), wg.data(), wg.size()), 1e-5) << "gated dg act " << act;
-    EXPECT_LT(test::rel_l2(gu.data(), wu.data(), wu.size()), 1e-5) << "gated du act " << act;
+    for (int nb : {n, 3100, 6912}) {
+      auto gu = randn(M * 2 * nb), sw = randn(nb, 0.1f), sdy = randn(M * nb);
+      for (auto& v : sw) v += 1.0f;
+      std::vector<float> g(M * nb), u(M * nb), h(M * nb), dh(M * nb), wg(M * nb), wu(M * nb);
+      for (int m = 0; m < M; ++m) {
+        std::copy_n(gu.begin() + m * 2 * nb, nb, g.begin() + m * nb);
+        std::copy_n(gu.begin() + m * 2 * nb + nb, nb, u.begin() + m * nb);
+        cpu::gated_activation(g.data() + m * nb, u.data() + m * nb, nb, static_cast<Activation>(act), h.data() + m * nb);
+      }
+      train::rmsnorm_bwd<float>(h.data(), sw.data(), sdy.data(), M, nb, 1e-5f, dh.data());
+      train::gated_act_bwd<float>(g.data(), u.data(), dh.data(), M * nb, static_cast<Activation>(act), wg.data(), wu.data());
+      const auto got = ct::gated_rmsnorm_bwd(gu, sw, sdy, M, nb, act, 1e-5f);
+      std::vector<float> gg(M * nb), gv(M * nb);
+      for (int m = 0; m < M; ++m) {
+        std::copy_n(got.begin() + m * 2 * nb, nb, gg.begin() + m * nb);
+        std::copy_n(got.begin() + m * 2 * nb + nb, nb, gv.begin() + m * nb);
+      }
+      EXPECT_LT(test::rel_l2(gg.data(), wg.data(), wg.size()), 1e-5) << "gated rmsnorm dg act " << act << " n " << nb;
+      EXPECT_LT(test::rel_l2(gv.data(), wu.data(), wu.size()), 1e-5) << "gated rmsnorm du act " << act << " n " << nb;
+    }
   }
   // LoRA branch: the one-pass kernels (lora_skinny.cu: ranks up to 64, widths a multiple of
   // 4) and the cuBLAS fallback (odd widths, rank 80), dropout hashed or stored as bits; with

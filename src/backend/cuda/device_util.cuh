@@ -65,10 +65,64 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 }
+// 4-byte async copy global -> shared (src_bytes 0: zero).
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// A block's tile of rows x COLS columns of NA arrays of 4-byte elements streamed through a
+// shared-memory ring of 3 stages x STEP rows by cp.async, 16 bytes at a time (rows 16-byte
+// aligned, widths a multiple of 4). For kernels whose thread owns one column and keeps that
+// column's LoRA matrix in registers: too few registers are left for loads in flight (a
+// register pipeline of 8 rows ran at 0.4-1.4 TB/s in split_gemm's LoRA combine), while
+// bytes in flight through cp.async cost none.
+template <int NA, int STEP, int COLS>
+struct RowRing {
+  static constexpr int kStages = 3;
+  static constexpr int kFloats = kStages * NA * STEP * COLS;
+  float* buf;  // [stage][array][row][column], kFloats of shared memory
+  const void* src[NA];
+  int64_t ld[NA];  // row strides, in elements
+  int rows, cols;  // valid rows from src and columns (past them: zeros)
+  // Copies rows step * STEP .. into stage step % 3 (the caller commits the group).
+  __device__ __forceinline__ void issue(int step) const {
+    float* st = buf + (step % kStages) * NA * STEP * COLS;
+    constexpr int per_row = COLS / 4;
+    const int r0 = step * STEP;
+    for (int ch = threadIdx.x; ch < NA * STEP * per_row; ch += blockDim.x) {
+      const int a = ch / (STEP * per_row), rr = ch / per_row % STEP, c = ch % per_row * 4;
+      const bool ok = r0 + rr < rows && c < cols;
+      const void* base = src[0];
+      int64_t stride = ld[0];
+#pragma unroll
+      for (int i = 1; i < NA; ++i) {  // no dynamic index into src / ld (that puts them on the stack)
+        if (a == i) base = src[i], stride = ld[i];
+      }
+      const char* g = static_cast<const char*>(base) + (static_cast<int64_t>(ok ? r0 + rr : 0) * stride + (ok ? c : 0)) * 4;
+      cp_async16(st + (a * STEP + rr) * COLS + c, g, ok ? 16 : 0);
+    }
+  }
+  __device__ __forceinline__ const float* at(int step, int a, int rr) const { return buf + ((step % kStages) * NA + a) * STEP * COLS + rr * COLS; }
+};
+// The ring's steady state: before working on stage `step` of `steps`, issue step + 2 (via
+// issue(step), which commits) and wait until `step` has landed for the whole block.
+template <class Issue>
+__device__ __forceinline__ void ring_advance(int step, int steps, Issue issue) {
+  if (step + 2 < steps) {
+    issue(step + 2);
+    cp_async_wait<2>();
+  } else if (step + 1 < steps) {
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
 }
 
 // Programmatic dependent launch (sm_90): let the next kernel in the stream start its

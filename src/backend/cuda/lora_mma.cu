@@ -31,6 +31,11 @@ namespace tern::cuda {
 namespace {
 
 constexpr int kWarps = 4, kUnroll = 4;
+// Warps per SM the launchers aim for (K splits / row chunks to fill the GPU). The rows
+// kernel ran at 25 % occupancy waiting on its loads with 16 (ncu, H200): 32 (and 64
+// registers) took the forward's A x from 10.1 to 8.6 ms a step; for the cols kernel 32 was
+// no faster (11.5 -> 11.8 ms).
+constexpr int kRowsWarpsPerSm = 32, kColsWarpsPerSm = 16;
 
 // Keep bits of X[m][c .. c + 3] (c % 4 == 0).
 __device__ __forceinline__ unsigned mask_nib(const DropoutSpec& d, uint64_t thr, int m, int c, int K, int words, bool from_bits) {
@@ -54,7 +59,9 @@ struct MaskArgs {
 };
 
 template <int NT>
-__global__ void __launch_bounds__(kWarps * 32) lora_rows_mma_kernel(const float* __restrict__ X, int M, int K,
+// (64 registers, 8 blocks per SM: at 80 only 6 fit, and ncu found the kernel latency-bound at
+// 25 % occupancy)
+__global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const float* __restrict__ X, int M, int K,
                                                                     const float* __restrict__ A, int r, int kspan, const MaskArgs ma,
                                                                     float* __restrict__ P) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
@@ -212,10 +219,10 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
                    float* U) {
   if (r > 32 || K % 4 != 0 || !aligned16(X) || !aligned16(A)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
-  // About 16 warps per SM over (row tiles) x (K splits), each split a multiple of 16
-  // columns and at least 16 steps (the partials cost 1/16 of the reads then).
+  // About kRowsWarpsPerSm warps per SM over (row tiles) x (K splits), each split a multiple of
+  // 16 columns and at least 8 steps (the partials cost 1/8 of the reads then).
   const int tiles = (M + 15) / 16, steps = (K + 15) / 16;
-  const int want = std::max(1, std::min(steps / 16, (16 * sm_count() + tiles - 1) / tiles));
+  const int want = std::max(1, std::min(steps / 8, (kRowsWarpsPerSm * sm_count() + tiles - 1) / tiles));
   const int kspan = (steps + want - 1) / want * 16, S = (K + kspan - 1) / kspan;
   auto* P = static_cast<float*>(blas.scratch(kSlotSplitK, static_cast<size_t>(S) * M * r * sizeof(float)));
   const dim3 grid(static_cast<unsigned>((tiles + kWarps - 1) / kWarps), static_cast<unsigned>(S));
@@ -236,9 +243,9 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
 bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G) {
   if (r > 32 || K % 4 != 0 || !aligned16(X)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
-  // About 16 warps per SM over (32-column strips) x (row chunks of 8-row steps).
+  // About kColsWarpsPerSm warps per SM over (32-column strips) x (row chunks of 8-row steps).
   const int strips = (K + 31) / 32, blocks = (strips + kWarps - 1) / kWarps, steps = (M + 7) / 8;
-  const int want = std::max(1, std::min(steps, (16 * sm_count() + strips - 1) / strips));
+  const int want = std::max(1, std::min(steps, (kColsWarpsPerSm * sm_count() + strips - 1) / strips));
   const int chunk = (steps + want - 1) / want * 8, S = (M + chunk - 1) / chunk;
   auto* P = static_cast<float*>(blas.scratch(kSlotSplitK, static_cast<size_t>(S) * r * K * sizeof(float)));
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(S));

@@ -73,7 +73,7 @@ class CudaGradEngine final : public train::GradEngine {
     const size_t nl = keep_ ? c_.n_layers : 1;
     xn1_ = fbuf(M * H_), qkv_ = fbuf(nl * M * ldq_), att_ = fbuf(nl * M * QD_), an_ = fbuf(M * QD_), xmid_ = fbuf(nl * M * H_);
     xn2_ = fbuf(M * H_);
-    gu_ = fbuf(M * 2 * F_), h_ = fbuf(M * F_), hn_ = fbuf(M * F_), y_ = fbuf(M * H_);
+    gu_ = fbuf(M * 2 * F_), hn_ = fbuf(M * F_), y_ = fbuf(M * H_);
     lu_ = fbuf(nl * M * kProjCount * std::max(rank_, 1));
     for (int p = 0; p < kProjCount; ++p) {
       bits_off_[p] = bits_layer_;
@@ -82,7 +82,7 @@ class CudaGradEngine final : public train::GradEngine {
     bits_ = DevBuf(nl * bits_layer_ * sizeof(uint32_t));
     q8_ = DevBuf(M * std::max({kpad(H_), kpad(QD_), kpad(F_)}));
     s_ = fbuf(M);
-    dx_ = fbuf(M * H_), dhn_ = fbuf(M * F_), dh_ = fbuf(M * F_), dgu_ = fbuf(M * 2 * F_), dxn_ = fbuf(M * H_), dan_ = fbuf(M * QD_);
+    dx_ = fbuf(M * H_), dhn_ = fbuf(M * F_), dgu_ = fbuf(M * 2 * F_), dxn_ = fbuf(M * H_), dan_ = fbuf(M * QD_);
     datt_ = fbuf(M * QD_), dqkv_ = fbuf(M * ldq_);
     xc_ = fbuf(M * H_), dxc_ = fbuf(M * H_);
     tokens_ = DevBuf(M * 4), labels_ = DevBuf(M * 4), idx_ = DevBuf(M * 4), loss_ = DevBuf(M * sizeof(double));
@@ -415,12 +415,13 @@ class CudaGradEngine final : public train::GradEngine {
     }
   }
 
-  void lora_bwd(int l, Proj p, const float* xin, const float* dy, int ldy, float* dxin) {
+  // du: already computed (linear_bwd's fused path, dxin null there).
+  void lora_bwd(int l, Proj p, const float* xin, const float* dy, int ldy, float* dxin, const float* du = nullptr) {
     if (!has_lora(l, p)) return;
     const int pi = static_cast<int>(p);
     lora_bwd_gpu(*blas_, xin, params_.as<float>() + offA_[l][pi], params_.as<float>() + offB_[l][pi], u(l, p), dy, ldy, M_,
                  static_cast<int>(in_dim(p)), rank_, static_cast<int>(out_dim(p)), scaling_, dropout(l, p), dxin,
-                 grads_.as<float>() + offA_[l][pi], grads_.as<float>() + offB_[l][pi], true, tf32_);
+                 grads_.as<float>() + offA_[l][pi], grads_.as<float>() + offB_[l][pi], true, tf32_, du);
   }
 
   // The activations layer_bwd(l) reads, after the forward pass has moved on: all of
@@ -430,16 +431,15 @@ class CudaGradEngine final : public train::GradEngine {
     if (!keep_) return layer_fwd(l, x(l), nullptr);
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
-    launch_train_norm_quant(x(l), H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1_.as<float>(), q8_.as<int8_t>(), kpad(H_),
-                            s_.as<float>(), st_);
-    launch_train_norm_quant(att(l), QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an_.as<float>(), q8_.as<int8_t>(), kpad(QD_),
-                            s_.as<float>(), st_);
+    // (the LoRA backward's inputs; no int8 rows: those linears do not run again)
+    launch_train_norm_quant(x(l), H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1_.as<float>(), nullptr, 0, nullptr, st_);
+    launch_train_norm_quant(att(l), QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an_.as<float>(), nullptr, 0, nullptr, st_);
     launch_train_norm_quant(xmid(l), H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2_.as<float>(), q8_.as<int8_t>(), kpad(H_),
                             s_.as<float>(), st_);
     mark("f.norm_quant");
     ternary(l, w.gu8, H_, 2 * F_, gu_.as<float>(), scales_gu(w), {Proj::Gate, Proj::Up});
-    launch_train_norm_quant(gu_.as<float>(), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, h_.as<float>(),
-                            hn_.as<float>(), q8_.as<int8_t>(), kpad(F_), s_.as<float>(), st_);
+    launch_train_norm_quant(gu_.as<float>(), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn_.as<float>(),
+                            nullptr, 0, nullptr, st_);
     mark("f.norm_quant");
   }
 
@@ -493,7 +493,7 @@ class CudaGradEngine final : public train::GradEngine {
     const float eps = c_.rms_eps;
     const int hd = static_cast<int>(c_.head_dim), nh = static_cast<int>(c_.n_heads), nkv = static_cast<int>(c_.n_kv_heads);
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>(), *y = y_.as<float>();
-    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = gu_.as<float>(), *h = h_.as<float>(), *hn = hn_.as<float>();
+    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = gu_.as<float>(), *hn = hn_.as<float>();
     // Attention block.
     launch_train_norm_quant(xin, H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_);
     mark("f.norm_quant");
@@ -518,8 +518,9 @@ class CudaGradEngine final : public train::GradEngine {
     lora_u(l, {Proj::Gate, Proj::Up}, xn2);
     mark("f.lora");
     ternary(l, w.gu8, H_, 2 * F_, gu, scales_gu(w), {Proj::Gate, Proj::Up});
-    launch_train_norm_quant(gu, 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, h, hn, q8_.as<int8_t>(), kpad(F_),
-                            s_.as<float>(), st_);
+    // h = act(gate) * up is not kept: the backward recomputes it (launch_gated_rmsnorm_bwd).
+    launch_train_norm_quant(gu, 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn,
+                            xout != nullptr ? q8_.as<int8_t>() : nullptr, kpad(F_), s_.as<float>(), st_);
     mark("f.norm_quant");
     lora_u(l, {Proj::Down}, hn);  // the backward needs only its A x
     mark("f.lora");
@@ -531,11 +532,36 @@ class CudaGradEngine final : public train::GradEngine {
   // stride N): the STE product m dy Wq (alpha = m, or cs for fused parts), then each
   // adapted part's LoRA backward (its dy columns from `offset`), which also accumulates
   // the LoRA gradients.
+  // The adapted parts' du come first where LoraDx::fusable: split_gemm's combine then adds
+  // their input gradients, so dxin is written once instead of once more per part.
   void linear_bwd(int l, const DevBuf& w, const float* dy, int N, const ColScales& cs, float alpha, int K, const float* xin, float* dxin,
                   std::initializer_list<std::pair<Proj, int>> parts) {
-    blas_->split_gemm(dy, N, M_, N, cs, w.as<void>(), 1, K, alpha, dxin, K, false, tf32_);
+    int adapted = 0;
+    for (auto [p, offset] : parts) adapted += has_lora(l, p) ? 1 : 0;
+    LoraDx lx;
+    const bool fuse = LoraDx::fusable(rank_, adapted, K, dxin, K);
+    if (fuse) {
+      const size_t per = static_cast<size_t>(M_) * rank_;
+      auto* du = static_cast<float*>(blas_->scratch(kSlotLoraU, adapted * per * sizeof(float)));
+      lx.r = rank_, lx.keep = drop_ > 0.0f ? 1.0f / (1.0f - drop_) : 1.0f;
+      for (auto [p, offset] : parts) {
+        if (!has_lora(l, p)) continue;
+        const int pi = static_cast<int>(p);
+        float* dup = du + lx.n * per;
+        lora_du_gpu(*blas_, dy + offset, N, params_.as<float>() + offB_[l][pi], M_, rank_, static_cast<int>(out_dim(p)), scaling_, dup, tf32_);
+        lx.du[lx.n] = dup, lx.A[lx.n] = params_.as<float>() + offA_[l][pi];
+        lx.bits[lx.n] = drop_ > 0.0f ? dropout(l, p).bits : nullptr;
+        ++lx.n;
+      }
+      mark("b.lora.du");
+    }
+    blas_->split_gemm(dy, N, M_, N, cs, w.as<void>(), 1, K, alpha, dxin, K, false, tf32_, fuse ? &lx : nullptr);
     mark("b.split_gemm");
-    for (auto [p, offset] : parts) lora_bwd(l, p, xin, dy + offset, N, dxin);
+    int k = 0;
+    for (auto [p, offset] : parts) {
+      if (!has_lora(l, p)) continue;
+      lora_bwd(l, p, xin, dy + offset, N, fuse ? nullptr : dxin, fuse ? lx.du[k++] : nullptr);
+    }
     mark("b.lora");
   }
 
@@ -545,15 +571,13 @@ class CudaGradEngine final : public train::GradEngine {
     const float eps = c_.rms_eps;
     const int hd = static_cast<int>(c_.head_dim), nh = static_cast<int>(c_.n_heads), nkv = static_cast<int>(c_.n_kv_heads);
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>();
-    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = gu_.as<float>(), *h = h_.as<float>(), *hn = hn_.as<float>();
-    float *dhn = dhn_.as<float>(), *dh = dh_.as<float>(), *dgu = dgu_.as<float>(), *dxn = dxn_.as<float>(), *dan = dan_.as<float>();
+    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = gu_.as<float>(), *hn = hn_.as<float>();
+    float *dhn = dhn_.as<float>(), *dgu = dgu_.as<float>(), *dxn = dxn_.as<float>(), *dan = dan_.as<float>();
     float *datt = datt_.as<float>(), *dqkv = dqkv_.as<float>();
     // Feed-forward block: out = xmid + Down(hn).
     linear_bwd(l, w.down, dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}});
-    launch_rmsnorm_bwd(h, w.ffn_sub_norm.as<float>(), dhn, M_, F_, eps, dh, false, st_);
-    mark("b.rmsnorm");
-    launch_gated_act_bwd(gu, gu + F_, 2 * F_, dh, M_, F_, act_kind(c_.act), dgu, dgu + F_, 2 * F_, st_);
-    mark("b.gated_act");
+    launch_gated_rmsnorm_bwd(gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn, M_, F_, eps, dgu, 2 * F_, st_);
+    mark("b.gated_rmsnorm");
     linear_bwd(l, w.gu, dgu, 2 * F_, scales_gu(w), 1.0f, H_, xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}});
     launch_rmsnorm_bwd(xmid, w.ffn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_);  // dx = d xmid now
     mark("b.rmsnorm");
@@ -602,8 +626,8 @@ class CudaGradEngine final : public train::GradEngine {
   DevBuf params_, grads_, m_, v_, norm_scratch_;  // m_, v_: AdamW moments
   std::vector<float> host_;
   // Activations ([M][...] rows) and gradients.
-  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, gu_, h_, hn_, y_, lu_, q8_, s_;
-  DevBuf dx_, dhn_, dh_, dgu_, dxn_, dan_, datt_, dqkv_, xc_, dxc_;
+  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, gu_, hn_, y_, lu_, q8_, s_;
+  DevBuf dx_, dhn_, dgu_, dxn_, dan_, datt_, dqkv_, xc_, dxc_;
   DevBuf tokens_, labels_, idx_, loss_, seeds_;
   DevBuf bits_;  // dropout masks as bits, per (kept) layer and projection
   size_t bits_layer_ = 0;

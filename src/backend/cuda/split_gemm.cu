@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
         float e[V];
         load(acc + idx + t * stride, e);
 #pragma unroll
-        for (int j = 0; j < V; ++j) s[i][j] += e[j];
+        for (int j = 0; j < V; ++j) s[i][j] = __fadd_rn(s[i][j], e[j]);
       }
       if (accumulate) load(C + static_cast<int64_t>(m0 + i) * ldc + k, old[i]);
     }
@@ -90,8 +90,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
       float out[V];
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const float v = alpha * (s[i][j] * rs);
-        out[j] = accumulate ? old[i][j] + v : v;
+        const float v = __fmul_rn(alpha, __fmul_rn(s[i][j], rs));  // no contraction: combine_lora_kernel rounds alike
+        out[j] = accumulate ? __fadd_rn(old[i][j], v) : v;
       }
       float* c = C + static_cast<int64_t>(m0 + i) * ldc + k;
       if constexpr (V == 4) {
@@ -100,6 +100,136 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
         *c = out[0];
       }
     }
+  }
+}
+
+// combine_kernel plus the LoRA input gradients of LoraDx (the masked dx kernel of
+// train_ops.cu, whose separate pass read and wrote dx once more per adapted part).
+// Thread = one column k over kLoraRows rows, the parts' columns of A in registers (so few
+// registers are left for loads in flight: a register pipeline of 8 rows ran at 0.4-1.4
+// TB/s), the block's du rows and row scales in shared memory, and the GEMM's terms and
+// the mask words streamed through a cp.async ring of kLoraStages x kLoraStep rows.
+// K % 4 == 0 and 16-byte aligned rows (LoraDx::fusable).
+constexpr int kLoraRows = 64, kLoraStep = 8, kLoraWords = kThreads / 32;
+template <int R, int P, int T>
+using LoraRing = RowRing<T, kLoraStep, kThreads>;
+template <int R, int P, int T>
+constexpr size_t combine_lora_smem() {
+  return (P * kLoraRows * R + kLoraRows + LoraRing<R, P, T>::kFloats + 3 * P * kLoraStep * kLoraWords) * 4;
+}
+template <int R, int P, int T>
+__global__ void __launch_bounds__(kThreads) combine_lora_kernel(const float* __restrict__ acc, int M, int K, const float* __restrict__ rscale,
+                                                                float alpha, float* __restrict__ C, int ldc, int accumulate, const LoraDx lx) {
+  extern __shared__ __align__(16) float sm[];
+  float* dus = sm;                       // [P][kLoraRows][R]
+  float* rss = dus + P * kLoraRows * R;  // [kLoraRows]
+  const int m0 = blockIdx.y * kLoraRows, rows = min(kLoraRows, M - m0);
+  const int c0 = blockIdx.x * kThreads, cols = min(kThreads, K - c0), k = c0 + threadIdx.x;
+  LoraRing<R, P, T> ring;  // the GEMM's terms
+  ring.buf = rss + kLoraRows, ring.rows = rows, ring.cols = cols;  // K % 4 == 0 (LoraDx::fusable)
+#pragma unroll
+  for (int t = 0; t < T; ++t) ring.src[t] = acc + t * static_cast<int64_t>(M) * K + static_cast<int64_t>(m0) * K + c0, ring.ld[t] = K;
+  auto* bring = reinterpret_cast<uint32_t*>(ring.buf + ring.kFloats);  // [stage][part][row][word]: the mask words
+  const int words = (K + 31) / 32, nw = (cols + 31) / 32;
+  auto issue = [&](int step) {
+    ring.issue(step);
+    uint32_t* b = bring + (step % 3) * P * kLoraStep * kLoraWords;
+    for (int i = threadIdx.x; i < P * kLoraStep * kLoraWords; i += kThreads) {
+      const int p = i / (kLoraStep * kLoraWords), rr = i / kLoraWords % kLoraStep, w = i % kLoraWords, row = step * kLoraStep + rr;
+      const uint32_t* bits = p == 0 ? lx.bits[0] : p == 1 ? lx.bits[1] : lx.bits[2];  // no dynamic index into the parameter
+      if (bits != nullptr && row < rows && w < nw) {
+        cp_async4(b + i, bits + static_cast<int64_t>(m0 + row) * words + c0 / 32 + w, 4);
+      } else {
+        b[i] = ~0u;  // no mask: every element kept
+      }
+    }
+    cp_async_commit();
+  };
+  const int steps = (rows + kLoraStep - 1) / kLoraStep;
+  issue(0);
+  if (steps > 1) issue(1);
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    for (int i = threadIdx.x; i < rows * R; i += kThreads) dus[p * kLoraRows * R + i] = lx.du[p][static_cast<int64_t>(m0) * R + i];
+  }
+  for (int i = threadIdx.x; i < rows; i += kThreads) rss[i] = rscale[m0 + i];
+  float a[P][R];
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) a[p][j] = k < K ? lx.A[p][static_cast<int64_t>(j) * K + k] : 0.0f;
+  }
+  for (int step = 0; step < steps; ++step) {
+    ring_advance(step, steps, issue);  // (at step 0 also du and the row scales)
+    const uint32_t* bt = bring + (step % 3) * P * kLoraStep * kLoraWords + threadIdx.x / 32;
+    if (k < K) {
+#pragma unroll
+      for (int rr = 0; rr < kLoraStep; ++rr) {  // unrolled: the rows' dot chains interleave
+        const int i = step * kLoraStep + rr;
+        if (i < rows) {
+          float s = ring.at(step, 0, rr)[threadIdx.x];
+#pragma unroll
+          for (int t = 1; t < T; ++t) s = __fadd_rn(s, ring.at(step, t, rr)[threadIdx.x]);
+          const float v = __fmul_rn(alpha, __fmul_rn(s, rss[i]));
+          float* cp = C + static_cast<int64_t>(m0 + i) * ldc + k;
+          float out = accumulate ? __fadd_rn(*cp, v) : v;
+#pragma unroll
+          for (int p = 0; p < P; ++p) {
+            const float* du = dus + (p * kLoraRows + i) * R;
+            float dot = 0.0f;
+#pragma unroll
+            for (int j = 0; j < R; j += 4) {  // lora_dx_kernel's order; the du row read 16 bytes at a time (a broadcast)
+              const float4 q = *reinterpret_cast<const float4*>(du + j);
+              dot = fmaf(q.x, a[p][j], dot);
+              dot = fmaf(q.y, a[p][j + 1], dot);
+              dot = fmaf(q.z, a[p][j + 2], dot);
+              dot = fmaf(q.w, a[p][j + 3], dot);
+            }
+            const bool kept = (bt[(p * kLoraStep + rr) * kLoraWords] >> (threadIdx.x & 31)) & 1u;
+            out = __fadd_rn(out, kept ? __fmul_rn(dot, lx.keep) : 0.0f);
+          }
+          *cp = out;
+        }
+      }
+    }
+    __syncthreads();  // everyone is done with this stage before it is refilled
+  }
+}
+
+template <int R, int P, int T>
+void launch_combine_lora_t(dim3 grid, cudaStream_t st, const float* acc, int M, int K, const float* rscale, float alpha, float* C, int ldc,
+                           int accumulate, const LoraDx& lx) {
+  constexpr size_t smem = combine_lora_smem<R, P, T>();
+  static const bool attr = [] {  // above 48 KB a kernel must opt in
+    return cudaFuncSetAttribute(combine_lora_kernel<R, P, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) == cudaSuccess;
+  }();
+  (void)attr;
+  combine_lora_kernel<R, P, T><<<grid, kThreads, smem, st>>>(acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
+}
+
+template <int R, int T>
+void launch_combine_lora(dim3 grid, cudaStream_t st, const float* acc, int M, int K, const float* rscale, float alpha, float* C, int ldc,
+                         int accumulate, const LoraDx& lx) {
+  if (lx.n == 1) {
+    launch_combine_lora_t<R, 1, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
+  } else if constexpr (R <= 16) {
+    if (lx.n == 2) {
+      launch_combine_lora_t<R, 2, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
+    } else {
+      launch_combine_lora_t<R, 3, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
+    }
+  }
+}
+
+template <int T>
+void launch_combine_lora_r(dim3 grid, cudaStream_t st, const float* acc, int M, int K, const float* rscale, float alpha, float* C, int ldc,
+                           int accumulate, const LoraDx& lx) {
+  if (lx.r == 8) {
+    launch_combine_lora<8, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
+  } else if (lx.r == 16) {
+    launch_combine_lora<16, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
+  } else {
+    launch_combine_lora<32, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
   }
 }
 
@@ -116,9 +246,10 @@ unsigned blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / k
 }  // namespace
 
 void TrainBlas::split_gemm(const float* A, int lda, int M, int N, const ColScales& cs, const void* W, int type, int K, float alpha,
-                           float* C, int ldc, bool accumulate, bool tf32) {
+                           float* C, int ldc, bool accumulate, bool tf32, const LoraDx* lora) {
   if (M <= 0 || N <= 0 || K <= 0) return;
   if (type == 0) {
+    if (lora != nullptr && lora->n > 0) throw_error("split_gemm: LoRA parts need F16 or BF16 weights");
     const float* a = A;
     int la = lda;
     if (cs.n > 0) {
@@ -145,11 +276,11 @@ void TrainBlas::split_gemm(const float* A, int lda, int M, int N, const ColScale
     split_rows_kernel<2, 3><<<M, kThreads, 0, st_>>>(A, lda, M, N, cs, split, rscale);
   }
   TERN_CUDA_LAUNCHED("split_rows_kernel");
-  terms_gemm(split, terms, rscale, M, N, W, type, K, alpha, C, ldc, accumulate);
+  terms_gemm(split, terms, rscale, M, N, W, type, K, alpha, C, ldc, accumulate, lora);
 }
 
 void TrainBlas::terms_gemm(const void* split, int terms, const float* rscale, int M, int N, const void* W, int type, int K, float alpha,
-                           float* C, int ldc, bool accumulate) {
+                           float* C, int ldc, bool accumulate, const LoraDx* lora) {
   if (M <= 0 || N <= 0 || K <= 0) return;
   auto* acc = static_cast<float*>(scratch(kSlotSplitAcc, static_cast<size_t>(terms) * M * K * sizeof(float)));
   const float one = 1.0f, zero = 0.0f;
@@ -157,6 +288,20 @@ void TrainBlas::terms_gemm(const void* split, int terms, const float* rscale, in
   const cublasStatus_t s = cublasGemmEx(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_N, CUBLAS_OP_N, K, terms * M, N, &one, W, t, K, split,
                                         t, N, &zero, acc, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (s != CUBLAS_STATUS_SUCCESS) throw_error(std::string("cuBLAS split_gemm GEMM failed: ") + cublasGetStatusString(s));
+  if (lora != nullptr && lora->n > 0) {
+    if (!LoraDx::fusable(lora->r, lora->n, K, C, ldc) || reinterpret_cast<uintptr_t>(acc) % 16 != 0 || terms > 2) {
+      throw_error("split_gemm: these LoRA parts cannot be fused (LoraDx::fusable)");
+    }
+    const dim3 grid((K + kThreads - 1) / kThreads, (M + kLoraRows - 1) / kLoraRows);
+    const int a = accumulate ? 1 : 0;
+    if (terms == 1) {
+      launch_combine_lora_r<1>(grid, st_, acc, M, K, rscale, alpha, C, ldc, a, *lora);
+    } else {
+      launch_combine_lora_r<2>(grid, st_, acc, M, K, rscale, alpha, C, ldc, a, *lora);
+    }
+    TERN_CUDA_LAUNCHED("combine_lora_kernel");
+    return;
+  }
   const bool v4 = K % 4 == 0 && ldc % 4 == 0 && reinterpret_cast<uintptr_t>(C) % 16 == 0 && reinterpret_cast<uintptr_t>(acc) % 16 == 0;
   const int per = v4 ? 4 : 1, rows = std::min((M + kCombineRows - 1) / kCombineRows, 65535);
   const dim3 grid((K + kThreads * per - 1) / (kThreads * per), rows);

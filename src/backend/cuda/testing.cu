@@ -4,6 +4,7 @@
 
 #include "backend/cpu/kernels.h"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/norm_quant.cuh"
@@ -293,6 +294,32 @@ std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatM
   return download<float>(out, static_cast<size_t>(M) * W.cols);
 }
 
+std::vector<float> split_gemm_lora(const std::vector<float>& A, int M, int N, const std::vector<float>& W, int K, float alpha, int r,
+                                   const std::vector<LoraDxPart>& parts, float keep, const std::vector<float>& c_in, bool accumulate,
+                                   bool tf32) {
+  std::vector<uint16_t> w16(W.size());
+  for (size_t i = 0; i < W.size(); ++i) w16[i] = f32_to_f16(W[i]);
+  DevBuf da = upload_vec(A), dw = upload_vec(w16), dc = upload_vec(c_in);
+  std::vector<DevBuf> keep_alive;
+  LoraDx lx;
+  lx.r = r, lx.keep = keep;
+  for (const LoraDxPart& p : parts) {
+    keep_alive.push_back(upload_vec(p.du));
+    lx.du[lx.n] = keep_alive.back().as<float>();
+    keep_alive.push_back(upload_vec(p.A));
+    lx.A[lx.n] = keep_alive.back().as<float>();
+    if (!p.bits.empty()) {
+      keep_alive.push_back(upload_vec(p.bits));
+      lx.bits[lx.n] = keep_alive.back().as<uint32_t>();
+    }
+    ++lx.n;
+  }
+  TrainBlas blas(nullptr);
+  blas.split_gemm(da.as<float>(), N, M, N, ColScales{}, dw.as<void>(), 1, K, alpha, dc.as<float>(), K, accumulate, tf32, &lx);
+  TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  return download<float>(dc, c_in.size());
+}
+
 TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps) {
   DevBuf dx_ = upload_vec(x), dw = upload_vec(w), h = nan_buf(static_cast<size_t>(M) * n), xn = nan_buf(static_cast<size_t>(M) * n);
   const int ldq = (n + 15) / 16 * 16 + 16;  // a pad that must come back as zeros
@@ -345,13 +372,11 @@ std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<fl
   return download<float>(out, dx_in.size());
 }
 
-void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, const std::vector<float>& dh, int act,
-                   std::vector<float>* dg, std::vector<float>* du) {
-  DevBuf dgg = upload_vec(g), duu = upload_vec(u), ddh = upload_vec(dh), og = nan_buf(g.size()), ou = nan_buf(g.size());
-  const int n = static_cast<int>(g.size());
-  launch_gated_act_bwd(dgg.as<float>(), duu.as<float>(), n, ddh.as<float>(), 1, n, act, og.as<float>(), ou.as<float>(), n, nullptr);
-  *dg = download<float>(og, g.size());
-  *du = download<float>(ou, g.size());
+std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
+                                     int act, float eps) {
+  DevBuf dgu_in = upload_vec(gu), dw = upload_vec(w), ddy = upload_vec(dy), out = nan_buf(gu.size());
+  launch_gated_rmsnorm_bwd(dgu_in.as<float>(), 2 * n, act, dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), 2 * n, nullptr);
+  return download<float>(out, gu.size());
 }
 
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,

@@ -69,6 +69,17 @@ std::vector<float> ternary_linear_bwd(const TernaryMatrix& w, const float* dy, i
 // split_gemm with a random-access F16/BF16/F32 W: C [M][K] = alpha * A [M][N] . W [N][K].
 std::vector<float> split_gemm(const float* A, int64_t M, int64_t N, const FloatMatrix& W, float alpha);
 
+// TrainBlas::split_gemm with LoraDx parts (F16 W [N][K] of small integers given as floats):
+// C [M][K] (+)= alpha A [M][N] . W + for each part, in order, mask ? (du . A_p) * keep : 0
+// (du [M][r], A_p [r][K], bits rows of (K + 31) / 32 words, empty: every element kept).
+struct LoraDxPart {
+  std::vector<float> du, A;
+  std::vector<uint32_t> bits;
+};
+std::vector<float> split_gemm_lora(const std::vector<float>& A, int M, int N, const std::vector<float>& W, int K, float alpha, int r,
+                                   const std::vector<LoraDxPart>& parts, float keep, const std::vector<float>& c_in, bool accumulate,
+                                   bool tf32);
+
 // launch_train_norm_quant: x [M][n] (gated: [M][2n] = [gate | up], act 0 relu2 1 silu 2 gelu).
 struct TrainQuantized {
   std::vector<float> h, xn, s;  // h only when gated
@@ -87,8 +98,9 @@ std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, 
 // train_ops.cu round trips (host vectors in and out; see kernels.h).
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
                                float eps, const std::vector<float>& dx_in, bool accumulate);
-void gated_act_bwd(const std::vector<float>& g, const std::vector<float>& u, const std::vector<float>& dh, int act,
-                   std::vector<float>* dg, std::vector<float>* du);
+// launch_gated_rmsnorm_bwd on gu [M][2n] = [gate | up], dy [M][n]: [M][2n] = [d gate | d up].
+std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
+                                     int act, float eps);
 struct LoraGrads {
   std::vector<float> u, y, dx, dA, dB;
 };

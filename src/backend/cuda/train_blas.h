@@ -23,6 +23,25 @@ struct ColScales {
   float scale[3] = {1.0f, 1.0f, 1.0f};
 };
 
+// The LoRA input gradients of a linear's adapted parts, which split_gemm's combine pass
+// adds to its output (so dx is read and written once, not once more per part): for parts
+// p = 0 .. n-1 in order, C[m][k] += kept_p(m, k) ? (du_p[m] . A_p[:, k]) * keep : 0, each
+// addition rounded on its own, as lora_bwd_gpu's masked dx kernel does. du_p [M][r], A_p
+// [r][K]; kept_p from the dropout mask bits (rows of (K + 31) / 32 words) or always (null).
+struct LoraDx {
+  int n = 0, r = 0;
+  const float* du[3] = {nullptr, nullptr, nullptr};
+  const float* A[3] = {nullptr, nullptr, nullptr};
+  const uint32_t* bits[3] = {nullptr, nullptr, nullptr};
+  float keep = 1.0f;
+  // Whether split_gemm fuses n parts of rank r into C [.][K] (A's columns live in
+  // registers; rows are streamed 16 bytes at a time).
+  static bool fusable(int r, int n, int K, const float* C, int ldc) {
+    return n >= 1 && n <= 3 && (r == 8 || r == 16 || (r == 32 && n == 1)) && K % 4 == 0 && ldc % 4 == 0 &&
+           reinterpret_cast<uintptr_t>(C) % 16 == 0;
+  }
+};
+
 class TrainBlas {
  public:
   explicit TrainBlas(cudaStream_t st);
@@ -54,13 +73,14 @@ class TrainBlas {
   // C [M][K] (+)= alpha * (A [M][N] with column scales cs) . W [N][K], W row-major in type
   // 0 F32, 1 F16 or 2 BF16, to float32 accuracy on tensor cores (split_gemm.cu). tf32:
   // ~10-bit accuracy instead (one F16 term, two BF16 terms, TF32 for F32): half the work.
+  // lora (F16 / BF16 W, LoraDx::fusable): its parts' input gradients added by the combine.
   void split_gemm(const float* A, int lda, int M, int N, const ColScales& cs, const void* W, int type, int K, float alpha, float* C,
-                  int ldc, bool accumulate, bool tf32 = false);
+                  int ldc, bool accumulate, bool tf32 = false, const LoraDx* lora = nullptr);
   // split_gemm's second half, for a caller that wrote the terms itself (head_loss.cu):
   // `terms` [terms][M][N] 16-bit arrays as store_split / split_terms(type, tf32) lays them
   // out, row m scaled by 1 / rscale[m].
   void terms_gemm(const void* split, int terms, const float* rscale, int M, int N, const void* W, int type, int K, float alpha, float* C,
-                  int ldc, bool accumulate);
+                  int ldc, bool accumulate, const LoraDx* lora = nullptr);
   // How many 16-bit terms split_gemm uses for W of type 1 (F16) or 2 (BF16).
   static int split_terms(int type, bool tf32) { return (type == 1 ? 2 : 3) - (tf32 ? 1 : 0); }
 

@@ -29,7 +29,9 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 // once, all its loads in flight together (re-reading it from L1/L2 between the block
 // reductions left the kernel latency-bound at 1.9-2.5 TB/s); VPT = 0: any n, re-read.
 // The arithmetic, and the order of the sums, is norm_quant.cuh's (cpu::rmsnorm then
-// cpu::quantize_row_i8).
+// cpu::quantize_row_i8). h_out (gated only) and q8out (with s_out) may be null: the training
+// step needs neither h (the backward recomputes it from [gate | up]) nor, when it recomputes
+// activations for the backward, the int8 rows of a linear it does not run again.
 template <bool GATED, int VPT>
 __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float* __restrict__ x, int ldx, int act, const float* __restrict__ w,
                                                                     int n, float eps, float* __restrict__ h_out, float* __restrict__ xn_out,
@@ -37,7 +39,7 @@ __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float*
   __shared__ NormScratch sc;
   const int64_t m = blockIdx.x;
   const float* row = x + m * ldx;
-  float* h = GATED ? h_out + m * n : nullptr;
+  float* h = GATED && h_out != nullptr ? h_out + m * n : nullptr;
   auto value = [&](int i) { return GATED ? gated(row[i], row[n + i], act) : row[i]; };
   float v[VPT > 0 ? VPT : 1];
   double ss = 0;
@@ -51,20 +53,20 @@ __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float*
     for (int k = 0; k < VPT; ++k) {
       const int i = threadIdx.x + k * kThreads;
       if (i >= n) break;
-      if constexpr (GATED) h[i] = v[k];
+      if (GATED && h != nullptr) h[i] = v[k];
       ss += static_cast<double>(v[k]) * v[k];
     }
   } else {
     for (int i = threadIdx.x; i < n; i += kThreads) {
       const float t = value(i);
-      if constexpr (GATED) h[i] = t;
+      if (GATED && h != nullptr) h[i] = t;
       ss += static_cast<double>(t) * t;
     }
   }
   ss = block_reduce<kThreads>(ss, sc.d, SumOp{});
   const float r = 1.0f / sqrtf(static_cast<float>(ss / n) + eps);
-  const float* src = GATED ? h : row;
   float amax = 0.0f;
+  auto again = [&](int i) { return GATED ? (h != nullptr ? h[i] : value(i)) : row[i]; };  // VPT = 0: the value re-read
   auto normed = [&](int i, float t) {
     const float y = w[i] * (t * r);
     if (xn_out != nullptr) xn_out[m * n + i] = y;
@@ -79,8 +81,9 @@ __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float*
       v[k] = normed(i, v[k]);
     }
   } else {
-    for (int i = threadIdx.x; i < n; i += kThreads) normed(i, src[i]);
+    for (int i = threadIdx.x; i < n; i += kThreads) normed(i, again(i));
   }
+  if (q8out == nullptr) return;
   amax = block_reduce<kThreads>(amax, sc.f, MaxOp{});
   const float s = 127.0f / fmaxf(amax, 1e-5f);
   int8_t* q = q8out + m * ldq;
@@ -92,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float*
       q[i] = static_cast<int8_t>(q8(v[k], s));
     }
   } else {
-    for (int i = threadIdx.x; i < n; i += kThreads) q[i] = static_cast<int8_t>(q8(w[i] * (src[i] * r), s));
+    for (int i = threadIdx.x; i < n; i += kThreads) q[i] = static_cast<int8_t>(q8(w[i] * (again(i) * r), s));
   }
   for (int i = n + threadIdx.x; i < ldq; i += kThreads) q[i] = 0;
   if (threadIdx.x == 0) s_out[m] = s;

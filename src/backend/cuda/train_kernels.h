@@ -15,10 +15,10 @@ namespace tern::cuda {
 
 // ---- train_fwd.cu: the forward's norms, quantization and elementwise ops ----
 // Per row m < M: v = x_m (n values at stride ldx), or with gated v = act(gate) * up from
-// x_m = [gate | up] (n each; h_out[m] = v, [M][n]); xn_out[m] = RMSNorm(v) * w (nullable);
-// q8 row m (stride ldq >= n) = the int8 absmax quantization of RMSNorm(v) * w, then zeros
-// up to ldq (the int8 GEMM's padded K), and s[m] its scale (cpu::rmsnorm +
-// cpu::gated_activation + cpu::quantize_row_i8, bit for bit).
+// x_m = [gate | up] (n each; h_out[m] = v, [M][n], nullable); xn_out[m] = RMSNorm(v) * w
+// (nullable); q8 row m (stride ldq >= n) = the int8 absmax quantization of RMSNorm(v) * w,
+// then zeros up to ldq (the int8 GEMM's padded K), and s[m] its scale (cpu::rmsnorm +
+// cpu::gated_activation + cpu::quantize_row_i8, bit for bit); q8 null: neither q8 nor s.
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
                              float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st);
 // dst [rows][ldd] int8 = src [rows][K] F16 integers, zeros in columns K..ldd (the ternary
@@ -67,18 +67,24 @@ uint64_t dropout_threshold(float p);
 // train::rmsnorm_bwd (x, dy, dx rows of n).
 void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, int n, float eps, float* dx, bool accumulate,
                         cudaStream_t st);
-// train::gated_act_bwd on M rows of F: g, u at row stride ldi, dh [M][F], dg, du at row
-// stride ldo (act 0 relu2, 1 silu, 2 gelu).
-void launch_gated_act_bwd(const float* g, const float* u, int ldi, const float* dh, int M, int F, int act, float* dg, float* du, int ldo,
-                          cudaStream_t st);
+// The feed-forward sub-norm and gating backward on M rows: h = act(gate) * up from
+// gu = [gate | up] (F each, row stride ldi), dy [M][F] the gradient w.r.t. RMSNorm(h) * w;
+// dgu = [d gate | d up] (row stride ldo) = train::rmsnorm_bwd then train::gated_act_bwd,
+// the same arithmetic as launch_rmsnorm_bwd (act 0 relu2, 1 silu, 2 gelu).
+void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w, const float* dy, int M, int F, float eps, float* dgu, int ldo,
+                              cudaStream_t st);
 // train::lora_fwd: u [M][r] = dropout(x) A^T, y (+)= scaling u B^T (y row stride ldy;
 // x [M][in] contiguous; y null: u only). tf32: the products on TF32 tensor cores.
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
                   const DropoutSpec& d, float* u, float* y, int ldy, bool accumulate, bool tf32 = false);
 // train::lora_bwd: dA, dB accumulate; dx [M][in] (+)= ... unless null; dy row stride ldy.
 // The dropout mask is hashed again, or read from d.bits when the forward stored it.
+// du_in: du = scaling dy B already computed (lora_du_gpu), e.g. for split_gemm's LoraDx.
 void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, const float* u, const float* dy, int ldy, int M, int in,
-                  int r, int out, float scaling, const DropoutSpec& d, float* dx, float* dA, float* dB, bool accumulate, bool tf32 = false);
+                  int r, int out, float scaling, const DropoutSpec& d, float* dx, float* dA, float* dB, bool accumulate, bool tf32 = false,
+                  const float* du_in = nullptr);
+// du [M][r] = scaling * dy B (dy row stride ldy, B [out][r]).
+void lora_du_gpu(TrainBlas& blas, const float* dy, int ldy, const float* B, int M, int r, int out, float scaling, float* du, bool tf32);
 
 // ---- lora_skinny.cu: the LoRA branch's masked products in one pass over the activation ----
 // U [M][r] = drop(X) A^T for X [M][K], A [r][K] (the mask hashed, stored as bits when
