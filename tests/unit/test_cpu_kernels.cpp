@@ -181,6 +181,14 @@ TEST(CpuKernels, TernaryDot8MatchesSingleDots) {
       if (!cpu::has_avx2()) continue;
       cpu::ternary_dot8_avx2(row.data(), x.data(), ldq, cols, sums.data(), got);
       for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "avx2 " << what << " token " << t;
+      if (cpu::has_avxvnni()) {
+        cpu::ternary_dot8_vnni(row.data(), x.data(), ldq, cols, sums.data(), got);
+        for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "avx-vnni " << what << " token " << t;
+      }
+      if (cpu::has_avx512vnni()) {
+        cpu::ternary_dot8_vnni512(row.data(), x.data(), ldq, cols, sums.data(), got);
+        for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "avx512-vnni " << what << " token " << t;
+      }
     }
   }
 }

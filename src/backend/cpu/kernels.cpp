@@ -68,15 +68,20 @@ void attention_head_t(const float* q, const T* k, const T* v, int64_t stride, in
     scores[t] = key_dot(q, k + t * stride, head_dim) * scale;
     mx = std::max(mx, scores[t]);
   }
+  // Below -104 expf is exactly 0, but glibc reaches it through its underflow handler (2 %
+  // of a random model's pp512, whose scores are far apart); a key of weight 0 adds
+  // nothing to out (V is finite), so it is skipped. Both leave every result bit unchanged.
   float sum = 0;
   for (int64_t t = 0; t < n_ctx; ++t) {
-    scores[t] = std::exp(scores[t] - mx);
+    const float d = scores[t] - mx;
+    scores[t] = d < -104.0f ? 0.0f : std::exp(d);
     sum += scores[t];
   }
   const float inv = 1.0f / sum;
   std::fill(out, out + head_dim, 0.0f);
   for (int64_t t = 0; t < n_ctx; ++t) {
     const float p = scores[t] * inv;
+    if (p == 0.0f) continue;
     const T* vt = v + t * stride;
     for (int64_t i = 0; i < head_dim; ++i) out[i] += p * widen(vt[i]);
   }

@@ -183,6 +183,9 @@ __attribute__((target("avx2"))) void ternary_dot8_avx2(const uint8_t* row, const
         const int8_t* xg = x + 32 * g;
 #pragma GCC unroll 8
         for (int t = 0; t < 8; ++t) p[t] = _mm256_add_epi16(p[t], _mm256_maddubs_epi16(c, ld(xg + t * ldq)));
+        // Keep the eight sums in registers here: left free, GCC gathers all four groups'
+        // products first (32 live values for 16 registers) and spills the sums every block.
+        asm("" : "+x"(p[0]), "+x"(p[1]), "+x"(p[2]), "+x"(p[3]), "+x"(p[4]), "+x"(p[5]), "+x"(p[6]), "+x"(p[7]));
       }
     }
 #pragma GCC unroll 8
@@ -274,11 +277,17 @@ int32_t ternary_dot_vnni(const uint8_t* row, const int8_t* q, int64_t padded_col
 void ternary_dot4_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
   ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
 }
+void ternary_dot8_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
+  ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);
+}
 int32_t ternary_dot_vnni512(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
   return ternary_dot_scalar(row, q, padded_cols, qsum);
 }
 void ternary_dot4_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
   ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
+}
+void ternary_dot8_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
+  ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);
 }
 int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
   return ternary_dot_scalar(row, q, padded_cols, qsum);
@@ -322,13 +331,9 @@ using TernaryDot4 = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, co
 const TernaryDot4 kTernaryDot4 = kLevel == 2   ? (kVex ? ternary_dot4_vnni : ternary_dot4_vnni512)
                                  : kLevel == 1 ? ternary_dot4_avx2
                                                : ternary_dot4_scalar;
-// AVX-VNNI: two 4-token tiles (vpdpbusd needs no widening, and its latency wants the two
-// accumulators per token that an 8-token tile has no registers for).
-void ternary_dot8_vnni_pair(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  kTernaryDot4(row, q, ldq, padded_cols, qsum, out);
-  kTernaryDot4(row, q + 4 * ldq, ldq, padded_cols, qsum + 4, out + 4);
-}
-const TernaryDot4 kTernaryDot8 = kLevel == 2 ? ternary_dot8_vnni_pair : kLevel == 1 ? ternary_dot8_avx2 : ternary_dot8_scalar;
+const TernaryDot4 kTernaryDot8 = kLevel == 2   ? (kVex ? ternary_dot8_vnni : ternary_dot8_vnni512)
+                                 : kLevel == 1 ? ternary_dot8_avx2
+                                               : ternary_dot8_scalar;
 
 }  // namespace
 

@@ -30,8 +30,10 @@ float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n)
 bool has_avxvnni();
 int32_t ternary_dot_vnni(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
 void ternary_dot4_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+void ternary_dot8_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 bool has_avx512vnni();
 int32_t ternary_dot_vnni512(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
 void ternary_dot4_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+void ternary_dot8_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 
 }  // namespace tern::cpu
