@@ -114,6 +114,16 @@ TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
 }
 
 // The prefill tile (1 weight row x 4 tokens) equals four single dots, on every path.
+// check(path name, kernel) for each token-tile kernel this CPU can run (scalar always).
+using TileKernel = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const int32_t*, int32_t*);
+template <class Check>
+void for_each_tile_kernel(TileKernel scalar, TileKernel avx2, TileKernel vnni, TileKernel vnni512, Check check) {
+  check("scalar", scalar);
+  if (cpu::has_avx2()) check("avx2", avx2);
+  if (cpu::has_avxvnni()) check("avx-vnni", vnni);
+  if (cpu::has_avx512vnni()) check("avx512-vnni", vnni512);
+}
+
 TEST(CpuKernels, TernaryDot4MatchesSingleDots) {
   auto rng = rng_for_test();
   for (int64_t cols : {128, 384, 2560, 128 * 37}) {
@@ -132,21 +142,14 @@ TEST(CpuKernels, TernaryDot4MatchesSingleDots) {
         x[t * ldq + i] = v, sums[t] += v;
       }
     }
-    int32_t want[4], got[4];
+    int32_t want[4];
     for (int t = 0; t < 4; ++t) want[t] = cpu::ternary_dot_scalar(row.data(), x.data() + t * ldq, cols, sums[t]);
-    cpu::ternary_dot4_scalar(row.data(), x.data(), ldq, cols, sums.data(), got);
-    for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "scalar cols " << cols << " token " << t;
-    if (!cpu::has_avx2()) continue;
-    cpu::ternary_dot4_avx2(row.data(), x.data(), ldq, cols, sums.data(), got);
-    for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "avx2 cols " << cols << " token " << t;
-    if (cpu::has_avxvnni()) {
-      cpu::ternary_dot4_vnni(row.data(), x.data(), ldq, cols, sums.data(), got);
-      for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "vnni cols " << cols << " token " << t;
-    }
-    if (cpu::has_avx512vnni()) {
-      cpu::ternary_dot4_vnni512(row.data(), x.data(), ldq, cols, sums.data(), got);
-      for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << "vnni512 cols " << cols << " token " << t;
-    }
+    auto check = [&](const char* path, auto kernel) {
+      int32_t got[4];
+      kernel(row.data(), x.data(), ldq, cols, sums.data(), got);
+      for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want[t]) << path << " cols " << cols << " token " << t;
+    };
+    for_each_tile_kernel(cpu::ternary_dot4_scalar, cpu::ternary_dot4_avx2, cpu::ternary_dot4_vnni, cpu::ternary_dot4_vnni512, check);
   }
 }
 
@@ -174,21 +177,13 @@ TEST(CpuKernels, TernaryDot8MatchesSingleDots) {
       int32_t want[8], got[8];
       for (int t = 0; t < 8; ++t) want[t] = cpu::ternary_dot_scalar(row.data(), x.data() + t * ldq, cols, sums[t]);
       const std::string what = "cols " + std::to_string(cols) + " pattern " + std::to_string(pattern);
-      cpu::ternary_dot8_scalar(row.data(), x.data(), ldq, cols, sums.data(), got);
-      for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "scalar " << what << " token " << t;
       cpu::ternary_dot8(row.data(), x.data(), ldq, cols, sums.data(), got);
       for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "dispatched " << what << " token " << t;
-      if (!cpu::has_avx2()) continue;
-      cpu::ternary_dot8_avx2(row.data(), x.data(), ldq, cols, sums.data(), got);
-      for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "avx2 " << what << " token " << t;
-      if (cpu::has_avxvnni()) {
-        cpu::ternary_dot8_vnni(row.data(), x.data(), ldq, cols, sums.data(), got);
-        for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "avx-vnni " << what << " token " << t;
-      }
-      if (cpu::has_avx512vnni()) {
-        cpu::ternary_dot8_vnni512(row.data(), x.data(), ldq, cols, sums.data(), got);
-        for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << "avx512-vnni " << what << " token " << t;
-      }
+      auto check = [&](const char* path, auto kernel) {
+        kernel(row.data(), x.data(), ldq, cols, sums.data(), got);
+        for (int t = 0; t < 8; ++t) EXPECT_EQ(got[t], want[t]) << path << " " << what << " token " << t;
+      };
+      for_each_tile_kernel(cpu::ternary_dot8_scalar, cpu::ternary_dot8_avx2, cpu::ternary_dot8_vnni, cpu::ternary_dot8_vnni512, check);
     }
   }
 }

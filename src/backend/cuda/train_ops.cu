@@ -75,37 +75,31 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const float
       uv[k] = i < n ? u[i] : 0.0f;
     }
   }
+  auto each = [&](auto f) {  // f(i, g[i], u[i]) over this thread's columns, in order
+    if constexpr (VPT > 0) {
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        if (threadIdx.x + k * kThreads < n) f(threadIdx.x + k * kThreads, gv[k], uv[k]);
+      }
+    } else {
+      for (int i = threadIdx.x; i < n; i += kThreads) f(i, g[i], u[i]);
+    }
+  };
   double ss = 0.0, dot = 0.0;
-  auto sum = [&](int i, float gi, float ui) {
+  each([&](int i, float gi, float ui) {
     const float h = gated(gi, ui, act);
     ss += static_cast<double>(h) * h;
     dot += static_cast<double>(w[i]) * dyr[i] * h;
-  };
-  if constexpr (VPT > 0) {
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      if (threadIdx.x + k * kThreads < n) sum(threadIdx.x + k * kThreads, gv[k], uv[k]);
-    }
-  } else {
-    for (int i = threadIdx.x; i < n; i += kThreads) sum(i, g[i], u[i]);
-  }
+  });
   ss = block_reduce<kThreads>(ss, sd, SumOp{});
   dot = block_reduce<kThreads>(dot, sd, SumOp{});
   const double r = 1.0 / sqrt(ss / n + eps);
   float *dg = dgu + m * ldo, *du = dg + n;
-  auto out = [&](int i, float gi, float ui) {
+  each([&](int i, float gi, float ui) {
     const float h = gated(gi, ui, act);
     const float dh = static_cast<float>(r * w[i] * dyr[i] - h * r * r * r / n * dot);
     gated_bwd(gi, ui, dh, act, dg[i], du[i]);
-  };
-  if constexpr (VPT > 0) {
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      if (threadIdx.x + k * kThreads < n) out(threadIdx.x + k * kThreads, gv[k], uv[k]);
-    }
-  } else {
-    for (int i = threadIdx.x; i < n; i += kThreads) out(i, g[i], u[i]);
-  }
+  });
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
