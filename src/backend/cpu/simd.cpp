@@ -271,33 +271,21 @@ float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_f32_s
 float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n) { return dot_half_f32_scalar(w, bf16, x, n); }
 bool has_avxvnni() { return false; }
 bool has_avx512vnni() { return false; }
-int32_t ternary_dot_vnni(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
-  return ternary_dot_scalar(row, q, padded_cols, qsum);
-}
-void ternary_dot4_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
-}
-void ternary_dot8_vnni(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);
-}
-int32_t ternary_dot_vnni512(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
-  return ternary_dot_scalar(row, q, padded_cols, qsum);
-}
-void ternary_dot4_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
-}
-void ternary_dot8_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);
-}
-int32_t ternary_dot_avx2(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {
-  return ternary_dot_scalar(row, q, padded_cols, qsum);
-}
-void ternary_dot4_avx2(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);
-}
-void ternary_dot8_avx2(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
-  ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);
-}
+// Off x86 every SIMD name runs the scalar kernel (the dispatch never picks them there).
+#define TERN_SCALAR_TERNARY(path)                                                                                          \
+  int32_t ternary_dot_##path(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) {                     \
+    return ternary_dot_scalar(row, q, padded_cols, qsum);                                                                  \
+  }                                                                                                                        \
+  void ternary_dot4_##path(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) { \
+    ternary_dot4_scalar(row, q, ldq, padded_cols, qsum, out);                                                              \
+  }                                                                                                                        \
+  void ternary_dot8_##path(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) { \
+    ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);                                                              \
+  }
+TERN_SCALAR_TERNARY(avx2)
+TERN_SCALAR_TERNARY(vnni)
+TERN_SCALAR_TERNARY(vnni512)
+#undef TERN_SCALAR_TERNARY
 #endif
 
 namespace {

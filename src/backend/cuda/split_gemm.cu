@@ -111,11 +111,11 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
 // the mask words streamed through a cp.async ring of kLoraStages x kLoraStep rows.
 // K % 4 == 0 and 16-byte aligned rows (LoraDx::fusable).
 constexpr int kLoraRows = 64, kLoraStep = 8, kLoraWords = kThreads / 32;
-template <int R, int P, int T>
-using LoraRing = RowRing<T, kLoraStep, kThreads>;
+template <int T>
+using LoraRing = RowRing<T, kLoraStep, kThreads>;  // the GEMM's T terms
 template <int R, int P, int T>
 constexpr size_t combine_lora_smem() {
-  return (P * kLoraRows * R + kLoraRows + LoraRing<R, P, T>::kFloats + 3 * P * kLoraStep * kLoraWords) * 4;
+  return (P * kLoraRows * R + kLoraRows + LoraRing<T>::kFloats + LoraRing<T>::kStages * P * kLoraStep * kLoraWords) * 4;
 }
 template <int R, int P, int T>
 __global__ void __launch_bounds__(kThreads) combine_lora_kernel(const float* __restrict__ acc, int M, int K, const float* __restrict__ rscale,
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) combine_lora_kernel(const float* __r
   float* rss = dus + P * kLoraRows * R;  // [kLoraRows]
   const int m0 = blockIdx.y * kLoraRows, rows = min(kLoraRows, M - m0);
   const int c0 = blockIdx.x * kThreads, cols = min(kThreads, K - c0), k = c0 + threadIdx.x;
-  LoraRing<R, P, T> ring;  // the GEMM's terms
+  LoraRing<T> ring;
   ring.buf = rss + kLoraRows, ring.rows = rows, ring.cols = cols;  // K % 4 == 0 (LoraDx::fusable)
 #pragma unroll
   for (int t = 0; t < T; ++t) ring.src[t] = acc + t * static_cast<int64_t>(M) * K + static_cast<int64_t>(m0) * K + c0, ring.ld[t] = K;
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) combine_lora_kernel(const float* __r
   const int words = (K + 31) / 32, nw = (cols + 31) / 32;
   auto issue = [&](int step) {
     ring.issue(step);
-    uint32_t* b = bring + (step % 3) * P * kLoraStep * kLoraWords;
+    uint32_t* b = bring + (step % ring.kStages) * P * kLoraStep * kLoraWords;
     for (int i = threadIdx.x; i < P * kLoraStep * kLoraWords; i += kThreads) {
       const int p = i / (kLoraStep * kLoraWords), rr = i / kLoraWords % kLoraStep, w = i % kLoraWords, row = step * kLoraStep + rr;
       const uint32_t* bits = p == 0 ? lx.bits[0] : p == 1 ? lx.bits[1] : lx.bits[2];  // no dynamic index into the parameter
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) combine_lora_kernel(const float* __r
   }
   for (int step = 0; step < steps; ++step) {
     ring_advance(step, steps, issue);  // (at step 0 also du and the row scales)
-    const uint32_t* bt = bring + (step % 3) * P * kLoraStep * kLoraWords + threadIdx.x / 32;
+    const uint32_t* bt = bring + (step % ring.kStages) * P * kLoraStep * kLoraWords + threadIdx.x / 32;
     if (k < K) {
 #pragma unroll
       for (int rr = 0; rr < kLoraStep; ++rr) {  // unrolled: the rows' dot chains interleave
@@ -212,7 +212,7 @@ void launch_combine_lora(dim3 grid, cudaStream_t st, const float* acc, int M, in
                          int accumulate, const LoraDx& lx) {
   if (lx.n == 1) {
     launch_combine_lora_t<R, 1, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
-  } else if constexpr (R <= 16) {
+  } else if constexpr (R <= 16) {  // rank 32 fuses one part only (LoraDx::fusable: A's registers)
     if (lx.n == 2) {
       launch_combine_lora_t<R, 2, T>(grid, st, acc, M, K, rscale, alpha, C, ldc, accumulate, lx);
     } else {

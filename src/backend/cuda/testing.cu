@@ -4,7 +4,6 @@
 
 #include "backend/cpu/kernels.h"
 #include "backend/cuda/cuda_check.h"
-#include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/norm_quant.cuh"

@@ -73,7 +73,8 @@ class TrainBlas {
   // C [M][K] (+)= alpha * (A [M][N] with column scales cs) . W [N][K], W row-major in type
   // 0 F32, 1 F16 or 2 BF16, to float32 accuracy on tensor cores (split_gemm.cu). tf32:
   // ~10-bit accuracy instead (one F16 term, two BF16 terms, TF32 for F32): half the work.
-  // lora (F16 / BF16 W, LoraDx::fusable): its parts' input gradients added by the combine.
+  // lora (LoraDx::fusable; F16 W, or BF16 with tf32: at most two terms): its parts' input
+  // gradients added by the combine.
   void split_gemm(const float* A, int lda, int M, int N, const ColScales& cs, const void* W, int type, int K, float alpha, float* C,
                   int ldc, bool accumulate, bool tf32 = false, const LoraDx* lora = nullptr);
   // split_gemm's second half, for a caller that wrote the terms itself (head_loss.cu):

@@ -252,11 +252,12 @@ void lora_du_gpu(TrainBlas& blas, const float* dy, int ldy, const float* B, int 
 void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, const float* u, const float* dy, int ldy, int M, int in,
                   int r, int out, float scaling, const DropoutSpec& d, float* dx, float* dA, float* dB, bool accumulate, bool tf32,
                   const float* du_in) {
-  float* du = const_cast<float*>(du_in);
+  const float* du = du_in;
   if (du == nullptr) {
-    du = static_cast<float*>(blas.scratch(kSlotLoraU, static_cast<size_t>(M) * r * sizeof(float)));
-    lora_du_gpu(blas, dy, ldy, B, M, r, out, scaling, du, tf32);
+    auto* d = static_cast<float*>(blas.scratch(kSlotLoraU, static_cast<size_t>(M) * r * sizeof(float)));
+    lora_du_gpu(blas, dy, ldy, B, M, r, out, scaling, d, tf32);
     blas.mark("b.lora.du");
+    du = d;
   }
   const bool drop = d.p > 0.0f;
   DropoutSpec dd = d;  // the forward stored the mask bits (if any): read them
