@@ -626,11 +626,22 @@ TEST(CudaKernels, TrainingAttentionMatchesCpu) {
   SKIP_WITHOUT_GPU();
   struct Case {
     int B, T, nh, nkv, hd;
+    float qmul = 1.0f, vmul = 1.0f, dmul = 1.0f;  // magnitudes far from 1 (the F16 backward scales its operands)
   };
-  for (Case c : std::vector<Case>{{1, 37, 4, 2, 64}, {1, 1, 4, 4, 32}, {2, 70, 8, 2, 128}, {3, 5, 6, 3, 16}, {3, 2048, 8, 2, 16},
-                                  {2, 512, 8, 2, 128}, {2, 130, 4, 4, 64}}) {
+  for (Case c : std::vector<Case>{{1, 37, 4, 2, 64},
+                                  {1, 1, 4, 4, 32},
+                                  {2, 70, 8, 2, 128},
+                                  {3, 5, 6, 3, 16},
+                                  {3, 2048, 8, 2, 16},
+                                  {2, 512, 8, 2, 128},
+                                  {2, 130, 4, 4, 64},
+                                  {2, 200, 8, 2, 128, 0.02f, 3000.0f, 1e-9f},
+                                  {1, 96, 4, 1, 64, 3.0f, 1e-3f, 1e6f}}) {
     const int qd = c.nh * c.hd, kvd = c.nkv * c.hd, M = c.B * c.T;
     auto q = randn(M * qd), k = randn(M * kvd), v = randn(M * kvd), dout = randn(M * qd);
+    for (float& x : q) x *= c.qmul;
+    for (float& x : v) x *= c.vmul;
+    for (float& x : dout) x *= c.dmul;
     std::vector<float> out(M * qd), lse(c.T * c.nh), dq(M * qd), dk(M * kvd), dv(M * kvd);
     for (int b = 0; b < c.B; ++b) {  // each sequence on its own
       const size_t oq = static_cast<size_t>(b) * c.T * qd, ok = static_cast<size_t>(b) * c.T * kvd;
@@ -640,12 +651,13 @@ TEST(CudaKernels, TrainingAttentionMatchesCpu) {
     }
     auto g = ct::attention_train(q, k, v, dout, c.B, c.T, c.nh, c.nkv, c.hd);
     const std::string what = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " nh=" + std::to_string(c.nh) +
-                             " nkv=" + std::to_string(c.nkv) + " hd=" + std::to_string(c.hd);
+                             " nkv=" + std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) + " q*" + std::to_string(c.qmul) +
+                             " v*" + std::to_string(c.vmul) + " dout*" + std::to_string(c.dmul);
     EXPECT_LT(test::rel_l2(g.out.data(), out.data(), out.size()), 1e-5) << what << " out";
     EXPECT_LT(test::rel_l2(g.dq.data(), dq.data(), dq.size()), 1e-5) << what << " dq";
     EXPECT_LT(test::rel_l2(g.dk.data(), dk.data(), dk.size()), 1e-5) << what << " dk";
     EXPECT_LT(test::rel_l2(g.dv.data(), dv.data(), dv.size()), 1e-5) << what << " dv";
-    // tf32: flash_attention.cu's forward (head dims 64, 128) and the TF32 backward.
+    // tf32: flash_attention.cu's forward (head dims 64, 128) and the F16 backward.
     auto gt = ct::attention_train(q, k, v, dout, c.B, c.T, c.nh, c.nkv, c.hd, true);
     EXPECT_LT(test::rel_l2(gt.out.data(), out.data(), out.size()), 5e-3) << what << " out tf32";
     EXPECT_LT(test::rel_l2(gt.dq.data(), dq.data(), dq.size()), 5e-3) << what << " dq tf32";

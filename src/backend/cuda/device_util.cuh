@@ -48,6 +48,8 @@ struct MaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
+__device__ __forceinline__ float4 load_float4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+
 // Weights are read once per token and the model is far larger than L2: stream them.
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) { return __ldcs(p); }
 

@@ -12,6 +12,7 @@
 // the head dimension of Q K^T is permuted (k slot t <-> column 4t, t + 4 <-> 4t + 1, as in
 // lora_mma.cu), the keys of P V match S's accumulator layout (k slot t <-> key 2t, t + 4 <->
 // 2t + 1), and output column n of n-tile i is NT n + i so a lane's V loads are contiguous.
+// lse (optional): each row's log2-sum-exp, [n_heads][B*T], for flash_attention_bwd.cu.
 #include <cstdint>
 
 #include "backend/cuda/cuda_check.h"
@@ -28,7 +29,7 @@ constexpr int kBlockQ = 64, kBlockK = 64;
 template <int HD>
 __global__ void __launch_bounds__(128) flash_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k,
                                                         const float* __restrict__ v, int ld, float* __restrict__ out, int ldo, int T,
-                                                        int G, float scale_log2) {
+                                                        int G, float scale_log2, float* __restrict__ lse) {
   constexpr int NT = HD / 8;   // output n-tiles
   constexpr int QG = HD / 16;  // 16-column groups of the head dimension
   const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -121,6 +122,11 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const float* __restrict_
   l0 += __shfl_xor_sync(kFullMask, l0, 1), l0 += __shfl_xor_sync(kFullMask, l0, 2);
   l1 += __shfl_xor_sync(kFullMask, l1, 1), l1 += __shfl_xor_sync(kFullMask, l1, 2);
   const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  if (lse != nullptr && t == 0) {  // log2-sum-exp of the scaled scores, for the backward
+    const int64_t at = static_cast<int64_t>(h) * gridDim.z * T + seq;  // head-major
+    if (r0 < T) lse[at + r0] = m0 + log2f(l0);
+    if (r1 < T) lse[at + r1] = m1 + log2f(l1);
+  }
   // o[i][e]: row e < 2 ? r0 : r1, column NT (2t + (e & 1)) + i: a lane holds columns
   // 2t NT .. (2t + 2) NT - 1 of both rows.
 #pragma unroll
@@ -145,7 +151,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 bool flash_attention_fwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out, int ldo,
-                         cudaStream_t st) {
+                         float* lse, cudaStream_t st) {
   if ((sh.hd != 64 && sh.hd != 128) || ld % 4 != 0 || ldo % 4 != 0 || !aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out) ||
       sh.nkv <= 0 || sh.nh % sh.nkv != 0) {
     return false;
@@ -155,9 +161,9 @@ bool flash_attention_fwd(const TrainAttnShape& sh, const float* q, const float* 
   const float scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(sh.hd));
   const int G = sh.nh / sh.nkv;
   if (sh.hd == 128) {
-    flash_fwd_kernel<128><<<grid, 128, 0, st>>>(q, k, v, ld, out, ldo, sh.T, G, scale_log2);
+    flash_fwd_kernel<128><<<grid, 128, 0, st>>>(q, k, v, ld, out, ldo, sh.T, G, scale_log2, lse);
   } else {
-    flash_fwd_kernel<64><<<grid, 128, 0, st>>>(q, k, v, ld, out, ldo, sh.T, G, scale_log2);
+    flash_fwd_kernel<64><<<grid, 128, 0, st>>>(q, k, v, ld, out, ldo, sh.T, G, scale_log2, lse);
   }
   TERN_CUDA_LAUNCHED("flash_fwd_kernel");
   return true;

@@ -68,11 +68,12 @@ class CudaGradEngine final : public train::GradEngine {
     // The attention block's outputs (q|k|v roped, attention, xmid) and the LoRA A x of
     // every layer are kept from the forward when they fit kKeepBytes: the backward then
     // recomputes only the norms and the feed-forward block's gate/up.
-    const size_t keep_floats = M * (ldq_ + QD_ + H_ + kProjCount * std::max(rank_, 1));
+    const size_t keep_floats = M * (ldq_ + QD_ + H_ + c_.n_heads + kProjCount * std::max(rank_, 1));
     keep_ = keep_floats * sizeof(float) * c_.n_layers <= kKeepBytes;
     const size_t nl = keep_ ? c_.n_layers : 1;
     xn1_ = fbuf(M * H_), qkv_ = fbuf(nl * M * ldq_), att_ = fbuf(nl * M * QD_), an_ = fbuf(M * QD_), xmid_ = fbuf(nl * M * H_);
     xn2_ = fbuf(M * H_);
+    lse_ = fbuf(nl * M * c_.n_heads);
     gu_ = fbuf(M * 2 * F_), hn_ = fbuf(M * F_), y_ = fbuf(M * H_);
     lu_ = fbuf(nl * M * kProjCount * std::max(rank_, 1));
     for (int p = 0; p < kProjCount; ++p) {
@@ -388,6 +389,8 @@ class CudaGradEngine final : public train::GradEngine {
   float* qkv(int l) const { return qkv_.as<float>() + slot(l) * rows() * ldq_; }
   float* att(int l) const { return att_.as<float>() + slot(l) * rows() * QD_; }
   float* xmid(int l) const { return xmid_.as<float>() + slot(l) * rows() * H_; }
+  // The tf32 attention forward's log-sum-exp per row and head (flash_attention_bwd reads it).
+  float* lse(int l) const { return lse_.as<float>() + slot(l) * rows() * c_.n_heads; }
   float* u(int l, Proj p) const {
     return lu_.as<float>() + (slot(l) * kProjCount + static_cast<size_t>(p)) * rows() * std::max(rank_, 1);
   }
@@ -504,7 +507,7 @@ class CudaGradEngine final : public train::GradEngine {
     mark("rope");
     launch_rope_rows(qkv + QD_, ldq_, M_, nkv, hd, T_, 0, rope_.as<float>(), false, st_);
     mark("rope");
-    train_attention_fwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, att, QD_, tf32_);
+    train_attention_fwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, att, QD_, tf32_, lse(l));
     mark("f.attention");
     launch_train_norm_quant(att, QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an, q8_.as<int8_t>(), kpad(QD_), s_.as<float>(), st_);
     mark("f.norm_quant");
@@ -586,7 +589,7 @@ class CudaGradEngine final : public train::GradEngine {
     launch_rmsnorm_bwd(att, w.attn_sub_norm.as<float>(), dan, M_, QD_, eps, datt, false, st_);
     mark("b.rmsnorm");
     train_attention_bwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, datt, QD_, dqkv, dqkv + QD_, dqkv + QD_ + KV_, ldq_,
-                        tf32_);
+                        tf32_, att, lse(l));
     mark("b.attention");
     launch_rope_rows(dqkv, ldq_, M_, nh, hd, T_, 0, rope_.as<float>(), true, st_);
     mark("rope");
@@ -626,7 +629,7 @@ class CudaGradEngine final : public train::GradEngine {
   DevBuf params_, grads_, m_, v_, norm_scratch_;  // m_, v_: AdamW moments
   std::vector<float> host_;
   // Activations ([M][...] rows) and gradients.
-  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, gu_, hn_, y_, lu_, q8_, s_;
+  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, lse_, gu_, hn_, y_, lu_, q8_, s_;
   DevBuf dx_, dhn_, dgu_, dxn_, dan_, datt_, dqkv_, xc_, dxc_;
   DevBuf tokens_, labels_, idx_, loss_, seeds_;
   DevBuf bits_;  // dropout masks as bits, per (kept) layer and projection

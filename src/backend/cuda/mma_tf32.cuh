@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/device_util.cuh"
+
 namespace tern::cuda {
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
@@ -22,7 +24,5 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-
-__device__ __forceinline__ float4 load_float4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
 }  // namespace tern::cuda

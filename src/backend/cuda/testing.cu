@@ -432,8 +432,10 @@ AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>&
   sh.B = B, sh.T = T, sh.nh = nh, sh.nkv = nkv, sh.hd = hd;
   const float* p = dqkv_in.as<float>();
   float* g = grads.as<float>();
-  train_attention_fwd(blas, sh, p, p + qd, p + qd + kvd, ld, out.as<float>(), qd, tf32);
-  train_attention_bwd(blas, sh, p, p + qd, p + qd + kvd, ld, ddo.as<float>(), qd, g, g + qd, g + qd + kvd, ld, tf32);
+  DevBuf lse = nan_buf(static_cast<size_t>(M) * nh);
+  train_attention_fwd(blas, sh, p, p + qd, p + qd + kvd, ld, out.as<float>(), qd, tf32, lse.as<float>());
+  train_attention_bwd(blas, sh, p, p + qd, p + qd + kvd, ld, ddo.as<float>(), qd, g, g + qd, g + qd + kvd, ld, tf32, out.as<float>(),
+                      lse.as<float>());
   TERN_CUDA_CHECK(cudaDeviceSynchronize());
   AttnGrads r;
   r.out = download<float>(out, q.size());

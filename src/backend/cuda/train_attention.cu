@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
@@ -174,10 +176,19 @@ void launch_rope_bwd(float* dy, int M, int n_heads, int hd, int pos0, const floa
   launch_rope_rows(dy, n_heads * hd, M, n_heads, hd, M, pos0, rope, true, st);
 }
 
+// TERN_TRAIN_ATTN=cublas keeps the tf32 products off the flash kernels (A/B timing).
+static bool flash_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("TERN_TRAIN_ATTN");
+    return e == nullptr || std::string(e) != "cublas";
+  }();
+  return on;
+}
+
 void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
-                         int ldo, bool tf32) {
+                         int ldo, bool tf32, float* lse) {
   if (sh.B <= 0 || sh.T <= 0) return;
-  if (tf32 && flash_attention_fwd(sh, q, k, v, ld, out, ldo, blas.stream())) return;
+  if (tf32 && flash_enabled() && flash_attention_fwd(sh, q, k, v, ld, out, ldo, lse, blas.stream())) return;
   Attn a(blas, sh, tf32);
   a.heads(q, ld, a.q(), sh.nh, true);
   a.heads(k, ld, a.k(), sh.nkv, true);
@@ -194,8 +205,13 @@ void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float*
 }
 
 void train_attention_bwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld,
-                         const float* dout, int ldo, float* dq, float* dk, float* dv, int ldd, bool tf32) {
+                         const float* dout, int ldo, float* dq, float* dk, float* dv, int ldd, bool tf32, const float* out,
+                         const float* lse) {
   if (sh.B <= 0 || sh.T <= 0) return;
+  if (tf32 && flash_enabled() && out != nullptr && lse != nullptr) {
+    auto* scratch = static_cast<float*>(blas.scratch(kSlotAttnDP, flash_attention_bwd_scratch(sh) * sizeof(float)));
+    if (flash_attention_bwd(sh, q, k, v, ld, out, dout, ldo, lse, dq, dk, dv, ldd, scratch, blas.stream())) return;
+  }
   Attn a(blas, sh, tf32);
   a.heads(q, ld, a.q(), sh.nh, true);
   a.heads(k, ld, a.k(), sh.nkv, true);

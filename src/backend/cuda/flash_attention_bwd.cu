@@ -1,0 +1,396 @@
+// Causal GQA attention backward of the training step on F16 tensor cores (--precision
+// tf32: products of 10-bit mantissas, as TF32; flash-attention style: no T x T matrix in
+// memory). The cuBLAS path (train_attention.cu) copies q, k, v, dO head-major, recomputes
+// and writes P, writes dP and dS and multiplies four times: 24 ms a step on the H100 for
+// the 2b-4t shape, most of it traffic of the score matrices. CPU reference:
+// train::attention_bwd.
+//
+// With P = exp2(S log2(e) / sqrt(hd) - lse2) recomputed from the forward's log-sum-exp
+// (flash_attention.cu writes it, in log2 units) and D = rowsum(dO o O):
+//   dS = P o (dP - D), dP = dO V^T, dV = P^T dO, dK = dS^T Q / sqrt(hd), dQ = dS K / sqrt(hd).
+// Three kernels, each owning what it writes (deterministic, no atomics on results):
+// - prep: D per row and head, and the largest |q|, |k|, |v|, |dO| of the call;
+// - kv: a block owns 64 keys of one KV head and walks the queries after them (all G query
+//   heads of the group: dK, dV are their sums), 32 at a time; each warp keeps dK and dV of
+//   16 keys in registers and computes S^T and dP^T for them;
+// - q: a block owns 64 queries of one head and walks the keys up to them, 32 at a time.
+// F16 needs a range: each of q, k, v, dO is multiplied by the power of two that brings its
+// largest magnitude into [4, 8) (exact; gradients are often far below F16's normal range).
+// Then |dP| <= 64 hd and |dS| <= 128 hd stay finite in F16, and every result is scaled
+// back by powers of two. Operands are staged as float32 by cp.async, converted once per
+// tile into swizzled F16 tiles (16-byte chunk c of row r at c ^ (r & 7): ldmatrix reads
+// 8 rows of one chunk without bank conflicts), and fed to mma.m16n8k16 by ldmatrix (.trans
+// where the product runs over positions).
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/mma_f16.cuh"
+#include "backend/cuda/train_kernels.h"
+
+namespace tern::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;  // 4 warps of 16 rows
+constexpr int kBlockRows = 64;  // keys of a kv block, queries of a q block
+constexpr int kStep = 32;       // positions per step of both walks
+
+// Byte offset of 16-byte chunk c of row r in a swizzled F16 tile of HD columns.
+template <int HD>
+__device__ __forceinline__ int tile_off(int r, int c) {
+  return r * (HD * 2) + ((c ^ (r & 7)) << 4);
+}
+
+// The power of two s with amax * s in [4, 8); 1 where amax is 0 or not finite.
+__device__ __forceinline__ float range_scale(float amax) {
+  if (!(amax > 0.0f) || !isfinite(amax)) return 1.0f;
+  int e;
+  frexpf(amax, &e);  // amax in [2^(e-1), 2^e)
+  return ldexpf(1.0f, max(-126, min(126, 3 - e)));
+}
+struct Scales {
+  float q, k, v, d;
+};
+__device__ __forceinline__ Scales load_scales(const float* amax) {
+  return {range_scale(amax[0]), range_scale(amax[1]), range_scale(amax[2]), range_scale(amax[3])};
+}
+
+__device__ __forceinline__ uint4 f16x8(float4 a, float4 b, float s) {
+  return make_uint4(pack_f16(a.x * s, a.y * s), pack_f16(a.z * s, a.w * s), pack_f16(b.x * s, b.y * s), pack_f16(b.z * s, b.w * s));
+}
+
+// Rows r0 .. r0 + ROWS - 1 of base[T][ld] (HD columns) times s into an F16 tile; rows past
+// T are zeros.
+template <int HD, int ROWS>
+__device__ __forceinline__ void load_f16_tile(char* tile, const float* base, int ld, int r0, int T, float s) {
+  constexpr int CH = HD / 8;
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int i = threadIdx.x; i < ROWS * CH; i += kThreads) {
+    const int r = i / CH, c = i % CH;
+    const float* p = base + static_cast<int64_t>(r0 + r) * ld + 8 * c;
+    const bool in = r0 + r < T;
+    *reinterpret_cast<uint4*>(tile + tile_off<HD>(r, c)) = f16x8(in ? load_float4(p) : zero, in ? load_float4(p + 4) : zero, s);
+  }
+}
+
+// The same in two halves, so that the loads overlap the previous step's products:
+// stage_rows copies the raw floats by cp.async into stage[ROWS][HD], stage_to_f16 (after
+// cp_async_wait and a barrier) converts them into the tile.
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_rows(float* stage, const float* base, int ld, int r0, int T) {
+  constexpr int C4 = HD / 4;
+#pragma unroll
+  for (int it = 0; it < ROWS * C4 / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, r = i / C4, c = i % C4;
+    const bool in = r0 + r < T;
+    cp_async16(stage + r * HD + 4 * c, in ? base + static_cast<int64_t>(r0 + r) * ld + 4 * c : base, in ? 16 : 0);
+  }
+}
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_to_f16(char* tile, const float* stage, float s) {
+  constexpr int CH = HD / 8;
+#pragma unroll
+  for (int it = 0; it < ROWS * CH / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, r = i / CH, c = i % CH;
+    const float* p = stage + r * HD + 8 * c;
+    *reinterpret_cast<uint4*>(tile + tile_off<HD>(r, c)) = f16x8(load_float4(p), load_float4(p + 4), s);
+  }
+}
+
+// acc[j] += X[xr .. xr + 15] Y[8j .. 8j + 7]^T over the HD columns, j < 4 (a 16 x 32 block),
+// X's A fragments from the tile (or xf, when given), Y's rows as B.
+template <int HD>
+__device__ __forceinline__ void rows_product(float (&acc)[4][4], const char* X, int xr, const uint32_t (*xf)[4], const char* Y, int lane) {
+  const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;  // A: matrices (rows, k) 0/8 x 0/8
+  const int rb = (lane & 7) + (lane >> 4) * 8, cb = (lane >> 3) & 1;  // B pairs: (n, k) 0/8 x 0/8
+#pragma unroll
+  for (int ks = 0; ks < HD / 16; ++ks) {
+    uint32_t a[4];
+    if (xf != nullptr) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a[e] = xf[ks][e];
+    } else {
+      ldsm_x4(a, X + tile_off<HD>(xr + ra, 2 * ks + ca));
+    }
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+      uint32_t b[4];
+      ldsm_x4(b, Y + tile_off<HD>(16 * jj + rb, 2 * ks + cb));
+      mma_f16(acc[2 * jj], a, b[0], b[1]);
+      mma_f16(acc[2 * jj + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// out[i] += A Z[0 .. 31] with A (16 x 32) in rows_product's accumulator layout and Z's 32
+// rows of HD columns from the tile (out[i]: columns 8i .. 8i + 7).
+template <int HD>
+__device__ __forceinline__ void acc_product(float (&out)[HD / 8][4], const float (&acc)[4][4], const char* Z, int lane) {
+  const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    uint32_t a[4];
+    acc_to_a(a, acc[2 * kk], acc[2 * kk + 1]);
+#pragma unroll
+    for (int jj = 0; jj < HD / 16; ++jj) {
+      uint32_t b[4];
+      ldsm_x4_trans(b, Z + tile_off<HD>(16 * kk + ra, 2 * jj + ca));
+      mma_f16(out[2 * jj], a, b[0], b[1]);
+      mma_f16(out[2 * jj + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Rows row0 and row0 + 8 of acc_product's output (times mul) into dst rows of ld.
+template <int HD>
+__device__ __forceinline__ void store_rows(const float (&acc)[HD / 8][4], float mul, float* dst, int64_t ld, int row0, int T, int t) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + 8 * half;
+    if (row >= T) continue;
+    float* o = dst + static_cast<int64_t>(row) * ld + 2 * t;
+#pragma unroll
+    for (int i = 0; i < HD / 8; ++i) {
+      *reinterpret_cast<float2*>(o + 8 * i) = make_float2(acc[i][2 * half] * mul, acc[i][2 * half + 1] * mul);
+    }
+  }
+}
+
+template <int HD>
+__device__ __forceinline__ void zero(float (&acc)[HD / 8][4]) {
+#pragma unroll
+  for (int i = 0; i < HD / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+}
+
+__device__ __forceinline__ float absmax4(float4 x, float m) { return fmaxf(fmaxf(m, fmaxf(fabsf(x.x), fabsf(x.y))), fmaxf(fabsf(x.z), fabsf(x.w))); }
+
+// D[h][m] = dO . O of row m, head h (a warp per pair), and the largest magnitude of q, k,
+// v and dO into amax[0..3] (float bits: unsigned order is float order for values >= 0).
+constexpr int kPrepThreads = 256;
+__global__ void __launch_bounds__(kPrepThreads) flash_bwd_prep_kernel(const float* __restrict__ q, const float* __restrict__ k,
+                                                                      const float* __restrict__ v, int ld, const float* __restrict__ out,
+                                                                      const float* __restrict__ dout, int ldo, int M, int nh, int nkv,
+                                                                      int hd, float* __restrict__ D, unsigned* __restrict__ amax) {
+  __shared__ float red[kPrepThreads / 32];
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kPrepThreads / 32);
+  float mq = 0.0f, mk = 0.0f, mv = 0.0f, md = 0.0f;
+  for (int64_t idx = blockIdx.x * (kPrepThreads / 32) + threadIdx.x / 32; idx < static_cast<int64_t>(M) * nh; idx += warps) {
+    const int64_t m = idx / nh;
+    const int h = static_cast<int>(idx % nh);
+    const int64_t at = m * ldo + static_cast<int64_t>(h) * hd, aq = m * ld + static_cast<int64_t>(h) * hd;
+    float s = 0.0f;
+    for (int i = 4 * lane; i < hd; i += 128) {
+      const float4 a = load_float4(out + at + i), b = load_float4(dout + at + i);
+      s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      md = absmax4(b, md);
+      mq = absmax4(load_float4(q + aq + i), mq);
+      if (h < nkv) mk = absmax4(load_float4(k + aq + i), mk), mv = absmax4(load_float4(v + aq + i), mv);
+    }
+    s = warp_sum(s);
+    if (lane == 0) D[h * static_cast<int64_t>(M) + m] = s;  // head-major, as lse
+  }
+  const float r[4] = {mq, mk, mv, md};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float x = block_reduce<kPrepThreads>(r[i], red, MaxOp{});
+    if (threadIdx.x == 0) atomicMax(amax + i, __float_as_uint(x));
+  }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads, 2)
+    flash_bwd_kv_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, int ld,
+                        const float* __restrict__ dout, int ldo, const float* __restrict__ lse, const float* __restrict__ D,
+                        const float* __restrict__ amax, int nh, int nkv, float* __restrict__ dk, float* __restrict__ dv, int ldd, int T,
+                        float scale, float scale_log2) {
+  constexpr int TB = kStep * HD * 2;  // bytes of a step's F16 tile
+  extern __shared__ uint4 smem[];
+  char* Ks = reinterpret_cast<char*>(smem);
+  char *Vs = Ks + 2 * TB, *Qs = Vs + 2 * TB, *dOs = Qs + TB;
+  float* stage = reinterpret_cast<float*>(dOs + TB);  // [Q | dO][kStep][HD]
+  float* lstage = stage + 2 * kStep * HD;             // the next step's lse and D
+  float* lr = lstage + 2 * kStep;                     // this step's
+  const Scales sc = load_scales(amax);
+  const int b = blockIdx.x / nkv, kvh = blockIdx.x % nkv, G = nh / nkv, k0 = blockIdx.y * kBlockRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3, wk = 16 * warp;
+  const int64_t seq = static_cast<int64_t>(b) * T, M = static_cast<int64_t>(gridDim.x / nkv) * T;
+  // Steps: (head h of the group, kStep queries from q0), causal: no query before the first key.
+  const int per_head = (T - k0 + kStep - 1) / kStep, steps = G * per_head;
+  auto issue = [&](int step) {
+    const int h = kvh * G + step / per_head, q0 = k0 + (step % per_head) * kStep;
+    stage_rows<HD, kStep>(stage, q + seq * ld + h * HD, ld, q0, T);
+    stage_rows<HD, kStep>(stage + kStep * HD, dout + seq * ldo + h * HD, ldo, q0, T);
+    if (threadIdx.x < 2 * kStep) {
+      const int i = threadIdx.x % kStep;
+      const float* src = (threadIdx.x < kStep ? lse : D) + h * M + seq + q0;
+      cp_async4(lstage + threadIdx.x, q0 + i < T ? src + i : src, q0 + i < T ? 4 : 0);
+    }
+  };
+  issue(0);
+  cp_async_commit();
+  load_f16_tile<HD, kBlockRows>(Ks, k + seq * ld + kvh * HD, ld, k0, T, sc.k);
+  load_f16_tile<HD, kBlockRows>(Vs, v + seq * ld + kvh * HD, ld, k0, T, sc.v);
+  const float c_s = scale_log2 / (sc.q * sc.k), c_d = sc.d * sc.v;  // S' and dP' to S and dP'
+  float dka[HD / 8][4], dva[HD / 8][4];
+  zero<HD>(dka), zero<HD>(dva);
+  for (int step = 0; step < steps; ++step) {
+    const int q0 = k0 + (step % per_head) * kStep;
+    cp_async_wait<0>();
+    __syncthreads();  // the step's rows have landed; the last step's products are done
+    stage_to_f16<HD, kStep>(Qs, stage, sc.q);
+    stage_to_f16<HD, kStep>(dOs, stage + kStep * HD, sc.d);
+    if (threadIdx.x < 2 * kStep) lr[threadIdx.x] = threadIdx.x < kStep ? lstage[threadIdx.x] : lstage[threadIdx.x] * c_d;
+    __syncthreads();
+    if (step + 1 < steps) issue(step + 1);
+    cp_async_commit();
+    if (q0 + kStep > k0 + wk) {  // else every query of the step precedes the warp's keys
+      float s[4][4] = {}, dp[4][4] = {};
+      rows_product<HD>(s, Ks, wk, nullptr, Qs, lane);    // S'^T: keys x queries
+      rows_product<HD>(dp, Vs, wk, nullptr, dOs, lane);  // dP'^T
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = k0 + wk + g + 8 * (e >> 1), qi = 8 * j + 2 * t + (e & 1), qp = q0 + qi;
+          const float p = key <= qp && qp < T ? exp2f(s[j][e] * c_s - lr[qi]) : 0.0f;
+          s[j][e] = p;
+          dp[j][e] = p * (dp[j][e] - lr[kStep + qi]);  // dS'^T
+        }
+      }
+      acc_product<HD>(dva, s, dOs, lane);  // dV' += P^T dO'
+      acc_product<HD>(dka, dp, Qs, lane);  // dK' += dS'^T Q'
+    }
+  }
+  store_rows<HD>(dka, scale / (c_d * sc.q), dk + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
+  store_rows<HD>(dva, 1.0f / sc.d, dv + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads, 2)
+    flash_bwd_q_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, int ld,
+                       const float* __restrict__ dout, int ldo, const float* __restrict__ lse, const float* __restrict__ D,
+                       const float* __restrict__ amax, int nh, int nkv, float* __restrict__ dq, int ldd, int T, float scale, float scale_log2) {
+  constexpr int TB = kStep * HD * 2;
+  extern __shared__ uint4 smem[];
+  char* Qs = reinterpret_cast<char*>(smem);
+  char *dOs = Qs + 2 * TB, *Ks = dOs + 2 * TB, *Vs = Ks + TB;
+  float* stage = reinterpret_cast<float*>(Vs + TB);  // [K | V][kStep][HD]
+  const Scales sc = load_scales(amax);
+  const int b = blockIdx.x / nh, h = blockIdx.x % nh, kvh = h / (nh / nkv);
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockRows;  // the longest key walks first
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3, wq = 16 * warp;
+  const int64_t seq = static_cast<int64_t>(b) * T, M = static_cast<int64_t>(gridDim.x / nh) * T;
+  const int last = min(T, q0 + kBlockRows), steps = (last + kStep - 1) / kStep;  // causal: keys up to the last query
+  auto issue = [&](int step) {
+    stage_rows<HD, kStep>(stage, k + seq * ld + kvh * HD, ld, step * kStep, T);
+    stage_rows<HD, kStep>(stage + kStep * HD, v + seq * ld + kvh * HD, ld, step * kStep, T);
+  };
+  issue(0);
+  cp_async_commit();
+  load_f16_tile<HD, kBlockRows>(Qs, q + seq * ld + h * HD, ld, q0, T, sc.q);
+  load_f16_tile<HD, kBlockRows>(dOs, dout + seq * ldo + h * HD, ldo, q0, T, sc.d);
+  const float c_s = scale_log2 / (sc.q * sc.k), c_d = sc.d * sc.v;
+  const int r0 = q0 + wq + g, r1 = r0 + 8;
+  const float l0 = r0 < T ? lse[h * M + seq + r0] : 0.0f, l1 = r1 < T ? lse[h * M + seq + r1] : 0.0f;
+  const float d0 = r0 < T ? D[h * M + seq + r0] * c_d : 0.0f, d1 = r1 < T ? D[h * M + seq + r1] * c_d : 0.0f;
+  __syncthreads();
+  uint32_t qf[HD / 16][4], df[HD / 16][4];  // the warp's rows of Q' and dO' as A fragments
+  {
+    const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks) {
+      ldsm_x4(qf[ks], Qs + tile_off<HD>(wq + ra, 2 * ks + ca));
+      ldsm_x4(df[ks], dOs + tile_off<HD>(wq + ra, 2 * ks + ca));
+    }
+  }
+  float dqa[HD / 8][4];
+  zero<HD>(dqa);
+  for (int step = 0; step < steps; ++step) {
+    const int k0 = step * kStep;
+    cp_async_wait<0>();
+    __syncthreads();
+    stage_to_f16<HD, kStep>(Ks, stage, sc.k);
+    stage_to_f16<HD, kStep>(Vs, stage + kStep * HD, sc.v);
+    __syncthreads();
+    if (step + 1 < steps) issue(step + 1);
+    cp_async_commit();
+    if (k0 <= q0 + wq + 15) {  // else these keys follow every query of the warp
+      float s[4][4] = {}, dp[4][4] = {};
+      rows_product<HD>(s, nullptr, 0, qf, Ks, lane);   // S': queries x keys
+      rows_product<HD>(dp, nullptr, 0, df, Vs, lane);  // dP'
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = e < 2 ? r0 : r1, key = k0 + 8 * j + 2 * t + (e & 1);
+          const float p = key <= row && row < T ? exp2f(s[j][e] * c_s - (e < 2 ? l0 : l1)) : 0.0f;
+          dp[j][e] = p * (dp[j][e] - (e < 2 ? d0 : d1));  // dS'
+        }
+      }
+      acc_product<HD>(dqa, dp, Ks, lane);  // dQ' += dS' K'
+    }
+  }
+  store_rows<HD>(dqa, scale / (c_d * sc.k), dq + seq * ldd + h * HD, ldd, r0, T, t);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <int HD>
+void launch_bwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, const float* dout, int ldo, const float* lse,
+                const float* D, const float* amax, float* dq, float* dk, float* dv, int ldd, cudaStream_t st) {
+  constexpr size_t TB = kStep * HD * 2;
+  constexpr size_t kv_smem = 6 * TB + (2 * kStep * HD + 4 * kStep) * sizeof(float);
+  constexpr size_t q_smem = 6 * TB + 2 * kStep * HD * sizeof(float);
+  static const bool once = [] {  // above the 48 KB default: opt in once per kernel
+    TERN_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kv_smem)));
+    TERN_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_q_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(q_smem)));
+    return true;
+  }();
+  (void)once;
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD)), scale_log2 = 1.4426950408889634f * scale;
+  const unsigned blocks = static_cast<unsigned>((sh.T + kBlockRows - 1) / kBlockRows);
+  flash_bwd_kv_kernel<HD><<<dim3(static_cast<unsigned>(sh.B * sh.nkv), blocks), kThreads, kv_smem, st>>>(
+      q, k, v, ld, dout, ldo, lse, D, amax, sh.nh, sh.nkv, dk, dv, ldd, sh.T, scale, scale_log2);
+  TERN_CUDA_LAUNCHED("flash_bwd_kv_kernel");
+  flash_bwd_q_kernel<HD><<<dim3(static_cast<unsigned>(sh.B * sh.nh), blocks), kThreads, q_smem, st>>>(
+      q, k, v, ld, dout, ldo, lse, D, amax, sh.nh, sh.nkv, dq, ldd, sh.T, scale, scale_log2);
+  TERN_CUDA_LAUNCHED("flash_bwd_q_kernel");
+}
+
+}  // namespace
+
+size_t flash_attention_bwd_scratch(const TrainAttnShape& sh) { return static_cast<size_t>(sh.B) * sh.T * sh.nh + 4; }
+
+bool flash_attention_bwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, const float* out,
+                         const float* dout, int ldo, const float* lse, float* dq, float* dk, float* dv, int ldd, float* scratch,
+                         cudaStream_t st) {
+  if ((sh.hd != 64 && sh.hd != 128) || ld % 4 != 0 || ldo % 4 != 0 || ldd % 4 != 0 || sh.nkv <= 0 || sh.nh % sh.nkv != 0) return false;
+  for (const void* p : {static_cast<const void*>(q), static_cast<const void*>(k), static_cast<const void*>(v), static_cast<const void*>(out),
+                        static_cast<const void*>(dout), static_cast<const void*>(dq), static_cast<const void*>(dk), static_cast<const void*>(dv)}) {
+    if (!aligned16(p)) return false;
+  }
+  if (sh.B <= 0 || sh.T <= 0) return true;
+  const int M = sh.B * sh.T;
+  float* D = scratch;
+  float* amax = scratch + static_cast<size_t>(M) * sh.nh;
+  TERN_CUDA_CHECK(cudaMemsetAsync(amax, 0, 4 * sizeof(float), st));
+  int sms = 0, dev = 0;
+  TERN_CUDA_CHECK(cudaGetDevice(&dev));
+  TERN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t warps = static_cast<int64_t>(M) * sh.nh;
+  const int64_t blocks = std::min<int64_t>(4 * static_cast<int64_t>(sms), (warps + kPrepThreads / 32 - 1) / (kPrepThreads / 32));
+  flash_bwd_prep_kernel<<<static_cast<unsigned>(blocks), kPrepThreads, 0, st>>>(q, k, v, ld, out, dout, ldo, M, sh.nh, sh.nkv, sh.hd, D,
+                                                                                 reinterpret_cast<unsigned*>(amax));
+  TERN_CUDA_LAUNCHED("flash_bwd_prep_kernel");
+  if (sh.hd == 128) {
+    launch_bwd<128>(sh, q, k, v, ld, dout, ldo, lse, D, amax, dq, dk, dv, ldd, st);
+  } else {
+    launch_bwd<64>(sh, q, k, v, ld, dout, ldo, lse, D, amax, dq, dk, dv, ldd, st);
+  }
+  return true;
+}
+
+}  // namespace tern::cuda
