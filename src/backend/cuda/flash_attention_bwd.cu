@@ -14,191 +14,19 @@
 //   heads of the group: dK, dV are their sums), 32 at a time; each warp keeps dK and dV of
 //   16 keys in registers and computes S^T and dP^T for them;
 // - q: a block owns 64 queries of one head and walks the keys up to them, 32 at a time.
-// F16 needs a range: each of q, k, v, dO is multiplied by the power of two that brings its
-// largest magnitude into [4, 8) (exact; gradients are often far below F16's normal range).
-// Then |dP| <= 64 hd and |dS| <= 128 hd stay finite in F16, and every result is scaled
-// back by powers of two. Operands are staged as float32 by cp.async, converted once per
-// tile into swizzled F16 tiles (16-byte chunk c of row r at c ^ (r & 7): ldmatrix reads
-// 8 rows of one chunk without bank conflicts), and fed to mma.m16n8k16 by ldmatrix (.trans
-// where the product runs over positions).
+// Operands are scaled into F16's range as flash_tiles.cuh describes (gradients are often
+// far below F16's normal range); with q, k, v, dO in [-8, 8], |dP| <= 64 hd and
+// |dS| <= 128 hd stay finite in F16, and every result is scaled back by powers of two.
 #include <cstdint>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
-#include "backend/cuda/mma_f16.cuh"
+#include "backend/cuda/flash_tiles.cuh"
 #include "backend/cuda/train_kernels.h"
 
 namespace tern::cuda {
 
 namespace {
-
-constexpr int kThreads = 128;  // 4 warps of 16 rows
-constexpr int kBlockRows = 64;  // keys of a kv block, queries of a q block
-constexpr int kStep = 32;       // positions per step of both walks
-
-// Byte offset of 16-byte chunk c of row r in a swizzled F16 tile of HD columns.
-template <int HD>
-__device__ __forceinline__ int tile_off(int r, int c) {
-  return r * (HD * 2) + ((c ^ (r & 7)) << 4);
-}
-
-// The power of two s with amax * s in [4, 8); 1 where amax is 0 or not finite.
-__device__ __forceinline__ float range_scale(float amax) {
-  if (!(amax > 0.0f) || !isfinite(amax)) return 1.0f;
-  int e;
-  frexpf(amax, &e);  // amax in [2^(e-1), 2^e)
-  return ldexpf(1.0f, max(-126, min(126, 3 - e)));
-}
-struct Scales {
-  float q, k, v, d;
-};
-__device__ __forceinline__ Scales load_scales(const float* amax) {
-  return {range_scale(amax[0]), range_scale(amax[1]), range_scale(amax[2]), range_scale(amax[3])};
-}
-
-__device__ __forceinline__ uint4 f16x8(float4 a, float4 b, float s) {
-  return make_uint4(pack_f16(a.x * s, a.y * s), pack_f16(a.z * s, a.w * s), pack_f16(b.x * s, b.y * s), pack_f16(b.z * s, b.w * s));
-}
-
-// Rows r0 .. r0 + ROWS - 1 of base[T][ld] (HD columns) times s into an F16 tile; rows past
-// T are zeros.
-template <int HD, int ROWS>
-__device__ __forceinline__ void load_f16_tile(char* tile, const float* base, int ld, int r0, int T, float s) {
-  constexpr int CH = HD / 8;
-  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-  for (int i = threadIdx.x; i < ROWS * CH; i += kThreads) {
-    const int r = i / CH, c = i % CH;
-    const float* p = base + static_cast<int64_t>(r0 + r) * ld + 8 * c;
-    const bool in = r0 + r < T;
-    *reinterpret_cast<uint4*>(tile + tile_off<HD>(r, c)) = f16x8(in ? load_float4(p) : zero, in ? load_float4(p + 4) : zero, s);
-  }
-}
-
-// The same in two halves, so that the loads overlap the previous step's products:
-// stage_rows copies the raw floats by cp.async into stage[ROWS][HD], stage_to_f16 (after
-// cp_async_wait and a barrier) converts them into the tile.
-template <int HD, int ROWS>
-__device__ __forceinline__ void stage_rows(float* stage, const float* base, int ld, int r0, int T) {
-  constexpr int C4 = HD / 4;
-#pragma unroll
-  for (int it = 0; it < ROWS * C4 / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads, r = i / C4, c = i % C4;
-    const bool in = r0 + r < T;
-    cp_async16(stage + r * HD + 4 * c, in ? base + static_cast<int64_t>(r0 + r) * ld + 4 * c : base, in ? 16 : 0);
-  }
-}
-template <int HD, int ROWS>
-__device__ __forceinline__ void stage_to_f16(char* tile, const float* stage, float s) {
-  constexpr int CH = HD / 8;
-#pragma unroll
-  for (int it = 0; it < ROWS * CH / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads, r = i / CH, c = i % CH;
-    const float* p = stage + r * HD + 8 * c;
-    *reinterpret_cast<uint4*>(tile + tile_off<HD>(r, c)) = f16x8(load_float4(p), load_float4(p + 4), s);
-  }
-}
-
-// acc[j] += X[xr .. xr + 15] Y[8j .. 8j + 7]^T over the HD columns, j < 4 (a 16 x 32 block),
-// X's A fragments from the tile (or xf, when given), Y's rows as B.
-template <int HD>
-__device__ __forceinline__ void rows_product(float (&acc)[4][4], const char* X, int xr, const uint32_t (*xf)[4], const char* Y, int lane) {
-  const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;  // A: matrices (rows, k) 0/8 x 0/8
-  const int rb = (lane & 7) + (lane >> 4) * 8, cb = (lane >> 3) & 1;  // B pairs: (n, k) 0/8 x 0/8
-#pragma unroll
-  for (int ks = 0; ks < HD / 16; ++ks) {
-    uint32_t a[4];
-    if (xf != nullptr) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) a[e] = xf[ks][e];
-    } else {
-      ldsm_x4(a, X + tile_off<HD>(xr + ra, 2 * ks + ca));
-    }
-#pragma unroll
-    for (int jj = 0; jj < 2; ++jj) {
-      uint32_t b[4];
-      ldsm_x4(b, Y + tile_off<HD>(16 * jj + rb, 2 * ks + cb));
-      mma_f16(acc[2 * jj], a, b[0], b[1]);
-      mma_f16(acc[2 * jj + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// out[i] += A Z[0 .. 31] with A (16 x 32) in rows_product's accumulator layout and Z's 32
-// rows of HD columns from the tile (out[i]: columns 8i .. 8i + 7).
-template <int HD>
-__device__ __forceinline__ void acc_product(float (&out)[HD / 8][4], const float (&acc)[4][4], const char* Z, int lane) {
-  const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;
-#pragma unroll
-  for (int kk = 0; kk < 2; ++kk) {
-    uint32_t a[4];
-    acc_to_a(a, acc[2 * kk], acc[2 * kk + 1]);
-#pragma unroll
-    for (int jj = 0; jj < HD / 16; ++jj) {
-      uint32_t b[4];
-      ldsm_x4_trans(b, Z + tile_off<HD>(16 * kk + ra, 2 * jj + ca));
-      mma_f16(out[2 * jj], a, b[0], b[1]);
-      mma_f16(out[2 * jj + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// Rows row0 and row0 + 8 of acc_product's output (times mul) into dst rows of ld.
-template <int HD>
-__device__ __forceinline__ void store_rows(const float (&acc)[HD / 8][4], float mul, float* dst, int64_t ld, int row0, int T, int t) {
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = row0 + 8 * half;
-    if (row >= T) continue;
-    float* o = dst + static_cast<int64_t>(row) * ld + 2 * t;
-#pragma unroll
-    for (int i = 0; i < HD / 8; ++i) {
-      *reinterpret_cast<float2*>(o + 8 * i) = make_float2(acc[i][2 * half] * mul, acc[i][2 * half + 1] * mul);
-    }
-  }
-}
-
-template <int HD>
-__device__ __forceinline__ void zero(float (&acc)[HD / 8][4]) {
-#pragma unroll
-  for (int i = 0; i < HD / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
-}
-
-__device__ __forceinline__ float absmax4(float4 x, float m) { return fmaxf(fmaxf(m, fmaxf(fabsf(x.x), fabsf(x.y))), fmaxf(fabsf(x.z), fabsf(x.w))); }
-
-// D[h][m] = dO . O of row m, head h (a warp per pair), and the largest magnitude of q, k,
-// v and dO into amax[0..3] (float bits: unsigned order is float order for values >= 0).
-constexpr int kPrepThreads = 256;
-__global__ void __launch_bounds__(kPrepThreads) flash_bwd_prep_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                                                                      const float* __restrict__ v, int ld, const float* __restrict__ out,
-                                                                      const float* __restrict__ dout, int ldo, int M, int nh, int nkv,
-                                                                      int hd, float* __restrict__ D, unsigned* __restrict__ amax) {
-  __shared__ float red[kPrepThreads / 32];
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kPrepThreads / 32);
-  float mq = 0.0f, mk = 0.0f, mv = 0.0f, md = 0.0f;
-  for (int64_t idx = blockIdx.x * (kPrepThreads / 32) + threadIdx.x / 32; idx < static_cast<int64_t>(M) * nh; idx += warps) {
-    const int64_t m = idx / nh;
-    const int h = static_cast<int>(idx % nh);
-    const int64_t at = m * ldo + static_cast<int64_t>(h) * hd, aq = m * ld + static_cast<int64_t>(h) * hd;
-    float s = 0.0f;
-    for (int i = 4 * lane; i < hd; i += 128) {
-      const float4 a = load_float4(out + at + i), b = load_float4(dout + at + i);
-      s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-      md = absmax4(b, md);
-      mq = absmax4(load_float4(q + aq + i), mq);
-      if (h < nkv) mk = absmax4(load_float4(k + aq + i), mk), mv = absmax4(load_float4(v + aq + i), mv);
-    }
-    s = warp_sum(s);
-    if (lane == 0) D[h * static_cast<int64_t>(M) + m] = s;  // head-major, as lse
-  }
-  const float r[4] = {mq, mk, mv, md};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float x = block_reduce<kPrepThreads>(r[i], red, MaxOp{});
-    if (threadIdx.x == 0) atomicMax(amax + i, __float_as_uint(x));
-  }
-}
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads, 2)
@@ -235,7 +63,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   load_f16_tile<HD, kBlockRows>(Vs, v + seq * ld + kvh * HD, ld, k0, T, sc.v);
   const float c_s = scale_log2 / (sc.q * sc.k), c_d = sc.d * sc.v;  // S' and dP' to S and dP'
   float dka[HD / 8][4], dva[HD / 8][4];
-  zero<HD>(dka), zero<HD>(dva);
+  zero(dka), zero(dva);
   for (int step = 0; step < steps; ++step) {
     const int q0 = k0 + (step % per_head) * kStep;
     cp_async_wait<0>();
@@ -264,8 +92,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       acc_product<HD>(dka, dp, Qs, lane);  // dK' += dS'^T Q'
     }
   }
-  store_rows<HD>(dka, scale / (c_d * sc.q), dk + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
-  store_rows<HD>(dva, 1.0f / sc.d, dv + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
+  store_rows<HD>(dka, scale / (c_d * sc.q), scale / (c_d * sc.q), dk + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
+  store_rows<HD>(dva, 1.0f / sc.d, 1.0f / sc.d, dv + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
 }
 
 template <int HD>
@@ -298,16 +126,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float d0 = r0 < T ? D[h * M + seq + r0] * c_d : 0.0f, d1 = r1 < T ? D[h * M + seq + r1] * c_d : 0.0f;
   __syncthreads();
   uint32_t qf[HD / 16][4], df[HD / 16][4];  // the warp's rows of Q' and dO' as A fragments
-  {
-    const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;
-#pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks) {
-      ldsm_x4(qf[ks], Qs + tile_off<HD>(wq + ra, 2 * ks + ca));
-      ldsm_x4(df[ks], dOs + tile_off<HD>(wq + ra, 2 * ks + ca));
-    }
-  }
+  row_fragments<HD>(qf, Qs, wq, lane);
+  row_fragments<HD>(df, dOs, wq, lane);
   float dqa[HD / 8][4];
-  zero<HD>(dqa);
+  zero(dqa);
   for (int step = 0; step < steps; ++step) {
     const int k0 = step * kStep;
     cp_async_wait<0>();
@@ -333,10 +155,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       acc_product<HD>(dqa, dp, Ks, lane);  // dQ' += dS' K'
     }
   }
-  store_rows<HD>(dqa, scale / (c_d * sc.k), dq + seq * ldd + h * HD, ldd, r0, T, t);
+  store_rows<HD>(dqa, scale / (c_d * sc.k), scale / (c_d * sc.k), dq + seq * ldd + h * HD, ldd, r0, T, t);
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <int HD>
 void launch_bwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, const float* dout, int ldo, const float* lse,
@@ -376,15 +196,7 @@ bool flash_attention_bwd(const TrainAttnShape& sh, const float* q, const float* 
   const int M = sh.B * sh.T;
   float* D = scratch;
   float* amax = scratch + static_cast<size_t>(M) * sh.nh;
-  TERN_CUDA_CHECK(cudaMemsetAsync(amax, 0, 4 * sizeof(float), st));
-  int sms = 0, dev = 0;
-  TERN_CUDA_CHECK(cudaGetDevice(&dev));
-  TERN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t warps = static_cast<int64_t>(M) * sh.nh;
-  const int64_t blocks = std::min<int64_t>(4 * static_cast<int64_t>(sms), (warps + kPrepThreads / 32 - 1) / (kPrepThreads / 32));
-  flash_bwd_prep_kernel<<<static_cast<unsigned>(blocks), kPrepThreads, 0, st>>>(q, k, v, ld, out, dout, ldo, M, sh.nh, sh.nkv, sh.hd, D,
-                                                                                 reinterpret_cast<unsigned*>(amax));
-  TERN_CUDA_LAUNCHED("flash_bwd_prep_kernel");
+  launch_flash_prep<true>(q, k, v, ld, out, dout, ldo, M, sh.nh, sh.nkv, sh.hd, D, amax, st);
   if (sh.hd == 128) {
     launch_bwd<128>(sh, q, k, v, ld, dout, ldo, lse, D, amax, dq, dk, dv, ldd, st);
   } else {

@@ -8,9 +8,10 @@
 //        4t + 3] of each 16-column step as two float4: the reduction index is permuted
 //        (k slot t <-> column 4t, t + 4 <-> 4t + 1 in the first mma, 4t + 2 / 4t + 3 in the
 //        second) and A's fragment uses the same permutation, so the loads stay coalesced.
-//  cols: P[s] [r][K] = U^T drop(X) over row chunk s (the backward's dA). Lane (g, t)
-//        loads X[row t and t + 4][4g .. 4g + 3] of each 8-row step; the four columns of a
-//        float4 are four n-tiles, so a lane ends with 8 consecutive columns of one rank.
+//  cols: P[s] [r][K] = U^T drop(X) over row chunk s (the backward's dA). Rows arrive through a
+//        cp.async ring in shared memory; lane (g, t) reads X[row t and t + 4][4g .. 4g + 3]
+//        of each 8 rows; the four columns of a float4 are four n-tiles, so a lane ends with 8
+//        consecutive columns of one rank.
 // Masks as lora_skinny.cu (hashed per 4 columns, or read from / written to d.bits). The
 // partials are summed in split order by launch_partials_sum (deterministic).
 // Measured (H100, 2b-4t step, session 3): forward A x 16.7 -> 10.7 ms, dA 15.5 -> 12.5 ms.
@@ -31,11 +32,11 @@ namespace tern::cuda {
 namespace {
 
 constexpr int kWarps = 4, kUnroll = 4;
-// Warps per SM the launchers aim for (K splits / row chunks to fill the GPU). The rows
-// kernel ran at 25 % occupancy waiting on its loads with 16 (ncu, H200): 32 (and 64
-// registers) took the forward's A x from 10.1 to 8.6 ms a step; for the cols kernel 32 was
-// no faster (11.5 -> 11.8 ms).
-constexpr int kRowsWarpsPerSm = 32, kColsWarpsPerSm = 16;
+// What the launchers aim for per SM (K splits / row chunks to fill the GPU). The rows
+// kernel ran at 25 % occupancy waiting on its loads with 16 warps (ncu, H200): 32 (and 64
+// registers) took the forward's A x from 10.1 to 8.6 ms a step. The cols kernel streams its
+// rows through shared memory (3 blocks of ~31 KB per SM keep ~90 KB of loads in flight).
+constexpr int kRowsWarpsPerSm = 32, kColsBlocksPerSm = 3;
 
 // Keep bits of X[m][c .. c + 3] (c % 4 == 0).
 __device__ __forceinline__ unsigned mask_nib(const DropoutSpec& d, uint64_t thr, int m, int c, int K, int words, bool from_bits) {
@@ -136,54 +137,97 @@ __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const flo
   }
 }
 
+// The cols kernel's shared-memory ring (kColsStages x kColsStep rows): X rows padded to
+// kColsXLd floats and U rows to UP (the lanes' float4 / scalar reads hit 32 distinct banks),
+// then the rows' 4 mask words.
+constexpr int kColsStages = 3, kColsStep = 16, kColsWidth = kWarps * 32, kColsXLd = kColsWidth + 8;
+template <int MT>
+__host__ __device__ constexpr int cols_u_ld() {
+  return MT == 1 ? 24 : 40;  // = 8 or 24 (mod 32): rows t = 0..3 start in distinct bank octets
+}
+template <int MT>
+__host__ __device__ constexpr int cols_stage_floats() {
+  return kColsStep * (kColsXLd + cols_u_ld<MT>() + kColsWidth / 32);
+}
+
+// A block owns 128 columns (a warp 32) of one row chunk and streams its rows through the
+// ring: the loads of two steps are in flight while it multiplies (the register-fed version
+// waited on them: ncu 25 % issue, 1.1 TB/s).
 template <int MT>
 __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float* __restrict__ U, const float* __restrict__ X, int M, int K,
                                                                     int r, int chunk, const MaskArgs ma, float* __restrict__ P) {
+  constexpr int UP = cols_u_ld<MT>(), SF = cols_stage_floats<MT>();
+  extern __shared__ float ring[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int c0 = (blockIdx.x * kWarps + warp) * 32, cg = c0 + 4 * g;  // this lane's float4 of columns
-  const bool vc = cg < K;
+  const int cb0 = blockIdx.x * kColsWidth, c0 = cb0 + 32 * warp, cg = c0 + 4 * g;  // this lane's float4 of columns
   const int s = blockIdx.y, m_begin = s * chunk, m_end = min(M, m_begin + chunk);
+  const int steps = (m_end - m_begin + kColsStep - 1) / kColsStep;
   const DropoutSpec& d = ma.d;
   const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr;
   const int words = dropout_words(K);
+  auto issue = [&](int step) {
+    float* st = ring + (step % kColsStages) * SF;
+    const int r0 = m_begin + step * kColsStep;
+    for (int ch = threadIdx.x; ch < kColsStep * kColsWidth / 4; ch += kWarps * 32) {
+      const int rr = ch / (kColsWidth / 4), c = ch % (kColsWidth / 4) * 4;
+      const bool ok = r0 + rr < m_end && cb0 + c < K;
+      cp_async16(st + rr * kColsXLd + c, ok ? X + static_cast<int64_t>(r0 + rr) * K + cb0 + c : X, ok ? 16 : 0);
+    }
+    for (int e = threadIdx.x; e < kColsStep * 16 * MT; e += kWarps * 32) {
+      const int rr = e / (16 * MT), j = e % (16 * MT);
+      const bool ok = r0 + rr < m_end && j < r;
+      cp_async4(st + kColsStep * kColsXLd + rr * UP + j, ok ? U + static_cast<int64_t>(r0 + rr) * r + j : U, ok ? 4 : 0);
+    }
+    if (drop && from_bits && threadIdx.x < kColsStep * kColsWidth / 32) {
+      const int rr = threadIdx.x / (kColsWidth / 32), w = cb0 / 32 + threadIdx.x % (kColsWidth / 32);
+      const bool ok = r0 + rr < m_end && w < words;
+      cp_async4(st + kColsStep * (kColsXLd + UP) + threadIdx.x, ok ? d.bits + static_cast<int64_t>(r0 + rr) * words + w : d.bits, ok ? 4 : 0);
+    }
+    cp_async_commit();
+  };
   float acc[MT][4][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[i][q][0] = acc[i][q][1] = acc[i][q][2] = acc[i][q][3] = 0.0f;
   }
-  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  for (int mb = m_begin; mb < m_end; mb += 8 * kUnroll) {
-    float4 xa[kUnroll], xb[kUnroll];  // rows mb + 8u + t and + 4
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int ra = mb + 8 * u + t, rb = ra + 4;
-      xa[u] = vc && ra < m_end ? load_float4(X + static_cast<int64_t>(ra) * K + cg) : zero;
-      xb[u] = vc && rb < m_end ? load_float4(X + static_cast<int64_t>(rb) * K + cg) : zero;
+  if (steps > 0) issue(0);
+  if (steps > 1) issue(1);
+  for (int step = 0; step < steps; ++step) {
+    if (step + 1 < steps) {
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
-    if (drop) {
+    __syncthreads();  // the step's rows have landed, and every warp is done with the stage refilled next
+    if (step + 2 < steps) issue(step + 2);
+    const float* xs = ring + (step % kColsStages) * SF;
+    const float* us = xs + kColsStep * kColsXLd;
+    const unsigned* ws = reinterpret_cast<const unsigned*>(us + kColsStep * UP);
+    const int r0 = m_begin + step * kColsStep;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int ra = mb + 8 * u + t, rb = ra + 4;
-        if (vc && ra < m_end) xa[u] = apply_nib(xa[u], mask_nib(d, ma.thr, ra, cg, K, words, from_bits), ma.keep);
-        if (vc && rb < m_end) xb[u] = apply_nib(xb[u], mask_nib(d, ma.thr, rb, cg, K, words, from_bits), ma.keep);
+    for (int u = 0; u < kColsStep / 8; ++u) {
+      const int la = 8 * u + t, lb = la + 4;  // local rows (k slots t and t + 4); past m_end: zeros
+      float4 xa = *reinterpret_cast<const float4*>(xs + la * kColsXLd + 32 * warp + 4 * g);
+      float4 xb = *reinterpret_cast<const float4*>(xs + lb * kColsXLd + 32 * warp + 4 * g);
+      if (drop) {
+        unsigned na = 0, nb = 0;
+        if (from_bits) {
+          na = (ws[la * (kColsWidth / 32) + warp] >> (4 * g)) & 15u, nb = (ws[lb * (kColsWidth / 32) + warp] >> (4 * g)) & 15u;
+        } else if (cg < K) {
+          if (r0 + la < m_end) na = mask_nib(d, ma.thr, r0 + la, cg, K, words, false);
+          if (r0 + lb < m_end) nb = mask_nib(d, ma.thr, r0 + lb, cg, K, words, false);
+        }
+        xa = apply_nib(xa, na, ma.keep), xb = apply_nib(xb, nb, ma.keep);
       }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int ra = mb + 8 * u + t, rb = ra + 4;
-      if (mb + 8 * u >= m_end) break;  // uniform
-      const uint32_t b0[4] = {to_tf32(xa[u].x), to_tf32(xa[u].y), to_tf32(xa[u].z), to_tf32(xa[u].w)};
-      const uint32_t b1[4] = {to_tf32(xb[u].x), to_tf32(xb[u].y), to_tf32(xb[u].z), to_tf32(xb[u].w)};
+      const uint32_t b0[4] = {to_tf32(xa.x), to_tf32(xa.y), to_tf32(xa.z), to_tf32(xa.w)};
+      const uint32_t b1[4] = {to_tf32(xb.x), to_tf32(xb.y), to_tf32(xb.z), to_tf32(xb.w)};
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
-        // A fragment = U^T: (rank j, row k); rows ra (k slot t) and rb (t + 4).
+        // A fragment = U^T: (rank j, row k); rows la (k slot t) and lb (t + 4).
         const int j0 = 16 * i + g, j1 = j0 + 8;
-        const bool ia = ra < m_end, ib = rb < m_end;
-        const uint32_t a0 = to_tf32(ia && j0 < r ? U[static_cast<int64_t>(ra) * r + j0] : 0.0f);
-        const uint32_t a1 = to_tf32(ia && j1 < r ? U[static_cast<int64_t>(ra) * r + j1] : 0.0f);
-        const uint32_t a2 = to_tf32(ib && j0 < r ? U[static_cast<int64_t>(rb) * r + j0] : 0.0f);
-        const uint32_t a3 = to_tf32(ib && j1 < r ? U[static_cast<int64_t>(rb) * r + j1] : 0.0f);
+        const uint32_t a0 = to_tf32(us[la * UP + j0]), a1 = to_tf32(us[la * UP + j1]);
+        const uint32_t a2 = to_tf32(us[lb * UP + j0]), a3 = to_tf32(us[lb * UP + j1]);
 #pragma unroll
         for (int q = 0; q < 4; ++q) mma_tf32(acc[i][q], a0, a1, a2, a3, b0[q], b1[q]);
       }
@@ -243,20 +287,20 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
 bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G) {
   if (r > 32 || K % 4 != 0 || !aligned16(X)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
-  // About kColsWarpsPerSm warps per SM over (32-column strips) x (row chunks of 8-row steps).
-  const int strips = (K + 31) / 32, blocks = (strips + kWarps - 1) / kWarps, steps = (M + 7) / 8;
-  const int want = std::max(1, std::min(steps, (kColsWarpsPerSm * sm_count() + strips - 1) / strips));
-  const int chunk = (steps + want - 1) / want * 8, S = (M + chunk - 1) / chunk;
+  // About kColsBlocksPerSm blocks per SM over (128-column strips) x (row chunks of kColsStep-row steps).
+  const int strips = (K + kColsWidth - 1) / kColsWidth, steps = (M + kColsStep - 1) / kColsStep;
+  const int want = std::max(1, std::min(steps, (kColsBlocksPerSm * sm_count() + strips - 1) / strips));
+  const int chunk = (steps + want - 1) / want * kColsStep, S = (M + chunk - 1) / chunk;
   auto* P = static_cast<float*>(blas.scratch(kSlotSplitK, static_cast<size_t>(S) * r * K * sizeof(float)));
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(S));
+  const dim3 grid(static_cast<unsigned>(strips), static_cast<unsigned>(S));
   DropoutSpec dd = d;
   dd.write_bits = false;
   const MaskArgs ma = mask_args(dd);
   cudaStream_t st = blas.stream();
   if (r <= 16) {
-    lora_cols_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(U, X, M, K, r, chunk, ma, P);
+    lora_cols_mma_kernel<1><<<grid, kWarps * 32, kColsStages * cols_stage_floats<1>() * sizeof(float), st>>>(U, X, M, K, r, chunk, ma, P);
   } else {
-    lora_cols_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(U, X, M, K, r, chunk, ma, P);
+    lora_cols_mma_kernel<2><<<grid, kWarps * 32, kColsStages * cols_stage_floats<2>() * sizeof(float), st>>>(U, X, M, K, r, chunk, ma, P);
   }
   TERN_CUDA_LAUNCHED("lora_cols_mma_kernel");
   launch_partials_sum(P, S, static_cast<int64_t>(r) * K, alpha, G, true, st);

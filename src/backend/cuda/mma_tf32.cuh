@@ -1,4 +1,4 @@
-// TF32 tensor-core building blocks shared by lora_mma.cu and flash_attention.cu: a float
+// TF32 tensor-core building blocks of lora_mma.cu: a float
 // rounded to TF32 (round to nearest, ties away: cvt.rna), and one warp-wide
 // mma.sync.m16n8k8 with float32 sums. Fragment layouts (PTX ISA, lane = 4 g + t):
 // A (16 x 8, row-major): a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4);

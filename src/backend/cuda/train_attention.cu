@@ -188,7 +188,10 @@ static bool flash_enabled() {
 void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
                          int ldo, bool tf32, float* lse) {
   if (sh.B <= 0 || sh.T <= 0) return;
-  if (tf32 && flash_enabled() && flash_attention_fwd(sh, q, k, v, ld, out, ldo, lse, blas.stream())) return;
+  if (tf32 && flash_enabled() &&
+      flash_attention_fwd(sh, q, k, v, ld, out, ldo, lse, static_cast<float*>(blas.scratch(kSlotAttnS, 4 * sizeof(float))), blas.stream())) {
+    return;
+  }
   Attn a(blas, sh, tf32);
   a.heads(q, ld, a.q(), sh.nh, true);
   a.heads(k, ld, a.k(), sh.nkv, true);

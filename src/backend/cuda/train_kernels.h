@@ -127,10 +127,11 @@ struct TrainAttnShape {
 // for the tf32 backward; only written where the flash forward applies.
 void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
                          int ldo, bool tf32 = false, float* lse = nullptr);
-// flash_attention.cu: the forward in one TF32 tensor-core kernel (train_attention_fwd's tf32
-// path for head dims 64 and 128); false when it does not apply.
+// flash_attention.cu: the forward on F16 tensor cores (train_attention_fwd's tf32 path for
+// head dims 64 and 128, 16-byte aligned rows); scratch: 4 floats on the device. False when
+// it does not apply.
 bool flash_attention_fwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out, int ldo,
-                         float* lse, cudaStream_t st);
+                         float* lse, float* scratch, cudaStream_t st);
 // dq, dk, dv (row stride ldd) are written; the probabilities are recomputed. With tf32 and
 // the forward's out (row stride ldo, as dout) and lse: flash_attention_bwd where it applies.
 void train_attention_bwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld,

@@ -1,0 +1,221 @@
+// Shared pieces of the F16 flash-attention kernels of the training step
+// (flash_attention.cu: forward, flash_attention_bwd.cu: backward).
+//
+// A block has 4 warps of 16 rows (queries or keys) and walks the other side kStep
+// positions at a time. Operands arrive as float32 rows [B*T][ld] (heads of HD columns),
+// are staged by cp.async, multiplied by a power of two that brings the operand's largest
+// magnitude into [4, 8) (F16's range is narrow; the scale is exact and undone on the
+// results) and stored as F16 tiles: 16-byte chunk c of row r at c ^ (r & 7), so that
+// ldmatrix reads 8 rows of one chunk without bank conflicts.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/mma_f16.cuh"
+
+namespace tern::cuda {
+namespace {
+
+constexpr int kThreads = 128;   // 4 warps of 16 rows
+constexpr int kBlockRows = 64;  // rows a block owns
+constexpr int kStep = 32;       // positions per step of the walk
+
+// Byte offset of 16-byte chunk c of row r in a swizzled F16 tile of HD columns.
+template <int HD>
+__device__ __forceinline__ int tile_off(int r, int c) {
+  return r * (HD * 2) + ((c ^ (r & 7)) << 4);
+}
+
+// The power of two s with amax * s in [4, 8); 1 where amax is 0 or not finite.
+__device__ __forceinline__ float range_scale(float amax) {
+  if (!(amax > 0.0f) || !isfinite(amax)) return 1.0f;
+  int e;
+  frexpf(amax, &e);  // amax in [2^(e-1), 2^e)
+  return ldexpf(1.0f, max(-126, min(126, 3 - e)));
+}
+struct Scales {
+  float q, k, v, d;
+};
+// amax: the largest |q|, |k|, |v|, |dO| (flash_prep_kernel).
+__device__ __forceinline__ Scales load_scales(const float* amax) {
+  return {range_scale(amax[0]), range_scale(amax[1]), range_scale(amax[2]), range_scale(amax[3])};
+}
+
+__device__ __forceinline__ uint2 f16x4(float4 a, float s) { return make_uint2(pack_f16(a.x * s, a.y * s), pack_f16(a.z * s, a.w * s)); }
+
+// Rows r0 .. r0 + ROWS - 1 of base[T][ld] (HD columns) times s into an F16 tile; rows past
+// T are zeros.
+template <int HD, int ROWS>
+__device__ __forceinline__ void load_f16_tile(char* tile, const float* base, int ld, int r0, int T, float s) {
+  constexpr int C4 = HD / 4;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < ROWS * C4; i += kThreads) {
+    const int r = i / C4, c = i % C4;
+    const float4 x = r0 + r < T ? load_float4(base + static_cast<int64_t>(r0 + r) * ld + 4 * c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    *reinterpret_cast<uint2*>(tile + tile_off<HD>(r, c >> 1) + 8 * (c & 1)) = f16x4(x, s);
+  }
+}
+
+// The same in two halves, so that the loads overlap the previous step's products:
+// stage_rows copies the raw floats by cp.async into stage[ROWS][HD], stage_to_f16 (after
+// cp_async_wait and a barrier) converts them into the tile.
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_rows(float* stage, const float* base, int ld, int r0, int T) {
+  constexpr int C4 = HD / 4;
+#pragma unroll
+  for (int it = 0; it < ROWS * C4 / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, r = i / C4, c = i % C4;
+    const bool in = r0 + r < T;
+    cp_async16(stage + r * HD + 4 * c, in ? base + static_cast<int64_t>(r0 + r) * ld + 4 * c : base, in ? 16 : 0);
+  }
+}
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_to_f16(char* tile, const float* stage, float s) {
+  constexpr int C4 = HD / 4;
+#pragma unroll
+  for (int it = 0; it < ROWS * C4 / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, r = i / C4, c = i % C4;
+    *reinterpret_cast<uint2*>(tile + tile_off<HD>(r, c >> 1) + 8 * (c & 1)) = f16x4(load_float4(stage + r * HD + 4 * c), s);
+  }
+}
+
+// acc[j] += X[xr .. xr + 15] Y[8j .. 8j + 7]^T over the HD columns, j < 4 (a 16 x 32 block),
+// X's A fragments from the tile (or xf, when given), Y's rows as B.
+template <int HD>
+__device__ __forceinline__ void rows_product(float (&acc)[4][4], const char* X, int xr, const uint32_t (*xf)[4], const char* Y, int lane) {
+  const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;  // A: matrices (rows, k) 0/8 x 0/8
+  const int rb = (lane & 7) + (lane >> 4) * 8, cb = (lane >> 3) & 1;  // B pairs: (n, k) 0/8 x 0/8
+#pragma unroll
+  for (int ks = 0; ks < HD / 16; ++ks) {
+    uint32_t a[4];
+    if (xf != nullptr) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a[e] = xf[ks][e];
+    } else {
+      ldsm_x4(a, X + tile_off<HD>(xr + ra, 2 * ks + ca));
+    }
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+      uint32_t b[4];
+      ldsm_x4(b, Y + tile_off<HD>(16 * jj + rb, 2 * ks + cb));
+      mma_f16(acc[2 * jj], a, b[0], b[1]);
+      mma_f16(acc[2 * jj + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// The A fragments of rows r .. r + 15 of a tile, for rows_product's xf.
+template <int HD>
+__device__ __forceinline__ void row_fragments(uint32_t (&f)[HD / 16][4], const char* X, int r, int lane) {
+  const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;
+#pragma unroll
+  for (int ks = 0; ks < HD / 16; ++ks) ldsm_x4(f[ks], X + tile_off<HD>(r + ra, 2 * ks + ca));
+}
+
+// out[i] += A Z[0 .. 31] with A (16 x 32) in rows_product's accumulator layout and Z's 32
+// rows of HD columns from the tile (out[i]: columns 8i .. 8i + 7).
+template <int HD>
+__device__ __forceinline__ void acc_product(float (&out)[HD / 8][4], const float (&acc)[4][4], const char* Z, int lane) {
+  const int ra = (lane & 7) + ((lane >> 3) & 1) * 8, ca = lane >> 4;
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    uint32_t a[4];
+    acc_to_a(a, acc[2 * kk], acc[2 * kk + 1]);
+#pragma unroll
+    for (int jj = 0; jj < HD / 16; ++jj) {
+      uint32_t b[4];
+      ldsm_x4_trans(b, Z + tile_off<HD>(16 * kk + ra, 2 * jj + ca));
+      mma_f16(out[2 * jj], a, b[0], b[1]);
+      mma_f16(out[2 * jj + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Row row0 (m0 times acc[.][0..1]) and row0 + 8 (m1 times acc[.][2..3]) of acc_product's
+// output into dst rows of ld; rows >= T are not written.
+template <int HD>
+__device__ __forceinline__ void store_rows(const float (&acc)[HD / 8][4], float m0, float m1, float* dst, int64_t ld, int row0, int T, int t) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + 8 * half;
+    const float mul = half == 0 ? m0 : m1;
+    if (row >= T) continue;
+    float* o = dst + static_cast<int64_t>(row) * ld + 2 * t;
+#pragma unroll
+    for (int i = 0; i < HD / 8; ++i) {
+      *reinterpret_cast<float2*>(o + 8 * i) = make_float2(acc[i][2 * half] * mul, acc[i][2 * half + 1] * mul);
+    }
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&acc)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+}
+
+__device__ __forceinline__ float absmax4(float4 x, float m) { return fmaxf(fmaxf(m, fmaxf(fabsf(x.x), fabsf(x.y))), fmaxf(fabsf(x.z), fabsf(x.w))); }
+
+// The largest magnitude of q, k, v (and with D, of dout) into amax[0..3] as float bits
+// (unsigned order is float order for values >= 0; amax zeroed before), a warp per (row m,
+// head h). With D: also D[h][m] = dout . out of the row and head (head-major, as lse).
+constexpr int kPrepThreads = 256;
+template <bool kD>
+__global__ void __launch_bounds__(kPrepThreads) flash_prep_kernel(const float* __restrict__ q, const float* __restrict__ k,
+                                                                  const float* __restrict__ v, int ld, const float* __restrict__ out,
+                                                                  const float* __restrict__ dout, int ldo, int M, int nh, int nkv, int hd,
+                                                                  float* __restrict__ D, unsigned* __restrict__ amax) {
+  __shared__ float red[kPrepThreads / 32];
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kPrepThreads / 32);
+  float mq = 0.0f, mk = 0.0f, mv = 0.0f, md = 0.0f;
+  for (int64_t idx = blockIdx.x * (kPrepThreads / 32) + threadIdx.x / 32; idx < static_cast<int64_t>(M) * nh; idx += warps) {
+    const int64_t m = idx / nh;
+    const int h = static_cast<int>(idx % nh);
+    const int64_t aq = m * ld + static_cast<int64_t>(h) * hd, at = m * ldo + static_cast<int64_t>(h) * hd;
+    float s = 0.0f;
+    for (int i = 4 * lane; i < hd; i += 128) {
+      mq = absmax4(load_float4(q + aq + i), mq);
+      if (h < nkv) mk = absmax4(load_float4(k + aq + i), mk), mv = absmax4(load_float4(v + aq + i), mv);
+      if constexpr (kD) {
+        const float4 a = load_float4(out + at + i), b = load_float4(dout + at + i);
+        s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        md = absmax4(b, md);
+      }
+    }
+    if constexpr (kD) {
+      s = warp_sum(s);
+      if (lane == 0) D[h * static_cast<int64_t>(M) + m] = s;
+    }
+  }
+  const float r[4] = {mq, mk, mv, md};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float x = block_reduce<kPrepThreads>(r[i], red, MaxOp{});
+    if (threadIdx.x == 0) atomicMax(amax + i, __float_as_uint(x));
+  }
+}
+
+// Zeroes amax[0..3], then flash_prep_kernel over B*T rows (a few blocks per SM: one atomic
+// per block and value).
+template <bool kD>
+void launch_flash_prep(const float* q, const float* k, const float* v, int ld, const float* out, const float* dout, int ldo, int M, int nh,
+                       int nkv, int hd, float* D, float* amax, cudaStream_t st) {
+  TERN_CUDA_CHECK(cudaMemsetAsync(amax, 0, 4 * sizeof(float), st));
+  int sms = 0, dev = 0;
+  TERN_CUDA_CHECK(cudaGetDevice(&dev));
+  TERN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t warps = static_cast<int64_t>(M) * nh;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(4 * static_cast<int64_t>(sms), (warps + kPrepThreads / 32 - 1) / (kPrepThreads / 32)));
+  flash_prep_kernel<kD><<<static_cast<unsigned>(blocks), kPrepThreads, 0, st>>>(q, k, v, ld, out, dout, ldo, M, nh, nkv, hd, D,
+                                                                                reinterpret_cast<unsigned*>(amax));
+  TERN_CUDA_LAUNCHED("flash_prep_kernel");
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+}  // namespace tern::cuda
