@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <span>
 #include <filesystem>
 #include <string>
@@ -173,6 +174,10 @@ TEST(CudaTraining, GradientsMatchCpuReference) {
   for (float p : {0.0f, 0.1f}) {
     check_model(tiny, {9, 14, 4}, p, "tiny fixture");
     check_model(tamed("256,512,2,4,2,300", 3), {17, 6}, p, "tamed 256");
+    // Only the last layer's gate/up output kept: the other's recomputed in the backward.
+    setenv("TERN_TRAIN_GU_KEEP", "1", 1);
+    check_model(tamed("256,512,2,4,2,300", 3), {17, 6}, p, "tamed 256, one gate/up kept");
+    unsetenv("TERN_TRAIN_GU_KEEP");
     check_model(tamed("512,1024,2,4,1,500", 5), {12, 9, 5, 12}, p, "tamed 512, head_dim 128, GQA 4:1");
   }
 }

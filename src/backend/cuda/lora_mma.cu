@@ -34,8 +34,10 @@ namespace {
 constexpr int kWarps = 4, kUnroll = 4;
 // What the launchers aim for per SM (K splits / row chunks to fill the GPU). The rows
 // kernel ran at 25 % occupancy waiting on its loads with 16 warps (ncu, H200): 32 (and 64
-// registers) took the forward's A x from 10.1 to 8.6 ms a step. The cols kernel streams its
-// rows through shared memory (3 blocks of ~31 KB per SM keep ~90 KB of loads in flight).
+// registers) took the forward's A x from 10.1 to 8.6 ms a step; fed through a cp.async ring
+// like the cols kernel it was slower (13.3 ms: its K splits are too short to fill the ring).
+// The cols kernel streams its rows through shared memory (3 blocks of ~31 KB per SM keep
+// ~90 KB of loads in flight): dA 11.3 -> 6.3 ms.
 constexpr int kRowsWarpsPerSm = 32, kColsBlocksPerSm = 3;
 
 // Keep bits of X[m][c .. c + 3] (c % 4 == 0).
@@ -154,8 +156,8 @@ __host__ __device__ constexpr int cols_stage_floats() {
 // ring: the loads of two steps are in flight while it multiplies (the register-fed version
 // waited on them: ncu 25 % issue, 1.1 TB/s).
 template <int MT>
-__global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float* __restrict__ U, const float* __restrict__ X, int M, int K,
-                                                                    int r, int chunk, const MaskArgs ma, float* __restrict__ P) {
+__global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float* __restrict__ U, const float* __restrict__ X, int ldx, int M,
+                                                                    int K, int r, int chunk, const MaskArgs ma, int g_kr, float* __restrict__ P) {
   constexpr int UP = cols_u_ld<MT>(), SF = cols_stage_floats<MT>();
   extern __shared__ float ring[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
@@ -171,7 +173,7 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
     for (int ch = threadIdx.x; ch < kColsStep * kColsWidth / 4; ch += kWarps * 32) {
       const int rr = ch / (kColsWidth / 4), c = ch % (kColsWidth / 4) * 4;
       const bool ok = r0 + rr < m_end && cb0 + c < K;
-      cp_async16(st + rr * kColsXLd + c, ok ? X + static_cast<int64_t>(r0 + rr) * K + cb0 + c : X, ok ? 16 : 0);
+      cp_async16(st + rr * kColsXLd + c, ok ? X + static_cast<int64_t>(r0 + rr) * ldx + cb0 + c : X, ok ? 16 : 0);
     }
     for (int e = threadIdx.x; e < kColsStep * 16 * MT; e += kWarps * 32) {
       const int rr = e / (16 * MT), j = e % (16 * MT);
@@ -246,8 +248,13 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
       for (int h = 0; h < 2; ++h) {
         const int c = c0 + 8 * t + 4 * h;
         if (c >= K) continue;  // K % 4 == 0: a float4 is all in or all out
-        *reinterpret_cast<float4*>(ps + static_cast<int64_t>(j) * K + c) =
-            make_float4(acc[i][0][h + 2 * hi], acc[i][1][h + 2 * hi], acc[i][2][h + 2 * hi], acc[i][3][h + 2 * hi]);
+        const int e = h + 2 * hi;
+        if (g_kr) {  // [K][r]: the 8 lanes of a column write 8 consecutive ranks
+#pragma unroll
+          for (int q = 0; q < 4; ++q) ps[static_cast<int64_t>(c + q) * r + j] = acc[i][q][e];
+        } else {
+          *reinterpret_cast<float4*>(ps + static_cast<int64_t>(j) * K + c) = make_float4(acc[i][0][e], acc[i][1][e], acc[i][2][e], acc[i][3][e]);
+        }
       }
     }
   }
@@ -284,8 +291,10 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
   return true;
 }
 
-bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G) {
-  if (r > 32 || K % 4 != 0 || !aligned16(X)) return false;
+bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
+                   int ldx, bool g_kr) {
+  if (ldx == 0) ldx = K;
+  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned16(X)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   // About kColsBlocksPerSm blocks per SM over (128-column strips) x (row chunks of kColsStep-row steps).
   const int strips = (K + kColsWidth - 1) / kColsWidth, steps = (M + kColsStep - 1) / kColsStep;
@@ -298,9 +307,9 @@ bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K
   const MaskArgs ma = mask_args(dd);
   cudaStream_t st = blas.stream();
   if (r <= 16) {
-    lora_cols_mma_kernel<1><<<grid, kWarps * 32, kColsStages * cols_stage_floats<1>() * sizeof(float), st>>>(U, X, M, K, r, chunk, ma, P);
+    lora_cols_mma_kernel<1><<<grid, kWarps * 32, kColsStages * cols_stage_floats<1>() * sizeof(float), st>>>(U, X, ldx, M, K, r, chunk, ma, g_kr ? 1 : 0, P);
   } else {
-    lora_cols_mma_kernel<2><<<grid, kWarps * 32, kColsStages * cols_stage_floats<2>() * sizeof(float), st>>>(U, X, M, K, r, chunk, ma, P);
+    lora_cols_mma_kernel<2><<<grid, kWarps * 32, kColsStages * cols_stage_floats<2>() * sizeof(float), st>>>(U, X, ldx, M, K, r, chunk, ma, g_kr ? 1 : 0, P);
   }
   TERN_CUDA_LAUNCHED("lora_cols_mma_kernel");
   launch_partials_sum(P, S, static_cast<int64_t>(r) * K, alpha, G, true, st);

@@ -9,7 +9,8 @@
 // (B . u, u = A dropout(x) from lora_skinny.cu) and the residual add, RoPE, attention on
 // cuBLAS. Kept for the backward: each layer's input
 // (gradient checkpointing) and, while they fit kKeepBytes, the attention block's outputs
-// and every LoRA u and dropout mask; the loss runs on the rows that have a label.
+// and every LoRA u and dropout mask, and the last layers' gate/up outputs while they fit
+// kGuKeepBytes; the loss runs on the rows that have a label.
 // Backward, layer by layer from the top: recompute what was not kept (norms, the gate/up
 // block), then walk back through the layer: the ternary linears by the straight-through
 // estimator (dx = m dy Wq on split F16 terms against an F16 copy of the weights,
@@ -74,7 +75,14 @@ class CudaGradEngine final : public train::GradEngine {
     xn1_ = fbuf(M * H_), qkv_ = fbuf(nl * M * ldq_), att_ = fbuf(nl * M * QD_), an_ = fbuf(M * QD_), xmid_ = fbuf(nl * M * H_);
     xn2_ = fbuf(M * H_);
     lse_ = fbuf(nl * M * c_.n_heads);
-    gu_ = fbuf(M * 2 * F_), hn_ = fbuf(M * F_), y_ = fbuf(M * H_);
+    // The gate/up outputs of the last layers too (each one kept saves its GEMM, epilogue and
+    // input quantization in the backward), in slots 1.. after the working buffer.
+    const size_t gu_floats = M * 2 * F_;
+    // TERN_TRAIN_GU_KEEP=n caps the count (tests run the kept and recomputed paths side by side).
+    size_t gu_kept = keep_ ? std::min<size_t>(c_.n_layers, kGuKeepBytes / (gu_floats * sizeof(float))) : 0;
+    if (const char* e = std::getenv("TERN_TRAIN_GU_KEEP")) gu_kept = std::min<size_t>(gu_kept, std::strtoul(e, nullptr, 10));
+    gu_from_ = static_cast<int>(c_.n_layers - gu_kept);
+    gu_ = fbuf((1 + gu_kept) * gu_floats), hn_ = fbuf(M * F_), y_ = fbuf(M * H_);
     lu_ = fbuf(nl * M * kProjCount * std::max(rank_, 1));
     for (int p = 0; p < kProjCount; ++p) {
       bits_off_[p] = bits_layer_;
@@ -389,6 +397,8 @@ class CudaGradEngine final : public train::GradEngine {
   float* qkv(int l) const { return qkv_.as<float>() + slot(l) * rows() * ldq_; }
   float* att(int l) const { return att_.as<float>() + slot(l) * rows() * QD_; }
   float* xmid(int l) const { return xmid_.as<float>() + slot(l) * rows() * H_; }
+  bool gu_kept(int l) const { return l >= gu_from_; }
+  float* gu(int l) const { return gu_.as<float>() + (gu_kept(l) ? 1 + l - gu_from_ : 0) * rows() * 2 * F_; }
   // The tf32 attention forward's log-sum-exp per row and head (flash_attention_bwd reads it).
   float* lse(int l) const { return lse_.as<float>() + slot(l) * rows() * c_.n_heads; }
   float* u(int l, Proj p) const {
@@ -428,21 +438,22 @@ class CudaGradEngine final : public train::GradEngine {
   }
 
   // The activations layer_bwd(l) reads, after the forward pass has moved on: all of
-  // layer_fwd without its output, or with keep_ only the norms and the gate/up block
-  // (the rest was kept).
+  // layer_fwd without its output, or with keep_ only the norms and (unless gu_kept) the
+  // gate/up block (the rest was kept).
   void recompute(int l) {
     if (!keep_) return layer_fwd(l, x(l), nullptr);
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
-    // (the LoRA backward's inputs; no int8 rows: those linears do not run again)
+    const bool gemm = !gu_kept(l);
+    // (the LoRA backward's inputs; no int8 rows but the gate/up GEMM's: the others do not run again)
     launch_train_norm_quant(x(l), H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1_.as<float>(), nullptr, 0, nullptr, st_);
     launch_train_norm_quant(att(l), QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an_.as<float>(), nullptr, 0, nullptr, st_);
-    launch_train_norm_quant(xmid(l), H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2_.as<float>(), q8_.as<int8_t>(), kpad(H_),
-                            s_.as<float>(), st_);
+    launch_train_norm_quant(xmid(l), H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2_.as<float>(),
+                            gemm ? q8_.as<int8_t>() : nullptr, kpad(H_), gemm ? s_.as<float>() : nullptr, st_);
     mark("f.norm_quant");
-    ternary(l, w.gu8, H_, 2 * F_, gu_.as<float>(), scales_gu(w), {Proj::Gate, Proj::Up});
-    launch_train_norm_quant(gu_.as<float>(), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn_.as<float>(),
-                            nullptr, 0, nullptr, st_);
+    if (gemm) ternary(l, w.gu8, H_, 2 * F_, gu(l), scales_gu(w), {Proj::Gate, Proj::Up});
+    launch_train_norm_quant(gu(l), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn_.as<float>(), nullptr,
+                            0, nullptr, st_);
     mark("f.norm_quant");
   }
 
@@ -496,7 +507,7 @@ class CudaGradEngine final : public train::GradEngine {
     const float eps = c_.rms_eps;
     const int hd = static_cast<int>(c_.head_dim), nh = static_cast<int>(c_.n_heads), nkv = static_cast<int>(c_.n_kv_heads);
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>(), *y = y_.as<float>();
-    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = gu_.as<float>(), *hn = hn_.as<float>();
+    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = hn_.as<float>();
     // Attention block.
     launch_train_norm_quant(xin, H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_);
     mark("f.norm_quant");
@@ -574,7 +585,7 @@ class CudaGradEngine final : public train::GradEngine {
     const float eps = c_.rms_eps;
     const int hd = static_cast<int>(c_.head_dim), nh = static_cast<int>(c_.n_heads), nkv = static_cast<int>(c_.n_kv_heads);
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>();
-    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = gu_.as<float>(), *hn = hn_.as<float>();
+    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = hn_.as<float>();
     float *dhn = dhn_.as<float>(), *dgu = dgu_.as<float>(), *dxn = dxn_.as<float>(), *dan = dan_.as<float>();
     float *datt = datt_.as<float>(), *dqkv = dqkv_.as<float>();
     // Feed-forward block: out = xmid + Down(hn).
@@ -603,11 +614,15 @@ class CudaGradEngine final : public train::GradEngine {
   // Keeping every layer's attention-block activations (instead of recomputing them) is
   // worth ~15 % of a step; above this many bytes the backward recomputes everything.
   static constexpr size_t kKeepBytes = size_t{6} << 30;
+  // Gate/up outputs kept for the last layers (226 MB a layer for the 2b-4t shape at 8 x 512
+  // rows: 7 layers, ~0.5 ms of recompute each; the whole step then stays under 17 GiB).
+  static constexpr size_t kGuKeepBytes = size_t{3} << 29;
 
   ModelConfig c_;
   int64_t max_rows_, max_len_;
   bool tf32_ = false;  // attention products on TF32 tensor cores
   bool keep_ = false;  // activations of every layer kept (see kKeepBytes)
+  int gu_from_ = 0;    // layers from here keep their gate/up output (gu(l))
   int H_ = 0, QD_ = 0, KV_ = 0, F_ = 0, ldq_ = 0;
   int B_ = 0, T_ = 0, M_ = 0;
   float drop_ = 0.0f;

@@ -107,9 +107,10 @@ void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* o
 // lora_rows_product (hashed, written, or read).
 bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
                    float* U);
-// G [r][K] += alpha * U^T drop(X) for X [M][K], U [M][r]; the mask read from d.bits or
-// hashed.
-bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G);
+// G [r][K] += alpha * U^T drop(X) for X [M][K] (row stride ldx, 0: K), U [M][r]; g_kr: G is
+// [K][r] (dB += s dy^T u). The mask read from d.bits or hashed.
+bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
+                   int ldx = 0, bool g_kr = false);
 
 // ---- train_attention.cu ----
 // RoPE in place on M rows (row stride ld) of n_heads x hd, row m at position

@@ -246,7 +246,8 @@ void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
 }
 
 void lora_du_gpu(TrainBlas& blas, const float* dy, int ldy, const float* B, int M, int r, int out, float scaling, float* du, bool tf32) {
-  blas.gemm(false, false, M, r, out, scaling, dy, ldy, B, r, 0.0f, du, r, tf32);  // du = s dy B
+  // du = s dy B on cuBLAS (the TF32 rows kernel, fed from registers or a cp.async ring, was slower).
+  blas.gemm(false, false, M, r, out, scaling, dy, ldy, B, r, 0.0f, du, r, tf32);
 }
 
 void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, const float* u, const float* dy, int ldy, int M, int in,
@@ -267,7 +268,10 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
     if (t == nullptr) t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
     return t;
   };
-  gemm_tn_chunked(blas, out, r, M, scaling, dy, ldy, u, r, dB, r, tf32);  // dB += s dy^T u
+  // dB += s dy^T u (with tf32 by the ring-fed cols kernel, writing [out][r]).
+  if (!(tf32 && lora_skinny_enabled() && lora_cols_mma(blas, u, dy, M, out, r, scaling, DropoutSpec{}, dB, ldy, true))) {
+    gemm_tn_chunked(blas, out, r, M, scaling, dy, ldy, u, r, dB, r, tf32);
+  }
   blas.mark("b.lora.dB");
   if (!lora_cols_product(blas, du, x, M, in, r, 1.0f, dd, dA, tf32)) {
     const float* xd = x;
