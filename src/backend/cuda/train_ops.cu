@@ -17,6 +17,20 @@ constexpr int kThreads = 256;
 // train::rmsnorm_bwd: dx = r w dy - x r^3 / n sum_j w_j dy_j x_j, sums in double. (Keeping
 // the row's x and dy in registers, 12 values each per thread at the hidden width, measured
 // slower: 9.9 ms a step against ~7.5 on the H100, as 84 values per thread had in session 3.)
+// train::rmsnorm_bwd's per-row factors and per-element formula, rounded as the CPU rounds
+// them: r and coef once per row, then float products (no contraction). Per element in
+// double (as before: r w dy - x r^3 / n dot, a double division each) these kernels were
+// bound by FP64 issue (H200: the gated one 275 us a call at 2 TB/s).
+struct RowCoef {
+  float r, coef;
+  __device__ __forceinline__ float grad(float w, float dy, float x) const { return __fsub_rn(__fmul_rn(r, __fmul_rn(w, dy)), __fmul_rn(x, coef)); }
+};
+__device__ __forceinline__ RowCoef row_coef(double ss, double dot, int n, float eps) {
+  const float r = 1.0f / sqrtf(__fadd_rn(static_cast<float>(ss / n), eps));
+  const double rd = r;
+  return {r, static_cast<float>(rd * rd * rd / static_cast<double>(n) * dot)};
+}
+
 __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                                                const float* __restrict__ dy, int n, float eps, float* dx,
                                                                int accumulate) {
@@ -29,10 +43,10 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_kernel(const float* __re
   }
   ss = block_reduce<kThreads>(ss, sd, SumOp{});
   dot = block_reduce<kThreads>(dot, sd, SumOp{});
-  const double r = 1.0 / sqrt(ss / n + eps);
+  const RowCoef c = row_coef(ss, dot, n, eps);
   for (int i = threadIdx.x; i < n; i += kThreads) {
-    const float g = static_cast<float>(r * w[i] * dy[base + i] - x[base + i] * r * r * r / n * dot);
-    dx[base + i] = accumulate ? dx[base + i] + g : g;
+    const float g = c.grad(w[i], dy[base + i], x[base + i]);
+    dx[base + i] = accumulate ? __fadd_rn(dx[base + i], g) : g;
   }
 }
 
@@ -93,13 +107,9 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const float
   });
   ss = block_reduce<kThreads>(ss, sd, SumOp{});
   dot = block_reduce<kThreads>(dot, sd, SumOp{});
-  const double r = 1.0 / sqrt(ss / n + eps);
+  const RowCoef c = row_coef(ss, dot, n, eps);
   float *dg = dgu + m * ldo, *du = dg + n;
-  each([&](int i, float gi, float ui) {
-    const float h = gated(gi, ui, act);
-    const float dh = static_cast<float>(r * w[i] * dyr[i] - h * r * r * r / n * dot);
-    gated_bwd(gi, ui, dh, act, dg[i], du[i]);
-  });
+  each([&](int i, float gi, float ui) { gated_bwd(gi, ui, c.grad(w[i], dyr[i], gated(gi, ui, act)), act, dg[i], du[i]); });
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
