@@ -468,7 +468,7 @@ class CudaGradEngine final : public train::GradEngine {
     int k = 0;
     for (Proj p : parts) {
       if (has_lora(l, p)) {
-        le.r = rank_, le.scaling = scaling_;
+        le.r = rank_, le.scaling = scaling_, le.tf32 = tf32_;
         le.u[k] = u(l, p), le.B[k] = params_.as<float>() + offB_[l][static_cast<int>(p)];
       }
       ++k;

@@ -339,13 +339,13 @@ TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<f
 
 std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, const std::vector<float>& s, const std::vector<int>& seg_end,
                                    const std::vector<float>& seg_scale, int r, float scaling, const std::vector<std::vector<float>>& u,
-                                   const std::vector<std::vector<float>>& B, const std::vector<float>& resid) {
+                                   const std::vector<std::vector<float>>& B, const std::vector<float>& resid, bool tf32) {
   DevBuf dy = upload_vec(y), ds = upload_vec(s);
   ColScales cs;
   cs.n = static_cast<int>(seg_end.size());
   std::vector<DevBuf> keep;
   LoraEpilogue le;
-  le.r = r, le.scaling = scaling;
+  le.r = r, le.scaling = scaling, le.tf32 = tf32;
   for (int k = 0; k < cs.n; ++k) {
     cs.end[k] = seg_end[k], cs.scale[k] = seg_scale[k];
     if (r > 0 && !u[k].empty()) {

@@ -93,7 +93,7 @@ TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<f
 // resid empty: the floats written over y, else resid + the linear.
 std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, const std::vector<float>& s, const std::vector<int>& seg_end,
                                    const std::vector<float>& seg_scale, int r, float scaling, const std::vector<std::vector<float>>& u,
-                                   const std::vector<std::vector<float>>& B, const std::vector<float>& resid);
+                                   const std::vector<std::vector<float>>& B, const std::vector<float>& resid, bool tf32 = false);
 
 // train_ops.cu round trips (host vectors in and out; see kernels.h).
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,

@@ -11,6 +11,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
+#include "backend/cuda/mma_tf32.cuh"
 #include "backend/cuda/norm_quant.cuh"
 #include "backend/cuda/train_kernels.h"
 #include "train/ops.h"
@@ -298,6 +299,89 @@ void launch_norm_quant_vpt(const float* x, int ldx, int act, const float* w, int
   }
 }
 
+// The tf32 path of the epilogue for rank 16: scaling * B u on TF32 tensor cores. A warp
+// owns 16 rows x 64 columns: u's 16 x 16 block is the A fragment (two k-steps), each 8
+// columns' B rows the B fragment, and the accumulators hold (row g or g + 8, columns 2t,
+// 2t + 1) of each 8-column tile, so the int32 sums and the residual are read in that
+// pattern (8 bytes per lane) and all of a warp's loads are issued before its first store
+// (y is rewritten in place). The scalar kernel spent ~80 instructions per element, most on
+// the 16 LoRA FMAs, and was issue-bound (ncu, H200).
+constexpr int kEpiMmaCols = 64, kEpiMmaRows = 64;  // a block: 4 warps of 16 rows
+template <bool RESID>
+__global__ void __launch_bounds__(128) linear_epilogue_mma_kernel(const EpiArgs a) {
+  constexpr int R = 16, NT = kEpiMmaCols / 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int m0 = blockIdx.y * kEpiMmaRows + 16 * warp, c0 = blockIdx.x * kEpiMmaCols;
+  if (m0 >= a.M) return;
+  const int r0 = m0 + g, r1 = r0 + 8;
+  const bool v0 = r0 < a.M, v1 = r1 < a.M;
+  // Every load first: the sums (and the residual) of both rows, 8 tiles.
+  int2 y0[NT], y1[NT];
+  float2 q0[NT], q1[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int c = c0 + 8 * j + 2 * t;
+    const bool in = c < a.N;
+    y0[j] = in && v0 ? *reinterpret_cast<const int2*>(a.y + static_cast<int64_t>(r0) * a.ld + c) : make_int2(0, 0);
+    y1[j] = in && v1 ? *reinterpret_cast<const int2*>(a.y + static_cast<int64_t>(r1) * a.ld + c) : make_int2(0, 0);
+    if constexpr (RESID) {
+      q0[j] = in && v0 ? *reinterpret_cast<const float2*>(a.resid + static_cast<int64_t>(r0) * a.N + c) : make_float2(0.0f, 0.0f);
+      q1[j] = in && v1 ? *reinterpret_cast<const float2*>(a.resid + static_cast<int64_t>(r1) * a.N + c) : make_float2(0.0f, 0.0f);
+    }
+  }
+  const float s0 = v0 ? a.s[r0] : 1.0f, s1 = v1 ? a.s[r1] : 1.0f;
+  int seg = -1;
+  uint32_t ua[2][4] = {};
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int cb = c0 + 8 * j;
+    if (cb >= a.N) break;  // uniform
+    const int k = seg_of(a.cs, cb), start = k == 0 ? 0 : a.cs.end[k - 1];
+    const float* u = a.le.u[k];
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (u != nullptr) {
+      if (k != seg) {  // u's fragments of this segment (segments are multiples of 8 columns)
+        seg = k;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+          ua[ks][0] = to_tf32(v0 ? u[static_cast<int64_t>(r0) * R + 8 * ks + t] : 0.0f);
+          ua[ks][1] = to_tf32(v1 ? u[static_cast<int64_t>(r1) * R + 8 * ks + t] : 0.0f);
+          ua[ks][2] = to_tf32(v0 ? u[static_cast<int64_t>(r0) * R + 8 * ks + t + 4] : 0.0f);
+          ua[ks][3] = to_tf32(v1 ? u[static_cast<int64_t>(r1) * R + 8 * ks + t + 4] : 0.0f);
+        }
+      }
+      const float* brow = a.le.B[k] + static_cast<int64_t>(cb + g - start) * R;  // B row of column cb + g
+#pragma unroll
+      for (int ks = 0; ks < 2; ++ks) mma_tf32(acc, ua[ks][0], ua[ks][1], ua[ks][2], ua[ks][3], to_tf32(brow[8 * ks + t]), to_tf32(brow[8 * ks + t + 4]));
+    }
+    const float scale = seg_scale(a.cs, cb);
+    auto value = [&](int32_t yi, float sm, float lora) {
+      const float o = __fmul_rn(__fdiv_rn(static_cast<float>(yi), sm), scale);
+      return u != nullptr ? __fadd_rn(o, __fmul_rn(a.le.scaling, lora)) : o;
+    };
+    const int c = cb + 2 * t;
+    const float2 o0 = make_float2(value(y0[j].x, s0, acc[0]), value(y0[j].y, s0, acc[1]));
+    const float2 o1 = make_float2(value(y1[j].x, s1, acc[2]), value(y1[j].y, s1, acc[3]));
+    if constexpr (RESID) {
+      if (v0) *reinterpret_cast<float2*>(a.out + static_cast<int64_t>(r0) * a.N + c) = make_float2(__fadd_rn(q0[j].x, o0.x), __fadd_rn(q0[j].y, o0.y));
+      if (v1) *reinterpret_cast<float2*>(a.out + static_cast<int64_t>(r1) * a.N + c) = make_float2(__fadd_rn(q1[j].x, o1.x), __fadd_rn(q1[j].y, o1.y));
+    } else {
+      if (v0) *reinterpret_cast<int2*>(a.y + static_cast<int64_t>(r0) * a.ld + c) = make_int2(__float_as_int(o0.x), __float_as_int(o0.y));
+      if (v1) *reinterpret_cast<int2*>(a.y + static_cast<int64_t>(r1) * a.ld + c) = make_int2(__float_as_int(o1.x), __float_as_int(o1.y));
+    }
+  }
+}
+
+// Whether linear_epilogue_mma_kernel applies: tf32, rank 16, 8-column tiles that never
+// straddle a segment, 8-byte aligned rows.
+bool epilogue_mma_applies(const EpiArgs& a) {
+  if (!a.le.tf32 || a.le.r != 16 || a.N % 8 != 0 || a.ld % 2 != 0 || reinterpret_cast<uintptr_t>(a.y) % 8 != 0) return false;
+  for (int k = 0; k < a.cs.n && k < 2; ++k) {
+    if (a.cs.end[k] % 8 != 0) return false;
+  }
+  return a.resid == nullptr || (reinterpret_cast<uintptr_t>(a.resid) % 8 == 0 && reinterpret_cast<uintptr_t>(a.out) % 8 == 0);
+}
+
 template <bool RESID>
 void launch_epilogue_r(dim3 grid, int r, const EpiArgs& a, cudaStream_t st) {
   if (r == 0) {
@@ -344,6 +428,16 @@ void launch_linear_epilogue(float* y, int ld, int M, int N, const float* s, cons
   const dim3 grid((N + kThreads - 1) / kThreads, (M + kRowsPerBlock - 1) / kRowsPerBlock);
   const EpiArgs a{reinterpret_cast<int32_t*>(y), ld, M, N, s, cs, lora, resid, out};
   const int r = lora.r;
+  if (epilogue_mma_applies(a)) {
+    const dim3 mgrid((N + kEpiMmaCols - 1) / kEpiMmaCols, (M + kEpiMmaRows - 1) / kEpiMmaRows);
+    if (resid != nullptr) {
+      linear_epilogue_mma_kernel<true><<<mgrid, 128, 0, st>>>(a);
+    } else {
+      linear_epilogue_mma_kernel<false><<<mgrid, 128, 0, st>>>(a);
+    }
+    TERN_CUDA_LAUNCHED("linear_epilogue_mma_kernel");
+    return;
+  }
   if (resid != nullptr) {
     launch_epilogue_r<true>(grid, r, a, st);
   } else {

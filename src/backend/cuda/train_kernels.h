@@ -32,6 +32,7 @@ struct LoraEpilogue {
   float scaling = 0.0f;
   const float* u[3] = {nullptr, nullptr, nullptr};
   const float* B[3] = {nullptr, nullptr, nullptr};
+  bool tf32 = false;  // B u on TF32 tensor cores (rank 16)
 };
 // The ternary linear's epilogue on y [M][N] (row stride ld) holding the int8 GEMM's
 // exact int32 sums: v = float(y) / s[m] * cs.scale(column) (as cpu: float(dot) / s *
