@@ -673,6 +673,31 @@ TEST(CudaKernels, TrainingAttentionMatchesCpu) {
     EXPECT_LT(test::rel_l2(gt.dq.data(), dq.data(), dq.size()), 5e-3) << what << " dq tf32";
     EXPECT_LT(test::rel_l2(gt.dk.data(), dk.data(), dk.size()), 5e-3) << what << " dk tf32";
     EXPECT_LT(test::rel_l2(gt.dv.data(), dv.data(), dv.size()), 5e-3) << what << " dv tf32";
+    // The same with RoPE inside the attention (q, k before rotation; the training step's
+    // path): against rope_neox_fwd, the attention, rope_neox_bwd per sequence on the CPU.
+    {
+      std::vector<float> inv(c.hd / 2), qr = q, kr = k;
+      cpu::rope_inv_freq(500000.0f, c.hd, inv.data());
+      std::vector<float> rout(M * qd), rdq(M * qd), rdk(M * kvd), rdv(M * kvd);
+      for (int b = 0; b < c.B; ++b) {
+        const size_t oq = static_cast<size_t>(b) * c.T * qd, ok = static_cast<size_t>(b) * c.T * kvd;
+        train::rope_neox_fwd<float>(qr.data() + oq, c.T, c.nh, c.hd, 0, inv.data());
+        train::rope_neox_fwd<float>(kr.data() + ok, c.T, c.nkv, c.hd, 0, inv.data());
+        train::attention_fwd<float>(qr.data() + oq, kr.data() + ok, v.data() + ok, c.T, c.nh, c.nkv, c.hd, rout.data() + oq, lse.data());
+        train::attention_bwd<float>(qr.data() + oq, kr.data() + ok, v.data() + ok, lse.data(), dout.data() + oq, c.T, c.nh, c.nkv, c.hd,
+                                    rdq.data() + oq, rdk.data() + ok, rdv.data() + ok);
+        train::rope_neox_bwd<float>(rdq.data() + oq, c.T, c.nh, c.hd, 0, inv.data());
+        train::rope_neox_bwd<float>(rdk.data() + ok, c.T, c.nkv, c.hd, 0, inv.data());
+      }
+      for (bool tf32 : {false, true}) {
+        const double tol = tf32 ? 5e-3 : 1e-5;
+        auto gr = ct::attention_train(q, k, v, dout, c.B, c.T, c.nh, c.nkv, c.hd, tf32, 500000.0f);
+        EXPECT_LT(test::rel_l2(gr.out.data(), rout.data(), rout.size()), tol) << what << " rope out" << (tf32 ? " tf32" : "");
+        EXPECT_LT(test::rel_l2(gr.dq.data(), rdq.data(), rdq.size()), tol) << what << " rope dq" << (tf32 ? " tf32" : "");
+        EXPECT_LT(test::rel_l2(gr.dk.data(), rdk.data(), rdk.size()), tol) << what << " rope dk" << (tf32 ? " tf32" : "");
+        EXPECT_LT(test::rel_l2(gr.dv.data(), rdv.data(), rdv.size()), tol) << what << " rope dv" << (tf32 ? " tf32" : "");
+      }
+    }
     // RoPE backward on dq-shaped rows at positions 3.. .
     std::vector<float> want = dout;
     std::vector<float> inv(c.hd / 2);

@@ -4,8 +4,8 @@
 // head-major, writes the scores, runs a softmax pass over them and multiplies again.
 // CPU reference: train::attention_fwd.
 //
-// A prep kernel finds the largest |q|, |k|, |v| (each operand is scaled into F16's range,
-// flash_tiles.cuh). Block = (64 query positions, head, sequence), 4 warps of 16 query rows,
+// A prep kernel applies RoPE to q and k in place (when given the table) and finds the
+// largest |q|, |k|, |v| (each operand is scaled into F16's range, flash_tiles.cuh). Block = (64 query positions, head, sequence), 4 warps of 16 query rows,
 // whose Q fragments stay in registers; per step of 32 keys (causal: up to the block's last
 // query), K and V are staged and converted to F16 tiles, S = Q K^T, an online softmax
 // (running row max and sum, exp2 with the scales folded in), O += P V with P taken
@@ -21,6 +21,47 @@
 namespace tern::cuda {
 
 namespace {
+
+// Per (row m, head h) pair: with rope, q's head h and (h < nkv) k's head h rotated in place
+// (train::rope_neox_fwd at position m % T; the rows are kept so for the backward); the
+// largest |q|, |k|, |v| into amax[0..2].
+__global__ void __launch_bounds__(kPrepThreads) flash_fwd_prep_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v,
+                                                                      int ld, int M, int T, int nh, int nkv, int hd,
+                                                                      const float2* __restrict__ rope, unsigned* __restrict__ amax) {
+  __shared__ float red[kPrepThreads / 32];
+  const int lane = threadIdx.x % 32, half = hd / 2;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kPrepThreads / 32);
+  float mx[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  auto rotate = [&](float* x, int pos, float& m) {  // one head of hd values
+    for (int i = 4 * lane; i < half; i += 128) {
+      float4 a = load_float4(x + i), b = load_float4(x + i + half);
+      if (rope != nullptr) {
+        const float2* cs = rope + static_cast<int64_t>(pos) * half + i;
+        float* av = &a.x;
+        float* bv = &b.x;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 c = cs[j];
+          const float x0 = av[j], y0 = bv[j];
+          av[j] = x0 * c.x - y0 * c.y, bv[j] = y0 * c.x + x0 * c.y;
+        }
+        *reinterpret_cast<float4*>(x + i) = a, *reinterpret_cast<float4*>(x + i + half) = b;
+      }
+      m = absmax4(b, absmax4(a, m));
+    }
+  };
+  for (int64_t idx = blockIdx.x * (kPrepThreads / 32) + threadIdx.x / 32; idx < static_cast<int64_t>(M) * nh; idx += warps) {
+    const int64_t m = idx / nh;
+    const int h = static_cast<int>(idx % nh), pos = static_cast<int>(m % T);
+    const int64_t at = m * ld + static_cast<int64_t>(h) * hd;
+    rotate(q + at, pos, mx[0]);
+    if (h < nkv) {
+      rotate(k + at, pos, mx[1]);
+      for (int i = 4 * lane; i < hd; i += 128) mx[2] = absmax4(load_float4(v + at + i), mx[2]);
+    }
+  }
+  publish_amax(mx, red, amax);
+}
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads, 3)
@@ -126,14 +167,18 @@ void launch_fwd(const TrainAttnShape& sh, const float* q, const float* k, const 
 
 }  // namespace
 
-bool flash_attention_fwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out, int ldo,
-                         float* lse, float* scratch, cudaStream_t st) {
+bool flash_attention_fwd(const TrainAttnShape& sh, float* q, float* k, const float* v, int ld, float* out, int ldo, float* lse,
+                         const float* rope, float* scratch, cudaStream_t st) {
   if ((sh.hd != 64 && sh.hd != 128) || ld % 4 != 0 || ldo % 4 != 0 || !aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out) ||
       sh.nkv <= 0 || sh.nh % sh.nkv != 0) {
     return false;
   }
   if (sh.B <= 0 || sh.T <= 0) return true;
-  launch_flash_prep<false>(q, k, v, ld, nullptr, nullptr, 0, sh.B * sh.T, sh.nh, sh.nkv, sh.hd, nullptr, scratch, st);
+  const int M = sh.B * sh.T;
+  TERN_CUDA_CHECK(cudaMemsetAsync(scratch, 0, 4 * sizeof(float), st));
+  flash_fwd_prep_kernel<<<prep_blocks(static_cast<int64_t>(M) * sh.nh), kPrepThreads, 0, st>>>(
+      q, k, v, ld, M, sh.T, sh.nh, sh.nkv, sh.hd, reinterpret_cast<const float2*>(rope), reinterpret_cast<unsigned*>(scratch));
+  TERN_CUDA_LAUNCHED("flash_fwd_prep_kernel");
   if (sh.hd == 128) {
     launch_fwd<128>(sh, q, k, v, ld, out, ldo, scratch, lse, st);
   } else {

@@ -28,12 +28,40 @@ namespace tern::cuda {
 
 namespace {
 
+// D[h][m] = dout . out of row m, head h (head-major, as lse; a warp per pair) and the
+// largest |q|, |k|, |v|, |dO| into amax[0..3].
+__global__ void __launch_bounds__(kPrepThreads) flash_bwd_prep_kernel(const float* __restrict__ q, const float* __restrict__ k,
+                                                                      const float* __restrict__ v, int ld, const float* __restrict__ out,
+                                                                      const float* __restrict__ dout, int ldo, int M, int nh, int nkv, int hd,
+                                                                      float* __restrict__ D, unsigned* __restrict__ amax) {
+  __shared__ float red[kPrepThreads / 32];
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kPrepThreads / 32);
+  float mx[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t idx = blockIdx.x * (kPrepThreads / 32) + threadIdx.x / 32; idx < static_cast<int64_t>(M) * nh; idx += warps) {
+    const int64_t m = idx / nh;
+    const int h = static_cast<int>(idx % nh);
+    const int64_t aq = m * ld + static_cast<int64_t>(h) * hd, at = m * ldo + static_cast<int64_t>(h) * hd;
+    float s = 0.0f;
+    for (int i = 4 * lane; i < hd; i += 128) {
+      mx[0] = absmax4(load_float4(q + aq + i), mx[0]);
+      if (h < nkv) mx[1] = absmax4(load_float4(k + aq + i), mx[1]), mx[2] = absmax4(load_float4(v + aq + i), mx[2]);
+      const float4 a = load_float4(out + at + i), b = load_float4(dout + at + i);
+      s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      mx[3] = absmax4(b, mx[3]);
+    }
+    s = warp_sum(s);
+    if (lane == 0) D[h * static_cast<int64_t>(M) + m] = s;
+  }
+  publish_amax(mx, red, amax);
+}
+
 template <int HD>
 __global__ void __launch_bounds__(kThreads, 2)
     flash_bwd_kv_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, int ld,
                         const float* __restrict__ dout, int ldo, const float* __restrict__ lse, const float* __restrict__ D,
                         const float* __restrict__ amax, int nh, int nkv, float* __restrict__ dk, float* __restrict__ dv, int ldd, int T,
-                        float scale, float scale_log2) {
+                        float scale, float scale_log2, const float2* __restrict__ rope) {
   constexpr int TB = kStep * HD * 2;  // bytes of a step's F16 tile
   extern __shared__ uint4 smem[];
   char* Ks = reinterpret_cast<char*>(smem);
@@ -92,7 +120,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       acc_product<HD>(dka, dp, Qs, lane);  // dK' += dS'^T Q'
     }
   }
-  store_rows<HD>(dka, scale / (c_d * sc.q), scale / (c_d * sc.q), dk + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
+  store_rows<HD>(dka, scale / (c_d * sc.q), scale / (c_d * sc.q), dk + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t, rope);
   store_rows<HD>(dva, 1.0f / sc.d, 1.0f / sc.d, dv + seq * ldd + kvh * HD, ldd, k0 + wk + g, T, t);
 }
 
@@ -100,7 +128,8 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads, 2)
     flash_bwd_q_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, int ld,
                        const float* __restrict__ dout, int ldo, const float* __restrict__ lse, const float* __restrict__ D,
-                       const float* __restrict__ amax, int nh, int nkv, float* __restrict__ dq, int ldd, int T, float scale, float scale_log2) {
+                       const float* __restrict__ amax, int nh, int nkv, float* __restrict__ dq, int ldd, int T, float scale, float scale_log2,
+                       const float2* __restrict__ rope) {
   constexpr int TB = kStep * HD * 2;
   extern __shared__ uint4 smem[];
   char* Qs = reinterpret_cast<char*>(smem);
@@ -155,12 +184,12 @@ __global__ void __launch_bounds__(kThreads, 2)
       acc_product<HD>(dqa, dp, Ks, lane);  // dQ' += dS' K'
     }
   }
-  store_rows<HD>(dqa, scale / (c_d * sc.k), scale / (c_d * sc.k), dq + seq * ldd + h * HD, ldd, r0, T, t);
+  store_rows<HD>(dqa, scale / (c_d * sc.k), scale / (c_d * sc.k), dq + seq * ldd + h * HD, ldd, r0, T, t, rope);
 }
 
 template <int HD>
 void launch_bwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, const float* dout, int ldo, const float* lse,
-                const float* D, const float* amax, float* dq, float* dk, float* dv, int ldd, cudaStream_t st) {
+                const float* D, const float* amax, float* dq, float* dk, float* dv, int ldd, const float* rope, cudaStream_t st) {
   constexpr size_t TB = kStep * HD * 2;
   constexpr size_t kv_smem = 6 * TB + (2 * kStep * HD + 4 * kStep) * sizeof(float);
   constexpr size_t q_smem = 6 * TB + 2 * kStep * HD * sizeof(float);
@@ -173,10 +202,10 @@ void launch_bwd(const TrainAttnShape& sh, const float* q, const float* k, const 
   const float scale = 1.0f / sqrtf(static_cast<float>(HD)), scale_log2 = 1.4426950408889634f * scale;
   const unsigned blocks = static_cast<unsigned>((sh.T + kBlockRows - 1) / kBlockRows);
   flash_bwd_kv_kernel<HD><<<dim3(static_cast<unsigned>(sh.B * sh.nkv), blocks), kThreads, kv_smem, st>>>(
-      q, k, v, ld, dout, ldo, lse, D, amax, sh.nh, sh.nkv, dk, dv, ldd, sh.T, scale, scale_log2);
+      q, k, v, ld, dout, ldo, lse, D, amax, sh.nh, sh.nkv, dk, dv, ldd, sh.T, scale, scale_log2, reinterpret_cast<const float2*>(rope));
   TERN_CUDA_LAUNCHED("flash_bwd_kv_kernel");
   flash_bwd_q_kernel<HD><<<dim3(static_cast<unsigned>(sh.B * sh.nh), blocks), kThreads, q_smem, st>>>(
-      q, k, v, ld, dout, ldo, lse, D, amax, sh.nh, sh.nkv, dq, ldd, sh.T, scale, scale_log2);
+      q, k, v, ld, dout, ldo, lse, D, amax, sh.nh, sh.nkv, dq, ldd, sh.T, scale, scale_log2, reinterpret_cast<const float2*>(rope));
   TERN_CUDA_LAUNCHED("flash_bwd_q_kernel");
 }
 
@@ -185,8 +214,8 @@ void launch_bwd(const TrainAttnShape& sh, const float* q, const float* k, const 
 size_t flash_attention_bwd_scratch(const TrainAttnShape& sh) { return static_cast<size_t>(sh.B) * sh.T * sh.nh + 4; }
 
 bool flash_attention_bwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, const float* out,
-                         const float* dout, int ldo, const float* lse, float* dq, float* dk, float* dv, int ldd, float* scratch,
-                         cudaStream_t st) {
+                         const float* dout, int ldo, const float* lse, float* dq, float* dk, float* dv, int ldd, const float* rope,
+                         float* scratch, cudaStream_t st) {
   if ((sh.hd != 64 && sh.hd != 128) || ld % 4 != 0 || ldo % 4 != 0 || ldd % 4 != 0 || sh.nkv <= 0 || sh.nh % sh.nkv != 0) return false;
   for (const void* p : {static_cast<const void*>(q), static_cast<const void*>(k), static_cast<const void*>(v), static_cast<const void*>(out),
                         static_cast<const void*>(dout), static_cast<const void*>(dq), static_cast<const void*>(dk), static_cast<const void*>(dv)}) {
@@ -196,11 +225,14 @@ bool flash_attention_bwd(const TrainAttnShape& sh, const float* q, const float* 
   const int M = sh.B * sh.T;
   float* D = scratch;
   float* amax = scratch + static_cast<size_t>(M) * sh.nh;
-  launch_flash_prep<true>(q, k, v, ld, out, dout, ldo, M, sh.nh, sh.nkv, sh.hd, D, amax, st);
+  TERN_CUDA_CHECK(cudaMemsetAsync(amax, 0, 4 * sizeof(float), st));
+  flash_bwd_prep_kernel<<<prep_blocks(static_cast<int64_t>(M) * sh.nh), kPrepThreads, 0, st>>>(q, k, v, ld, out, dout, ldo, M, sh.nh, sh.nkv,
+                                                                                              sh.hd, D, reinterpret_cast<unsigned*>(amax));
+  TERN_CUDA_LAUNCHED("flash_bwd_prep_kernel");
   if (sh.hd == 128) {
-    launch_bwd<128>(sh, q, k, v, ld, dout, ldo, lse, D, amax, dq, dk, dv, ldd, st);
+    launch_bwd<128>(sh, q, k, v, ld, dout, ldo, lse, D, amax, dq, dk, dv, ldd, rope, st);
   } else {
-    launch_bwd<64>(sh, q, k, v, ld, dout, ldo, lse, D, amax, dq, dk, dv, ldd, st);
+    launch_bwd<64>(sh, q, k, v, ld, dout, ldo, lse, D, amax, dq, dk, dv, ldd, rope, st);
   }
   return true;
 }

@@ -39,7 +39,7 @@ __device__ __forceinline__ float range_scale(float amax) {
 struct Scales {
   float q, k, v, d;
 };
-// amax: the largest |q|, |k|, |v|, |dO| (flash_prep_kernel).
+// amax: the largest |q|, |k|, |v|, |dO| (the prep kernels, publish_amax).
 __device__ __forceinline__ Scales load_scales(const float* amax) {
   return {range_scale(amax[0]), range_scale(amax[1]), range_scale(amax[2]), range_scale(amax[3])};
 }
@@ -135,14 +135,30 @@ __device__ __forceinline__ void acc_product(float (&out)[HD / 8][4], const float
 }
 
 // Row row0 (m0 times acc[.][0..1]) and row0 + 8 (m1 times acc[.][2..3]) of acc_product's
-// output into dst rows of ld; rows >= T are not written.
+// output into dst rows of ld; rows >= T are not written. With rope (rope_table's [pos][HD/2]
+// cos, sin; the row is its position): the inverse rotation first, the backward of RoPE
+// (column c's partner c + HD/2 sits in tile i + HD/16 of the same lane).
 template <int HD>
-__device__ __forceinline__ void store_rows(const float (&acc)[HD / 8][4], float m0, float m1, float* dst, int64_t ld, int row0, int T, int t) {
+__device__ __forceinline__ void store_rows(float (&acc)[HD / 8][4], float m0, float m1, float* dst, int64_t ld, int row0, int T, int t,
+                                           const float2* rope = nullptr) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = row0 + 8 * half;
     const float mul = half == 0 ? m0 : m1;
     if (row >= T) continue;
+    if (rope != nullptr) {
+#pragma unroll
+      for (int i = 0; i < HD / 16; ++i) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float2 cs = rope[static_cast<int64_t>(row) * (HD / 2) + 8 * i + 2 * t + e];
+          float& a = acc[i][2 * half + e];
+          float& b = acc[i + HD / 16][2 * half + e];
+          const float x = a, y = b;
+          a = x * cs.x + y * cs.y, b = y * cs.x - x * cs.y;
+        }
+      }
+    }
     float* o = dst + static_cast<int64_t>(row) * ld + 2 * t;
 #pragma unroll
     for (int i = 0; i < HD / 8; ++i) {
@@ -159,60 +175,23 @@ __device__ __forceinline__ void zero(float (&acc)[N][4]) {
 
 __device__ __forceinline__ float absmax4(float4 x, float m) { return fmaxf(fmaxf(m, fmaxf(fabsf(x.x), fabsf(x.y))), fmaxf(fabsf(x.z), fabsf(x.w))); }
 
-// The largest magnitude of q, k, v (and with D, of dout) into amax[0..3] as float bits
-// (unsigned order is float order for values >= 0; amax zeroed before), a warp per (row m,
-// head h). With D: also D[h][m] = dout . out of the row and head (head-major, as lse).
+// The prep kernels (a warp per (row, head) pair, grid-stride): each block folds its
+// largest magnitudes of q, k, v, dO into amax[0..3] as float bits (unsigned order is float
+// order for values >= 0; amax zeroed before), one atomic per block and value.
 constexpr int kPrepThreads = 256;
-template <bool kD>
-__global__ void __launch_bounds__(kPrepThreads) flash_prep_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                                                                  const float* __restrict__ v, int ld, const float* __restrict__ out,
-                                                                  const float* __restrict__ dout, int ldo, int M, int nh, int nkv, int hd,
-                                                                  float* __restrict__ D, unsigned* __restrict__ amax) {
-  __shared__ float red[kPrepThreads / 32];
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kPrepThreads / 32);
-  float mq = 0.0f, mk = 0.0f, mv = 0.0f, md = 0.0f;
-  for (int64_t idx = blockIdx.x * (kPrepThreads / 32) + threadIdx.x / 32; idx < static_cast<int64_t>(M) * nh; idx += warps) {
-    const int64_t m = idx / nh;
-    const int h = static_cast<int>(idx % nh);
-    const int64_t aq = m * ld + static_cast<int64_t>(h) * hd, at = m * ldo + static_cast<int64_t>(h) * hd;
-    float s = 0.0f;
-    for (int i = 4 * lane; i < hd; i += 128) {
-      mq = absmax4(load_float4(q + aq + i), mq);
-      if (h < nkv) mk = absmax4(load_float4(k + aq + i), mk), mv = absmax4(load_float4(v + aq + i), mv);
-      if constexpr (kD) {
-        const float4 a = load_float4(out + at + i), b = load_float4(dout + at + i);
-        s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-        md = absmax4(b, md);
-      }
-    }
-    if constexpr (kD) {
-      s = warp_sum(s);
-      if (lane == 0) D[h * static_cast<int64_t>(M) + m] = s;
-    }
-  }
-  const float r[4] = {mq, mk, mv, md};
+__device__ __forceinline__ void publish_amax(const float (&r)[4], float* red, unsigned* amax) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float x = block_reduce<kPrepThreads>(r[i], red, MaxOp{});
     if (threadIdx.x == 0) atomicMax(amax + i, __float_as_uint(x));
   }
 }
-
-// Zeroes amax[0..3], then flash_prep_kernel over B*T rows (a few blocks per SM: one atomic
-// per block and value).
-template <bool kD>
-void launch_flash_prep(const float* q, const float* k, const float* v, int ld, const float* out, const float* dout, int ldo, int M, int nh,
-                       int nkv, int hd, float* D, float* amax, cudaStream_t st) {
-  TERN_CUDA_CHECK(cudaMemsetAsync(amax, 0, 4 * sizeof(float), st));
+// A few blocks per SM for `pairs` warps of work.
+inline unsigned prep_blocks(int64_t pairs) {
   int sms = 0, dev = 0;
   TERN_CUDA_CHECK(cudaGetDevice(&dev));
   TERN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t warps = static_cast<int64_t>(M) * nh;
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(4 * static_cast<int64_t>(sms), (warps + kPrepThreads / 32 - 1) / (kPrepThreads / 32)));
-  flash_prep_kernel<kD><<<static_cast<unsigned>(blocks), kPrepThreads, 0, st>>>(q, k, v, ld, out, dout, ldo, M, nh, nkv, hd, D,
-                                                                                reinterpret_cast<unsigned*>(amax));
-  TERN_CUDA_LAUNCHED("flash_prep_kernel");
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(4 * static_cast<int64_t>(sms), (pairs + kPrepThreads / 32 - 1) / (kPrepThreads / 32))));
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

@@ -505,7 +505,6 @@ class CudaGradEngine final : public train::GradEngine {
   void layer_fwd(int l, const float* xin, float* xout) {
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
-    const int hd = static_cast<int>(c_.head_dim), nh = static_cast<int>(c_.n_heads), nkv = static_cast<int>(c_.n_kv_heads);
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>(), *y = y_.as<float>();
     float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = hn_.as<float>();
     // Attention block.
@@ -514,11 +513,7 @@ class CudaGradEngine final : public train::GradEngine {
     lora_u(l, {Proj::Q, Proj::K, Proj::V}, xn1);
     mark("f.lora");
     ternary(l, w.qkv8, H_, ldq_, qkv, scales_qkv(w), {Proj::Q, Proj::K, Proj::V});
-    launch_rope_rows(qkv, ldq_, M_, nh, hd, T_, 0, rope_.as<float>(), false, st_);
-    mark("rope");
-    launch_rope_rows(qkv + QD_, ldq_, M_, nkv, hd, T_, 0, rope_.as<float>(), false, st_);
-    mark("rope");
-    train_attention_fwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, att, QD_, tf32_, lse(l));
+    train_attention_fwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, att, QD_, tf32_, lse(l), rope_.as<float>());
     mark("f.attention");
     launch_train_norm_quant(att, QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an, q8_.as<int8_t>(), kpad(QD_), s_.as<float>(), st_);
     mark("f.norm_quant");
@@ -583,7 +578,6 @@ class CudaGradEngine final : public train::GradEngine {
   void layer_bwd(int l, const float* xin, float* dx) {
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
-    const int hd = static_cast<int>(c_.head_dim), nh = static_cast<int>(c_.n_heads), nkv = static_cast<int>(c_.n_kv_heads);
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>();
     float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = hn_.as<float>();
     float *dhn = dhn_.as<float>(), *dgu = dgu_.as<float>(), *dxn = dxn_.as<float>(), *dan = dan_.as<float>();
@@ -600,12 +594,8 @@ class CudaGradEngine final : public train::GradEngine {
     launch_rmsnorm_bwd(att, w.attn_sub_norm.as<float>(), dan, M_, QD_, eps, datt, false, st_);
     mark("b.rmsnorm");
     train_attention_bwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, datt, QD_, dqkv, dqkv + QD_, dqkv + QD_ + KV_, ldq_,
-                        tf32_, att, lse(l));
+                        tf32_, att, lse(l), rope_.as<float>());
     mark("b.attention");
-    launch_rope_rows(dqkv, ldq_, M_, nh, hd, T_, 0, rope_.as<float>(), true, st_);
-    mark("rope");
-    launch_rope_rows(dqkv + QD_, ldq_, M_, nkv, hd, T_, 0, rope_.as<float>(), true, st_);
-    mark("rope");
     linear_bwd(l, w.qkv, dqkv, ldq_, scales_qkv(w), 1.0f, H_, xn1, dxn, {{Proj::Q, 0}, {Proj::K, QD_}, {Proj::V, QD_ + KV_}});
     launch_rmsnorm_bwd(xin, w.attn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_);
     mark("b.rmsnorm");

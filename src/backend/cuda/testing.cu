@@ -414,7 +414,7 @@ std::vector<float> rope_bwd(const std::vector<float>& dy, int M, int nh, int hd,
 }
 
 AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd, bool tf32) {
+                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd, bool tf32, float rope_theta) {
   // q, k, v side by side in one [B*T][qd + 2 kvd] buffer, as the training step keeps them.
   const int qd = nh * hd, kvd = nkv * hd, ld = qd + 2 * kvd, M = B * T;
   std::vector<float> qkv(static_cast<size_t>(M) * ld);
@@ -430,12 +430,14 @@ AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>&
   TrainBlas blas(nullptr);
   TrainAttnShape sh;
   sh.B = B, sh.T = T, sh.nh = nh, sh.nkv = nkv, sh.hd = hd;
-  const float* p = dqkv_in.as<float>();
+  float* p = dqkv_in.as<float>();
   float* g = grads.as<float>();
   DevBuf lse = nan_buf(static_cast<size_t>(M) * nh);
-  train_attention_fwd(blas, sh, p, p + qd, p + qd + kvd, ld, out.as<float>(), qd, tf32, lse.as<float>());
+  DevBuf rope = rope_theta > 0.0f ? upload_vec(rope_table(rope_theta, hd, T)) : DevBuf();
+  const float* rp = rope_theta > 0.0f ? rope.as<float>() : nullptr;
+  train_attention_fwd(blas, sh, p, p + qd, p + qd + kvd, ld, out.as<float>(), qd, tf32, lse.as<float>(), rp);
   train_attention_bwd(blas, sh, p, p + qd, p + qd + kvd, ld, ddo.as<float>(), qd, g, g + qd, g + qd + kvd, ld, tf32, out.as<float>(),
-                      lse.as<float>());
+                      lse.as<float>(), rp);
   TERN_CUDA_CHECK(cudaDeviceSynchronize());
   AttnGrads r;
   r.out = download<float>(out, q.size());

@@ -119,7 +119,10 @@ std::vector<float> rope_bwd(const std::vector<float>& dy, int M, int nh, int hd,
 struct AttnGrads {
   std::vector<float> out, dq, dk, dv;
 };
+// train_attention_fwd then _bwd on q, k, v side by side in one buffer; rope_theta > 0: q
+// and k unrotated, RoPE applied by the attention (the gradients w.r.t. the unrotated ones).
 AttnGrads attention_train(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd, bool tf32 = false);
+                          const std::vector<float>& dout, int B, int T, int nh, int nkv, int hd, bool tf32 = false,
+                          float rope_theta = 0.0f);
 
 }  // namespace tern::cuda::testing

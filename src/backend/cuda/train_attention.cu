@@ -185,12 +185,18 @@ static bool flash_enabled() {
   return on;
 }
 
-void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
-                         int ldo, bool tf32, float* lse) {
+void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, float* q, float* k, const float* v, int ld, float* out, int ldo,
+                         bool tf32, float* lse, const float* rope) {
   if (sh.B <= 0 || sh.T <= 0) return;
   if (tf32 && flash_enabled() &&
-      flash_attention_fwd(sh, q, k, v, ld, out, ldo, lse, static_cast<float*>(blas.scratch(kSlotAttnS, 4 * sizeof(float))), blas.stream())) {
+      flash_attention_fwd(sh, q, k, v, ld, out, ldo, lse, rope, static_cast<float*>(blas.scratch(kSlotAttnS, 4 * sizeof(float))),
+                          blas.stream())) {
     return;
+  }
+  const int M = sh.B * sh.T;
+  if (rope != nullptr) {
+    launch_rope_rows(q, ld, M, sh.nh, sh.hd, sh.T, 0, rope, false, blas.stream());
+    launch_rope_rows(k, ld, M, sh.nkv, sh.hd, sh.T, 0, rope, false, blas.stream());
   }
   Attn a(blas, sh, tf32);
   a.heads(q, ld, a.q(), sh.nh, true);
@@ -209,11 +215,11 @@ void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float*
 
 void train_attention_bwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld,
                          const float* dout, int ldo, float* dq, float* dk, float* dv, int ldd, bool tf32, const float* out,
-                         const float* lse) {
+                         const float* lse, const float* rope) {
   if (sh.B <= 0 || sh.T <= 0) return;
   if (tf32 && flash_enabled() && out != nullptr && lse != nullptr) {
     auto* scratch = static_cast<float*>(blas.scratch(kSlotAttnDP, flash_attention_bwd_scratch(sh) * sizeof(float)));
-    if (flash_attention_bwd(sh, q, k, v, ld, out, dout, ldo, lse, dq, dk, dv, ldd, scratch, blas.stream())) return;
+    if (flash_attention_bwd(sh, q, k, v, ld, out, dout, ldo, lse, dq, dk, dv, ldd, rope, scratch, blas.stream())) return;
   }
   Attn a(blas, sh, tf32);
   a.heads(q, ld, a.q(), sh.nh, true);
@@ -241,6 +247,10 @@ void train_attention_bwd(TrainBlas& blas, const TrainAttnShape& sh, const float*
   a.heads(dq, ldd, a.dq(), sh.nh, false);
   a.heads(dk, ldd, a.dk(), sh.nkv, false);
   a.heads(dv, ldd, a.dv(), sh.nkv, false);
+  if (rope != nullptr) {
+    launch_rope_rows(dq, ldd, sh.B * sh.T, sh.nh, sh.hd, sh.T, 0, rope, true, blas.stream());
+    launch_rope_rows(dk, ldd, sh.B * sh.T, sh.nkv, sh.hd, sh.T, 0, rope, true, blas.stream());
+  }
 }
 
 }  // namespace tern::cuda

@@ -126,26 +126,30 @@ struct TrainAttnShape {
   int B = 1, T = 0, nh = 0, nkv = 0, hd = 0;
 };
 // lse (optional, [nh][B*T]): the tf32 forward's log-sum-exp per head and row (log2 units)
-// for the tf32 backward; only written where the flash forward applies.
-void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out,
-                         int ldo, bool tf32 = false, float* lse = nullptr);
+// for the tf32 backward; only written where the flash forward applies. rope (optional,
+// rope_table's [T][hd/2] cos, sin): q and k are the projections before RoPE; the forward
+// rotates them in place (position: row % T; they stay rotated for the backward), and the
+// backward's dq, dk are the gradients w.r.t. the unrotated projections. The flash kernels
+// do this as they go; the cuBLAS path with launch_rope_rows before and after.
+void train_attention_fwd(TrainBlas& blas, const TrainAttnShape& sh, float* q, float* k, const float* v, int ld, float* out, int ldo,
+                         bool tf32 = false, float* lse = nullptr, const float* rope = nullptr);
 // flash_attention.cu: the forward on F16 tensor cores (train_attention_fwd's tf32 path for
 // head dims 64 and 128, 16-byte aligned rows); scratch: 4 floats on the device. False when
-// it does not apply.
-bool flash_attention_fwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, float* out, int ldo,
-                         float* lse, float* scratch, cudaStream_t st);
+// it does not apply (nothing done then).
+bool flash_attention_fwd(const TrainAttnShape& sh, float* q, float* k, const float* v, int ld, float* out, int ldo, float* lse,
+                         const float* rope, float* scratch, cudaStream_t st);
 // dq, dk, dv (row stride ldd) are written; the probabilities are recomputed. With tf32 and
 // the forward's out (row stride ldo, as dout) and lse: flash_attention_bwd where it applies.
 void train_attention_bwd(TrainBlas& blas, const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld,
                          const float* dout, int ldo, float* dq, float* dk, float* dv, int ldd, bool tf32 = false,
-                         const float* out = nullptr, const float* lse = nullptr);
+                         const float* out = nullptr, const float* lse = nullptr, const float* rope = nullptr);
 // flash_attention_bwd.cu: the tf32 backward on F16 tensor cores (head dims 64 and 128,
 // 16-byte aligned rows); scratch: flash_attention_bwd_scratch(sh) floats on the device.
 // False when it does not apply.
 size_t flash_attention_bwd_scratch(const TrainAttnShape& sh);
 bool flash_attention_bwd(const TrainAttnShape& sh, const float* q, const float* k, const float* v, int ld, const float* out,
-                         const float* dout, int ldo, const float* lse, float* dq, float* dk, float* dv, int ldd, float* scratch,
-                         cudaStream_t st);
+                         const float* dout, int ldo, const float* lse, float* dq, float* dk, float* dv, int ldd, const float* rope,
+                         float* scratch, cudaStream_t st);
 
 // ---- train_optimizer.cu: train/optimizer.cpp on the device, bit for bit ----
 // Sum of squares of n floats in double (deterministic order); scratch: >= 1025 doubles on
