@@ -552,7 +552,7 @@ class CudaGradEngine final : public train::GradEngine {
     if (fuse) {
       const size_t per = static_cast<size_t>(M_) * rank_;
       auto* du = static_cast<float*>(blas_->scratch(kSlotLoraU, adapted * per * sizeof(float)));
-      lx.r = rank_, lx.keep = drop_ > 0.0f ? 1.0f / (1.0f - drop_) : 1.0f;
+      lx.r = rank_, lx.keep = drop_ > 0.0f ? 1.0f / (1.0f - drop_) : 1.0f, lx.tf32 = tf32_;
       for (auto [p, offset] : parts) {
         if (!has_lora(l, p)) continue;
         const int pi = static_cast<int>(p);

@@ -14,6 +14,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
+#include "backend/cuda/mma_tf32.cuh"
 #include "backend/cuda/train_kernels.h"
 
 namespace tern::cuda {
@@ -196,6 +197,88 @@ __global__ void __launch_bounds__(kThreads) combine_lora_kernel(const float* __r
   }
 }
 
+// The tf32 path for rank 16 (one GEMM term): each part's du A on TF32 tensor cores instead
+// of 16 FMAs per element and part (the kernel above ran at 0.8 TB/s with three parts). A
+// warp owns 16 rows x 64 columns: du's 16 x 16 block is the A fragment, A's 8-column slices
+// the B fragments, and the accumulators hold (row g or g + 8, columns 2t, 2t + 1), so the
+// GEMM's sums, C and the mask words are read in that pattern, all before the first store.
+// Adds in the order of combine_lora_kernel (terms, accumulate, then part by part).
+constexpr int kCmbCols = 64, kCmbRows = 64;  // a block: 4 warps of 16 rows
+template <int P>
+__global__ void __launch_bounds__(128) combine_lora_mma_kernel(const float* __restrict__ acc, int M, int K, const float* __restrict__ rscale,
+                                                               float alpha, float* __restrict__ C, int ldc, int accumulate, const LoraDx lx) {
+  constexpr int R = 16, NT = kCmbCols / 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int m0 = blockIdx.y * kCmbRows + 16 * warp, c0 = blockIdx.x * kCmbCols;
+  if (m0 >= M) return;
+  const int r0 = m0 + g, r1 = r0 + 8;
+  const bool v0 = r0 < M, v1 = r1 < M;
+  float2 s0[NT], s1[NT], o0[NT], o1[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int c = c0 + 8 * j + 2 * t;
+    const bool in = c < K;
+    const float2 z = make_float2(0.0f, 0.0f);
+    s0[j] = in && v0 ? *reinterpret_cast<const float2*>(acc + static_cast<int64_t>(r0) * K + c) : z;
+    s1[j] = in && v1 ? *reinterpret_cast<const float2*>(acc + static_cast<int64_t>(r1) * K + c) : z;
+    o0[j] = accumulate && in && v0 ? *reinterpret_cast<const float2*>(C + static_cast<int64_t>(r0) * ldc + c) : z;
+    o1[j] = accumulate && in && v1 ? *reinterpret_cast<const float2*>(C + static_cast<int64_t>(r1) * ldc + c) : z;
+  }
+  const int words = (K + 31) / 32, w0 = c0 / 32;
+  uint32_t mb[P][2][2];  // [part][row r0 / r1][the tile's two 32-column words]
+  uint32_t ua[P][2][4];  // [part][k-step]: du's A fragments
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const uint32_t* bits = p == 0 ? lx.bits[0] : p == 1 ? lx.bits[1] : lx.bits[2];  // no dynamic index into the parameter
+    const float* du = p == 0 ? lx.du[0] : p == 1 ? lx.du[1] : lx.du[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = h == 0 ? r0 : r1;
+      const bool vr = h == 0 ? v0 : v1;
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        mb[p][h][w] = bits == nullptr ? ~0u : vr && w0 + w < words ? bits[static_cast<int64_t>(row) * words + w0 + w] : 0u;
+      }
+    }
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      ua[p][ks][0] = to_tf32(v0 ? du[static_cast<int64_t>(r0) * R + 8 * ks + t] : 0.0f);
+      ua[p][ks][1] = to_tf32(v1 ? du[static_cast<int64_t>(r1) * R + 8 * ks + t] : 0.0f);
+      ua[p][ks][2] = to_tf32(v0 ? du[static_cast<int64_t>(r0) * R + 8 * ks + t + 4] : 0.0f);
+      ua[p][ks][3] = to_tf32(v1 ? du[static_cast<int64_t>(r1) * R + 8 * ks + t + 4] : 0.0f);
+    }
+  }
+  const float rs0 = v0 ? rscale[r0] : 0.0f, rs1 = v1 ? rscale[r1] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int cb = c0 + 8 * j, c = cb + 2 * t;
+    if (cb >= K) break;  // uniform (K % 8 == 0)
+    auto base = [&](float sv, float rs, float old) {
+      const float v = __fmul_rn(alpha, __fmul_rn(sv, rs));
+      return accumulate ? __fadd_rn(old, v) : v;
+    };
+    float out[4] = {base(s0[j].x, rs0, o0[j].x), base(s0[j].y, rs0, o0[j].y), base(s1[j].x, rs1, o1[j].x), base(s1[j].y, rs1, o1[j].y)};
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const float* A = p == 0 ? lx.A[0] : p == 1 ? lx.A[1] : lx.A[2];
+      float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int ks = 0; ks < 2; ++ks) {
+        mma_tf32(d, ua[p][ks][0], ua[p][ks][1], ua[p][ks][2], ua[p][ks][3], to_tf32(A[static_cast<int64_t>(8 * ks + t) * K + cb + g]),
+                 to_tf32(A[static_cast<int64_t>(8 * ks + t + 4) * K + cb + g]));
+      }
+      const int w = j >= 4 ? 1 : 0, b = c & 31;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool kept = (mb[p][e >> 1][w] >> (b + (e & 1))) & 1u;
+        out[e] = __fadd_rn(out[e], kept ? __fmul_rn(d[e], lx.keep) : 0.0f);
+      }
+    }
+    if (v0) *reinterpret_cast<float2*>(C + static_cast<int64_t>(r0) * ldc + c) = make_float2(out[0], out[1]);
+    if (v1) *reinterpret_cast<float2*>(C + static_cast<int64_t>(r1) * ldc + c) = make_float2(out[2], out[3]);
+  }
+}
+
 template <int R, int P, int T>
 void launch_combine_lora_t(dim3 grid, cudaStream_t st, const float* acc, int M, int K, const float* rscale, float alpha, float* C, int ldc,
                            int accumulate, const LoraDx& lx) {
@@ -292,8 +375,20 @@ void TrainBlas::terms_gemm(const void* split, int terms, const float* rscale, in
     if (!LoraDx::fusable(lora->r, lora->n, K, C, ldc) || reinterpret_cast<uintptr_t>(acc) % 16 != 0 || terms > 2) {
       throw_error("split_gemm: these LoRA parts cannot be fused (LoraDx::fusable)");
     }
-    const dim3 grid((K + kThreads - 1) / kThreads, (M + kLoraRows - 1) / kLoraRows);
     const int a = accumulate ? 1 : 0;
+    if (lora->tf32 && lora->r == 16 && terms == 1 && K % 8 == 0) {
+      const dim3 mgrid((K + kCmbCols - 1) / kCmbCols, (M + kCmbRows - 1) / kCmbRows);
+      if (lora->n == 1) {
+        combine_lora_mma_kernel<1><<<mgrid, 128, 0, st_>>>(acc, M, K, rscale, alpha, C, ldc, a, *lora);
+      } else if (lora->n == 2) {
+        combine_lora_mma_kernel<2><<<mgrid, 128, 0, st_>>>(acc, M, K, rscale, alpha, C, ldc, a, *lora);
+      } else {
+        combine_lora_mma_kernel<3><<<mgrid, 128, 0, st_>>>(acc, M, K, rscale, alpha, C, ldc, a, *lora);
+      }
+      TERN_CUDA_LAUNCHED("combine_lora_mma_kernel");
+      return;
+    }
+    const dim3 grid((K + kThreads - 1) / kThreads, (M + kLoraRows - 1) / kLoraRows);
     if (terms == 1) {
       launch_combine_lora_r<1>(grid, st_, acc, M, K, rscale, alpha, C, ldc, a, *lora);
     } else {

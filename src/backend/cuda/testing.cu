@@ -301,7 +301,7 @@ std::vector<float> split_gemm_lora(const std::vector<float>& A, int M, int N, co
   DevBuf da = upload_vec(A), dw = upload_vec(w16), dc = upload_vec(c_in);
   std::vector<DevBuf> keep_alive;
   LoraDx lx;
-  lx.r = r, lx.keep = keep;
+  lx.r = r, lx.keep = keep, lx.tf32 = tf32;
   for (const LoraDxPart& p : parts) {
     keep_alive.push_back(upload_vec(p.du));
     lx.du[lx.n] = keep_alive.back().as<float>();

@@ -34,6 +34,7 @@ struct LoraDx {
   const float* A[3] = {nullptr, nullptr, nullptr};
   const uint32_t* bits[3] = {nullptr, nullptr, nullptr};
   float keep = 1.0f;
+  bool tf32 = false;  // rank 16 with one GEMM term: du A on TF32 tensor cores
   // Whether split_gemm fuses n parts of rank r into C [.][K] (A's columns live in
   // registers; rows are streamed 16 bytes at a time).
   static bool fusable(int r, int n, int K, const float* C, int ldc) {
