@@ -203,13 +203,24 @@ __global__ void __launch_bounds__(kThreads) combine_lora_kernel(const float* __r
 // the B fragments, and the accumulators hold (row g or g + 8, columns 2t, 2t + 1), so the
 // GEMM's sums, C and the mask words are read in that pattern, all before the first store.
 // Adds in the order of combine_lora_kernel (terms, accumulate, then part by part).
-constexpr int kCmbCols = 64, kCmbRows = 64;  // a block: 4 warps of 16 rows
+// The parts' A columns of the block are staged in shared memory first (as the epilogue's B).
+constexpr int kCmbCols = 64, kCmbRows = 64, kCmbLd = kCmbCols + 8;  // a block: 4 warps of 16 rows
 template <int P>
 __global__ void __launch_bounds__(128) combine_lora_mma_kernel(const float* __restrict__ acc, int M, int K, const float* __restrict__ rscale,
                                                                float alpha, float* __restrict__ C, int ldc, int accumulate, const LoraDx lx) {
   constexpr int R = 16, NT = kCmbCols / 8;
+  __shared__ float as[P][R][kCmbLd];  // [part][rank][column of the block] (padded: conflict-free fragment reads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int m0 = blockIdx.y * kCmbRows + 16 * warp, c0 = blockIdx.x * kCmbCols;
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const float* A = p == 0 ? lx.A[0] : p == 1 ? lx.A[1] : lx.A[2];
+    for (int i = threadIdx.x; i < R * kCmbCols; i += 128) {
+      const int j = i / kCmbCols, c = i % kCmbCols;
+      as[p][j][c] = c0 + c < K ? A[static_cast<int64_t>(j) * K + c0 + c] : 0.0f;
+    }
+  }
+  __syncthreads();
   if (m0 >= M) return;
   const int r0 = m0 + g, r1 = r0 + 8;
   const bool v0 = r0 < M, v1 = r1 < M;
@@ -260,12 +271,11 @@ __global__ void __launch_bounds__(128) combine_lora_mma_kernel(const float* __re
     float out[4] = {base(s0[j].x, rs0, o0[j].x), base(s0[j].y, rs0, o0[j].y), base(s1[j].x, rs1, o1[j].x), base(s1[j].y, rs1, o1[j].y)};
 #pragma unroll
     for (int p = 0; p < P; ++p) {
-      const float* A = p == 0 ? lx.A[0] : p == 1 ? lx.A[1] : lx.A[2];
       float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int ks = 0; ks < 2; ++ks) {
-        mma_tf32(d, ua[p][ks][0], ua[p][ks][1], ua[p][ks][2], ua[p][ks][3], to_tf32(A[static_cast<int64_t>(8 * ks + t) * K + cb + g]),
-                 to_tf32(A[static_cast<int64_t>(8 * ks + t + 4) * K + cb + g]));
+        mma_tf32(d, ua[p][ks][0], ua[p][ks][1], ua[p][ks][2], ua[p][ks][3], to_tf32(as[p][8 * ks + t][8 * j + g]),
+                 to_tf32(as[p][8 * ks + t + 4][8 * j + g]));
       }
       const int w = j >= 4 ? 1 : 0, b = c & 31;
 #pragma unroll

@@ -304,14 +304,27 @@ void launch_norm_quant_vpt(const float* x, int ldx, int act, const float* w, int
 // columns' B rows the B fragment, and the accumulators hold (row g or g + 8, columns 2t,
 // 2t + 1) of each 8-column tile, so the int32 sums and the residual are read in that
 // pattern (8 bytes per lane) and all of a warp's loads are issued before its first store
-// (y is rewritten in place). The scalar kernel spent ~80 instructions per element, most on
-// the 16 LoRA FMAs, and was issue-bound (ncu, H200).
-constexpr int kEpiMmaCols = 64, kEpiMmaRows = 64;  // a block: 4 warps of 16 rows
+// (y is rewritten in place). The block's 64 columns of B are staged in shared memory first,
+// transposed (a warp's B fragments then cost no global round trip per tile: read from L2
+// tile by tile they left the kernel waiting at ~2.3 TB/s). The scalar kernel spent ~80
+// instructions per element, most on the 16 LoRA FMAs, and was issue-bound (ncu, H200).
+constexpr int kEpiMmaCols = 64, kEpiMmaRows = 64, kBtLd = kEpiMmaCols + 8;  // a block: 4 warps of 16 rows
 template <bool RESID>
 __global__ void __launch_bounds__(128) linear_epilogue_mma_kernel(const EpiArgs a) {
   constexpr int R = 16, NT = kEpiMmaCols / 8;
+  __shared__ float bt[R][kBtLd];  // B^T of the block's columns (rank x column; columns without an adapter: 0)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int m0 = blockIdx.y * kEpiMmaRows + 16 * warp, c0 = blockIdx.x * kEpiMmaCols;
+  for (int i = threadIdx.x; i < kEpiMmaCols * R; i += 128) {
+    const int c = c0 + i / R, j = i % R;
+    float b = 0.0f;
+    if (c < a.N) {
+      const int k = seg_of(a.cs, c), start = k == 0 ? 0 : a.cs.end[k - 1];
+      if (a.le.u[k] != nullptr) b = a.le.B[k][static_cast<int64_t>(c - start) * R + j];
+    }
+    bt[j][i / R] = b;
+  }
+  __syncthreads();
   if (m0 >= a.M) return;
   const int r0 = m0 + g, r1 = r0 + 8;
   const bool v0 = r0 < a.M, v1 = r1 < a.M;
@@ -336,7 +349,7 @@ __global__ void __launch_bounds__(128) linear_epilogue_mma_kernel(const EpiArgs 
   for (int j = 0; j < NT; ++j) {
     const int cb = c0 + 8 * j;
     if (cb >= a.N) break;  // uniform
-    const int k = seg_of(a.cs, cb), start = k == 0 ? 0 : a.cs.end[k - 1];
+    const int k = seg_of(a.cs, cb);
     const float* u = a.le.u[k];
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (u != nullptr) {
@@ -350,9 +363,11 @@ __global__ void __launch_bounds__(128) linear_epilogue_mma_kernel(const EpiArgs 
           ua[ks][3] = to_tf32(v1 ? u[static_cast<int64_t>(r1) * R + 8 * ks + t + 4] : 0.0f);
         }
       }
-      const float* brow = a.le.B[k] + static_cast<int64_t>(cb + g - start) * R;  // B row of column cb + g
+      const int lc = 8 * j + g;  // column cb + g in the block
 #pragma unroll
-      for (int ks = 0; ks < 2; ++ks) mma_tf32(acc, ua[ks][0], ua[ks][1], ua[ks][2], ua[ks][3], to_tf32(brow[8 * ks + t]), to_tf32(brow[8 * ks + t + 4]));
+      for (int ks = 0; ks < 2; ++ks) {
+        mma_tf32(acc, ua[ks][0], ua[ks][1], ua[ks][2], ua[ks][3], to_tf32(bt[8 * ks + t][lc]), to_tf32(bt[8 * ks + t + 4][lc]));
+      }
     }
     const float scale = seg_scale(a.cs, cb);
     auto value = [&](int32_t yi, float sm, float lora) {
