@@ -25,9 +25,12 @@ for f in adapter_config.json adapter_model.safetensors metrics.jsonl loss_curve.
 done
 [ "$(grep -c '"loss"' "$WORK/a/metrics.jsonl")" = 12 ] && ok || bad "metrics.jsonl should have 12 step lines"
 grep -q "<svg" "$WORK/a/loss_curve.svg" && ok || bad "loss_curve.svg is not an SVG"
-first=$(head -1 "$WORK/a/metrics.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
-last=$(grep '"loss"' "$WORK/a/metrics.jsonl" | tail -1 | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
-awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' && ok || bad "loss did not fall: $first -> $last"
+# The loss falls: the first epoch's mean (3 batches of 2 of the 6 records) against the last
+# epoch's. One step's loss against another's compares different records on a random model
+# (seen: 43.5 -> 45.2 on the GPU while the epoch means fell).
+read -r first last < <(grep '"loss"' "$WORK/a/metrics.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/' |
+  awk '{ a[NR] = $1 } END { print (a[1] + a[2] + a[3]) / 3, (a[NR - 2] + a[NR - 1] + a[NR]) / 3 }')
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' && ok || bad "loss did not fall: first epoch $first -> last epoch $last"
 
 # 6 steps, then --resume to 12: the same adapter, byte for byte.
 expect_ok "$TERN" finetune "${common[@]}" -o "$WORK/b" --max-steps 6 --save-every 6
