@@ -136,16 +136,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   char *dOs = Qs + 2 * TB, *Ks = dOs + 2 * TB, *Vs = Ks + TB;
   float* stage = reinterpret_cast<float*>(Vs + TB);  // [K | V][kStep][HD]
   const Scales sc = load_scales(amax);
-  const int b = blockIdx.x / nh, h = blockIdx.x % nh, kvh = h / (nh / nkv);
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockRows;  // the longest key walks first
+  const QueryWalk<HD> walk(k, v, ld, T, nh, nkv, stage, Ks, Vs, sc);
+  const int h = walk.h, q0 = walk.q0, steps = walk.steps;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3, wq = 16 * warp;
-  const int64_t seq = static_cast<int64_t>(b) * T, M = static_cast<int64_t>(gridDim.x / nh) * T;
-  const int last = min(T, q0 + kBlockRows), steps = (last + kStep - 1) / kStep;  // causal: keys up to the last query
-  auto issue = [&](int step) {
-    stage_rows<HD, kStep>(stage, k + seq * ld + kvh * HD, ld, step * kStep, T);
-    stage_rows<HD, kStep>(stage + kStep * HD, v + seq * ld + kvh * HD, ld, step * kStep, T);
-  };
-  issue(0);
+  const int64_t seq = walk.seq, M = static_cast<int64_t>(gridDim.x / nh) * T;
+  walk.issue(0);
   cp_async_commit();
   load_f16_tile<HD, kBlockRows>(Qs, q + seq * ld + h * HD, ld, q0, T, sc.q);
   load_f16_tile<HD, kBlockRows>(dOs, dout + seq * ldo + h * HD, ldo, q0, T, sc.d);
@@ -161,13 +156,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   zero(dqa);
   for (int step = 0; step < steps; ++step) {
     const int k0 = step * kStep;
-    cp_async_wait<0>();
-    __syncthreads();
-    stage_to_f16<HD, kStep>(Ks, stage, sc.k);
-    stage_to_f16<HD, kStep>(Vs, stage + kStep * HD, sc.v);
-    __syncthreads();
-    if (step + 1 < steps) issue(step + 1);
-    cp_async_commit();
+    walk.advance(step);
     if (k0 <= q0 + wq + 15) {  // else these keys follow every query of the warp
       float s[4][4] = {}, dp[4][4] = {};
       rows_product<HD>(s, nullptr, 0, qf, Ks, lane);   // S': queries x keys

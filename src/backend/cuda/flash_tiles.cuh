@@ -82,6 +82,40 @@ __device__ __forceinline__ void stage_to_f16(char* tile, const float* stage, flo
   }
 }
 
+// A block of kBlockRows queries of one head walking the keys up to its last query, kStep at
+// a time (the forward, and the backward's q kernel; the longest walks are scheduled first):
+// K and V rows are staged by cp.async and become the F16 tiles Ks, Vs at each step.
+template <int HD>
+struct QueryWalk {
+  const float *k, *v;
+  float* stage;  // [K | V][kStep][HD] floats
+  char *Ks, *Vs;
+  int ld, T, h, kvh, q0, steps;
+  int64_t seq;
+  float sk, sv;
+  __device__ QueryWalk(const float* k_, const float* v_, int ld_, int T_, int nh, int nkv, float* stage_, char* Ks_, char* Vs_, const Scales& sc)
+      : k(k_), v(v_), stage(stage_), Ks(Ks_), Vs(Vs_), ld(ld_), T(T_), sk(sc.k), sv(sc.v) {
+    h = blockIdx.x % nh, kvh = h / (nh / nkv);
+    seq = static_cast<int64_t>(blockIdx.x / nh) * T;
+    q0 = (gridDim.y - 1 - blockIdx.y) * kBlockRows;
+    steps = (min(T, q0 + kBlockRows) + kStep - 1) / kStep;
+  }
+  __device__ void issue(int step) const {
+    stage_rows<HD, kStep>(stage, k + seq * ld + kvh * HD, ld, step * kStep, T);
+    stage_rows<HD, kStep>(stage + kStep * HD, v + seq * ld + kvh * HD, ld, step * kStep, T);
+  }
+  // Before working on `step`: its keys in Ks, Vs for the whole block, the next step's requested.
+  __device__ void advance(int step) const {
+    cp_async_wait<0>();
+    __syncthreads();  // the step's keys have landed; the last step's products are done
+    stage_to_f16<HD, kStep>(Ks, stage, sk);
+    stage_to_f16<HD, kStep>(Vs, stage + kStep * HD, sv);
+    __syncthreads();
+    if (step + 1 < steps) issue(step + 1);
+    cp_async_commit();
+  }
+};
+
 // acc[j] += X[xr .. xr + 15] Y[8j .. 8j + 7]^T over the HD columns, j < 4 (a 16 x 32 block),
 // X's A fragments from the tile (or xf, when given), Y's rows as B.
 template <int HD>
