@@ -6,8 +6,8 @@
 // Forward, per layer: norm + int8 quantization of each linear input, the ternary product
 // as an int8 tensor-core GEMM (cuBLAS, int32 sums: exact) against the layer's ternary
 // weights stored as int8 {-1, 0, 1}, one epilogue for the scale, the LoRA branch
-// (B . u, u = A dropout(x) from lora_skinny.cu) and the residual add, RoPE, attention on
-// cuBLAS. Kept for the backward: each layer's input
+// (B . u, u = A dropout(x) from lora_skinny.cu) and the residual add, attention with RoPE
+// (train_attention.cu: flash-style F16 kernels with tf32, else cuBLAS). Kept for the backward: each layer's input
 // (gradient checkpointing) and, while they fit kKeepBytes, the attention block's outputs
 // and every LoRA u and dropout mask, and the last layers' gate/up outputs while they fit
 // kGuKeepBytes; the loss runs on the rows that have a label.
@@ -15,7 +15,7 @@
 // block), then walk back through the layer: the ternary linears by the straight-through
 // estimator (dx = m dy Wq on split F16 terms against an F16 copy of the weights,
 // TrainBlas::split_gemm), RMSNorm, relu^2
-// gating, attention, RoPE, and the LoRA gradients accumulated on the device.
+// gating, attention with RoPE, and the LoRA gradients accumulated on the device.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -610,7 +610,7 @@ class CudaGradEngine final : public train::GradEngine {
 
   ModelConfig c_;
   int64_t max_rows_, max_len_;
-  bool tf32_ = false;  // attention products on TF32 tensor cores
+  bool tf32_ = false;  // --precision tf32: 10-bit-mantissa products (grad_engine.h)
   bool keep_ = false;  // activations of every layer kept (see kKeepBytes)
   int gu_from_ = 0;    // layers from here keep their gate/up output (gu(l))
   int H_ = 0, QD_ = 0, KV_ = 0, F_ = 0, ldq_ = 0;

@@ -1,8 +1,9 @@
 // Attention for the LoRA training step on the GPU: RoPE (forward and its inverse, the
 // backward) over rows of several sequences, and causal GQA attention forward/backward
 // with the scores materialised per chunk of sequences and every product a strided
-// batched cuBLAS GEMM (float32). CPU references: train::rope_neox_fwd/bwd,
-// train::attention_fwd / attention_bwd (train/ops.h).
+// batched cuBLAS GEMM (float32). With tf32 the flash kernels take over where they apply
+// (flash_attention.cu, flash_attention_bwd.cu; TERN_TRAIN_ATTN=cublas keeps this path).
+// CPU references: train::rope_neox_fwd/bwd, train::attention_fwd / attention_bwd (train/ops.h).
 //
 // q, k, v (and the gradients) are first copied head-major, [sequence][head][T][hd]:
 // then the G = n_heads / n_kv query heads sharing a KV head are one [G*T][hd] matrix,

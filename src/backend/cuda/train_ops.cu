@@ -14,9 +14,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// train::rmsnorm_bwd: dx = r w dy - x r^3 / n sum_j w_j dy_j x_j, sums in double. (Keeping
-// the row's x and dy in registers, 12 values each per thread at the hidden width, measured
-// slower: 9.9 ms a step against ~7.5 on the H100, as 84 values per thread had in session 3.)
 // train::rmsnorm_bwd's per-row factors and per-element formula, rounded as the CPU rounds
 // them: r and coef once per row, then float products (no contraction). Per element in
 // double (as before: r w dy - x r^3 / n dot, a double division each) these kernels were
@@ -31,6 +28,9 @@ __device__ __forceinline__ RowCoef row_coef(double ss, double dot, int n, float 
   return {r, static_cast<float>(rd * rd * rd / static_cast<double>(n) * dot)};
 }
 
+// train::rmsnorm_bwd: dx = r w dy - x r^3 / n sum_j w_j dy_j x_j, sums in double. (Keeping
+// the row's x and dy in registers, 12 values each per thread at the hidden width, measured
+// slower: 9.9 ms a step against ~7.5 on the H100, as 84 values per thread had in session 3.)
 __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                                                const float* __restrict__ dy, int n, float eps, float* dx,
                                                                int accumulate) {
