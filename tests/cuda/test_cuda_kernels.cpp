@@ -642,6 +642,140 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
 }
 
 
+// split_gemm's row scale of a row's largest magnitude (split_rows_kernel's rule).
+float host_rscale(float amax) { return amax > 0.0f ? std::ldexp(1.0f, std::ilogb(amax)) : 1.0f; }
+
+// lora_dy_pass (lora_dy.cu): du and dB of every adapted part against float64 sums, and the
+// F16 split of dy bit for bit against split_rows_kernel's rule; the RMSNorm and sub-norm
+// backwards' row scales (its producers) against the same rule.
+TEST(CudaKernels, LoraDyPassMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int M, N, r;
+    std::vector<std::pair<int, int>> parts;  // [beg, end); a negative beg: no LoRA on [-beg, end)
+    std::vector<int> seg_end;                // empty: no split
+    std::vector<float> seg_scale;
+    bool extreme = false;  // every 7th row times 1e20 or 1e-30 (the split's row scale)
+  };
+  for (const Case& c : std::vector<Case>{{300, 640, 16, {{0, 384}, {384, 512}, {512, 640}}, {384, 512, 640}, {0.5f, 2.0f, 3.0f}, true},
+                                         {1030, 1536, 8, {{0, 768}, {768, 1536}}, {768, 1536}, {1.5f, 0.25f}, true},
+                                         {300, 640, 16, {{0, 384}, {384, 512}, {512, 640}}, {384, 512, 640}, {0.5f, 2.0f, 3.0f}},
+                                         {70, 260, 12, {{0, 260}}, {}, {}},
+                                         {33, 512, 16, {{0, 256}, {-256, 512}}, {512}, {1.0f}},
+                                         {4096, 2560, 16, {{0, 2560}}, {2560}, {0.7f}}}) {
+    const int M = c.M, N = c.N, r = c.r;
+    auto dy = randn(static_cast<size_t>(M) * N);
+    for (int m = 0; c.extreme && m < M; m += 7) {
+      for (int i = 0; i < N; ++i) dy[static_cast<size_t>(m) * N + i] *= (m % 2 ? 1e-30f : 1e20f);
+    }
+    const float scaling = 2.0f;
+    std::vector<ct::DyPassPart> parts;
+    for (auto [beg, end] : c.parts) {
+      ct::DyPassPart q;
+      q.beg = std::abs(beg), q.end = end;
+      if (beg >= 0) q.B = randn(static_cast<size_t>(end - beg) * r, 0.1f), q.u = randn(static_cast<size_t>(M) * r), q.dB_in = randn(q.B.size());
+      parts.push_back(q);
+    }
+    auto cs = [&](int col) {
+      for (size_t k = 0; k < c.seg_end.size(); ++k) {
+        if (col < c.seg_end[k]) return c.seg_scale[k];
+      }
+      return 1.0f;
+    };
+    std::vector<float> rs;
+    if (!c.seg_end.empty()) {
+      for (int m = 0; m < M; ++m) {
+        float amax = 0.0f;
+        for (int i = 0; i < N; ++i) amax = std::max(amax, std::fabs(dy[static_cast<size_t>(m) * N + i] * cs(i)));
+        rs.push_back(host_rscale(amax));
+      }
+    }
+    const auto got = ct::lora_dy_pass(dy, M, N, r, scaling, parts, rs, c.seg_end, c.seg_scale);
+    const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " r=" + std::to_string(r);
+    ASSERT_TRUE(got.applied) << what;
+    for (size_t p = 0; p < parts.size(); ++p) {
+      const ct::DyPassPart& q = parts[p];
+      if (q.B.empty()) continue;
+      const int w = q.end - q.beg;
+      // Rows scaled by 1e20 dominate a plain L2: compare row by row (du) and on rows of one scale (dB).
+      std::vector<double> du(static_cast<size_t>(M) * r), db(static_cast<size_t>(w) * r);
+      for (int m = 0; m < M; ++m) {
+        for (int j = 0; j < r; ++j) {
+          double acc = 0;
+          for (int i = 0; i < w; ++i) acc += static_cast<double>(dy[static_cast<size_t>(m) * N + q.beg + i]) * q.B[static_cast<size_t>(i) * r + j];
+          du[static_cast<size_t>(m) * r + j] = scaling * acc;
+        }
+      }
+      for (int m = 0; m < M; ++m) {
+        std::vector<float> gw(r), ww(r);
+        for (int j = 0; j < r; ++j) gw[j] = got.du[p][static_cast<size_t>(m) * r + j], ww[j] = static_cast<float>(du[static_cast<size_t>(m) * r + j]);
+        ASSERT_LT(test::rel_l2(gw.data(), ww.data(), r), 5e-3) << what << " part " << p << " du row " << m;
+      }
+      // dB: with extreme rows only their share is resolvable in float next to 1e20 ones, so
+      // then against float64 with an absolute bound relative to the terms' magnitudes.
+      double big = 0;
+      for (int i = 0; i < w; ++i) {
+        for (int j = 0; j < r; ++j) {
+          double acc = 0, mag = 0;
+          for (int m = 0; m < M; ++m) {
+            const double t = static_cast<double>(dy[static_cast<size_t>(m) * N + q.beg + i]) * q.u[static_cast<size_t>(m) * r + j];
+            acc += t, mag += std::fabs(t);
+          }
+          db[static_cast<size_t>(i) * r + j] = scaling * acc;
+          big = std::max(big, scaling * mag);
+        }
+      }
+      double err = 0, e2 = 0, w2 = 0;
+      for (size_t k = 0; k < db.size(); ++k) {
+        const double d = static_cast<double>(got.dB[p][k]) - q.dB_in[k] - db[k];
+        ASSERT_FALSE(std::isnan(d)) << what << " part " << p << " dB " << k;
+        err = std::max(err, std::fabs(d)), e2 += d * d, w2 += db[k] * db[k];
+      }
+      if (c.extreme) {
+        EXPECT_LT(err, 2e-3 * big) << what << " part " << p << " dB";
+      } else {
+        EXPECT_LT(std::sqrt(e2 / w2), 5e-3) << what << " part " << p << " dB";
+      }
+    }
+    if (!c.seg_end.empty()) {
+      size_t bad = 0;
+      for (int m = 0; m < M; ++m) {
+        const int e = -std::ilogb(rs[m]);
+        for (int i = 0; i < N; ++i) {
+          const size_t k = static_cast<size_t>(m) * N + i;
+          bad += got.split[k] != f32_to_f16(std::ldexp(dy[k] * cs(i), e)) ? 1 : 0;
+        }
+      }
+      EXPECT_EQ(bad, 0u) << what << " split";
+    }
+  }
+  // Out of its scope (rank above 16, a part not on a 128-column boundary): not applied.
+  ct::DyPassPart q;
+  q.beg = 0, q.end = 256, q.B = randn(256 * 32), q.u = randn(64 * 32), q.dB_in = randn(256 * 32);
+  EXPECT_FALSE(ct::lora_dy_pass(randn(64 * 256), 64, 256, 32, 1.0f, {q}, {}, {}, {}).applied);
+  q.beg = 64, q.B.resize(192 * 16), q.u.resize(64 * 16), q.dB_in.resize(192 * 16);
+  EXPECT_FALSE(ct::lora_dy_pass(randn(64 * 256), 64, 256, 16, 1.0f, {q}, {}, {}, {}).applied);
+  // The producers' row scales: the rule on what they wrote.
+  const int M = 37, n = 700;
+  auto x = randn(M * n), w = randn(n, 0.1f), g = randn(M * n), acc = randn(M * n);
+  for (auto& v : w) v += 1.0f;
+  for (int i = 0; i < n; ++i) g[5 * n + i] *= 1e-25f, acc[5 * n + i] *= 1e-25f;
+  std::vector<float> rs;
+  const auto dx = ct::rmsnorm_bwd(x, w, g, M, n, 1e-5f, acc, true, &rs);
+  for (int m = 0; m < M; ++m) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(dx[static_cast<size_t>(m) * n + i]));
+    EXPECT_EQ(rs[m], host_rscale(amax)) << "rmsnorm_bwd row " << m;
+  }
+  auto gu = randn(M * 2 * n);
+  const auto dgu = ct::gated_rmsnorm_bwd(gu, w, g, M, n, 0, 1e-5f, &rs, 0.75f, 3.0f);
+  for (int m = 0; m < M; ++m) {
+    float amax = 0.0f;
+    for (int i = 0; i < 2 * n; ++i) amax = std::max(amax, std::fabs(dgu[static_cast<size_t>(m) * 2 * n + i] * (i < n ? 0.75f : 3.0f)));
+    EXPECT_EQ(rs[m], host_rscale(amax)) << "gated_rmsnorm_bwd row " << m;
+  }
+}
+
 // RoPE backward and attention forward/backward for training (train_attention.cu) against
 // train::rope_neox_bwd / attention_fwd / attention_bwd.
 TEST(CudaKernels, TrainingAttentionMatchesCpu) {

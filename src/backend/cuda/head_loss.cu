@@ -90,9 +90,9 @@ __global__ void __launch_bounds__(kThreads) ce_rows_kernel(float* __restrict__ l
   } else {
     // The largest |dlogit|: the label's or the largest other logit's (exp is monotonic).
     const float amax = fmaxf(fabsf(dlogit(label, xl)), other == -INFINITY ? 0.0f : fabsf(dlogit(label == 0 ? 1 : 0, other)));
-    const int e = amax > 0.0f ? -ilogbf(amax) : 0;  // split_rows' scale
+    const int e = row_split_exp(amax);  // split_rows' scale
     for (int v = threadIdx.x; v < V; v += kThreads) store_terms<TYPE, TERMS>(split, at + v, stride, ldexpf(dlogit(v, row[v]), e));
-    if (threadIdx.x == 0) rscale[m] = ldexpf(1.0f, -e);
+    if (threadIdx.x == 0) rscale[m] = row_rscale(amax);
   }
 }
 

@@ -257,12 +257,12 @@ __global__ void __launch_bounds__(32 * kColsGroups) lora_cols_kernel(const float
 }
 
 // out (+)= alpha * sum_s P[s] in chunk order.
-__global__ void __launch_bounds__(256) partials_sum_kernel(const float* __restrict__ P, int S, int64_t n, float alpha, float* out,
-                                                           int accumulate) {
+__global__ void __launch_bounds__(256) partials_sum_kernel(const float* __restrict__ P, int S, int64_t n, int64_t stride, float alpha,
+                                                           float* out, int accumulate) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
   if (i >= n) return;
   float sum = 0.0f;
-  for (int s = 0; s < S; ++s) sum += P[s * n + i];
+  for (int s = 0; s < S; ++s) sum += P[s * stride + i];
   out[i] = accumulate ? out[i] + alpha * sum : alpha * sum;
 }
 
@@ -303,9 +303,10 @@ bool lora_skinny_enabled() {
   return on;
 }
 
-void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st) {
+void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st, int64_t stride) {
   if (n <= 0) return;
-  partials_sum_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, st>>>(P, S, n, alpha, out, accumulate ? 1 : 0);
+  partials_sum_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, st>>>(P, S, n, stride > 0 ? stride : n, alpha, out,
+                                                                               accumulate ? 1 : 0);
   TERN_CUDA_LAUNCHED("partials_sum_kernel");
 }
 

@@ -90,7 +90,7 @@ class CudaGradEngine final : public train::GradEngine {
     }
     bits_ = DevBuf(nl * bits_layer_ * sizeof(uint32_t));
     q8_ = DevBuf(M * std::max({kpad(H_), kpad(QD_), kpad(F_)}));
-    s_ = fbuf(M);
+    s_ = fbuf(M), rs_dx_ = fbuf(M), rs_gu_ = fbuf(M);
     dx_ = fbuf(M * H_), dhn_ = fbuf(M * F_), dgu_ = fbuf(M * 2 * F_), dxn_ = fbuf(M * H_), dan_ = fbuf(M * QD_);
     datt_ = fbuf(M * QD_), dqkv_ = fbuf(M * ldq_);
     xc_ = fbuf(M * H_), dxc_ = fbuf(M * H_);
@@ -226,7 +226,7 @@ class CudaGradEngine final : public train::GradEngine {
       for (int l = c_.n_layers - 1; l >= 0; --l) {
         recompute(l);  // checkpointing: the layer's activations again, from its input
         timer.mark("recompute");
-        layer_bwd(l, x(l), dx);
+        layer_bwd(l, x(l), dx, l + 1 < c_.n_layers && tf32_ ? rs_dx_.as<float>() : nullptr);
         timer.mark("backward");
       }
     }
@@ -429,12 +429,13 @@ class CudaGradEngine final : public train::GradEngine {
   }
 
   // du: already computed (linear_bwd's fused path, dxin null there).
-  void lora_bwd(int l, Proj p, const float* xin, const float* dy, int ldy, float* dxin, const float* du = nullptr) {
+  // dB_done: lora_dy_pass accumulated dB already.
+  void lora_bwd(int l, Proj p, const float* xin, const float* dy, int ldy, float* dxin, const float* du = nullptr, bool dB_done = false) {
     if (!has_lora(l, p)) return;
     const int pi = static_cast<int>(p);
     lora_bwd_gpu(*blas_, xin, params_.as<float>() + offA_[l][pi], params_.as<float>() + offB_[l][pi], u(l, p), dy, ldy, M_,
                  static_cast<int>(in_dim(p)), rank_, static_cast<int>(out_dim(p)), scaling_, dropout(l, p), dxin,
-                 grads_.as<float>() + offA_[l][pi], grads_.as<float>() + offB_[l][pi], true, tf32_, du);
+                 grads_.as<float>() + offA_[l][pi], dB_done ? nullptr : grads_.as<float>() + offB_[l][pi], true, tf32_, du);
   }
 
   // The activations layer_bwd(l) reads, after the forward pass has moved on: all of
@@ -543,39 +544,64 @@ class CudaGradEngine final : public train::GradEngine {
   // the LoRA gradients.
   // The adapted parts' du come first where LoraDx::fusable: split_gemm's combine then adds
   // their input gradients, so dxin is written once instead of once more per part.
+  // dy_rscale: dy's row scales from its producer (tf32), so that lora_dy_pass splits dy too.
   void linear_bwd(int l, const DevBuf& w, const float* dy, int N, const ColScales& cs, float alpha, int K, const float* xin, float* dxin,
-                  std::initializer_list<std::pair<Proj, int>> parts) {
+                  std::initializer_list<std::pair<Proj, int>> parts, const float* dy_rscale = nullptr) {
     int adapted = 0;
     for (auto [p, offset] : parts) adapted += has_lora(l, p) ? 1 : 0;
     LoraDx lx;
     const bool fuse = LoraDx::fusable(rank_, adapted, K, dxin, K);
+    bool dy_pass = false;  // du, dB (and with dy_rscale the split) done in one pass over dy
+    void* split = nullptr;
     if (fuse) {
       const size_t per = static_cast<size_t>(M_) * rank_;
       auto* du = static_cast<float*>(blas_->scratch(kSlotLoraU, adapted * per * sizeof(float)));
       lx.r = rank_, lx.keep = drop_ > 0.0f ? 1.0f / (1.0f - drop_) : 1.0f, lx.tf32 = tf32_;
+      DyPass dp;
+      dp.r = rank_, dp.scaling = scaling_;
       for (auto [p, offset] : parts) {
+        DyPart& q = dp.part[dp.n++];
+        q.beg = offset, q.end = offset + static_cast<int>(out_dim(p));
         if (!has_lora(l, p)) continue;
         const int pi = static_cast<int>(p);
-        float* dup = du + lx.n * per;
-        lora_du_gpu(*blas_, dy + offset, N, params_.as<float>() + offB_[l][pi], M_, rank_, static_cast<int>(out_dim(p)), scaling_, dup, tf32_);
-        lx.du[lx.n] = dup, lx.A[lx.n] = params_.as<float>() + offA_[l][pi];
+        q.B = params_.as<float>() + offB_[l][pi], q.u = u(l, p), q.du = du + lx.n * per, q.dB = grads_.as<float>() + offB_[l][pi];
+        lx.du[lx.n] = q.du, lx.A[lx.n] = params_.as<float>() + offA_[l][pi];
         lx.bits[lx.n] = drop_ > 0.0f ? dropout(l, p).bits : nullptr;
         ++lx.n;
       }
-      mark("b.lora.du");
+      if (tf32_) {
+        if (dy_rscale != nullptr) {
+          dp.rscale = dy_rscale, dp.cs = cs;
+          dp.split = split = blas_->scratch(kSlotSplitA, static_cast<size_t>(M_) * N * sizeof(uint16_t));
+        }
+        dy_pass = lora_dy_pass(*blas_, dy, M_, N, dp);
+        mark("b.lora.dy_pass");
+      }
+      if (!dy_pass) {
+        for (int k = 0; k < dp.n; ++k) {
+          const DyPart& q = dp.part[k];
+          if (q.B != nullptr) lora_du_gpu(*blas_, dy + q.beg, N, q.B, M_, rank_, q.end - q.beg, scaling_, q.du, tf32_);
+        }
+        mark("b.lora.du");
+      }
     }
-    blas_->split_gemm(dy, N, M_, N, cs, w.as<void>(), 1, K, alpha, dxin, K, false, tf32_, fuse ? &lx : nullptr);
+    if (dy_pass && split != nullptr) {
+      blas_->terms_gemm(split, 1, dy_rscale, M_, N, w.as<void>(), 1, K, alpha, dxin, K, false, &lx);
+    } else {
+      blas_->split_gemm(dy, N, M_, N, cs, w.as<void>(), 1, K, alpha, dxin, K, false, tf32_, fuse ? &lx : nullptr);
+    }
     mark("b.split_gemm");
     int k = 0;
     for (auto [p, offset] : parts) {
       if (!has_lora(l, p)) continue;
-      lora_bwd(l, p, xin, dy + offset, N, fuse ? nullptr : dxin, fuse ? lx.du[k++] : nullptr);
+      lora_bwd(l, p, xin, dy + offset, N, fuse ? nullptr : dxin, fuse ? lx.du[k++] : nullptr, dy_pass);
     }
     mark("b.lora");
   }
 
   // dx: the gradient w.r.t. the layer's output on entry, w.r.t. its input on return.
-  void layer_bwd(int l, const float* xin, float* dx) {
+  // dx_rs: dx's split row scales on entry (null: not known), on return (tf32: rs_dx_).
+  void layer_bwd(int l, const float* xin, float* dx, const float* dx_rs) {
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>();
@@ -583,21 +609,24 @@ class CudaGradEngine final : public train::GradEngine {
     float *dhn = dhn_.as<float>(), *dgu = dgu_.as<float>(), *dxn = dxn_.as<float>(), *dan = dan_.as<float>();
     float *datt = datt_.as<float>(), *dqkv = dqkv_.as<float>();
     // Feed-forward block: out = xmid + Down(hn).
-    linear_bwd(l, w.down, dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}});
-    launch_gated_rmsnorm_bwd(gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn, M_, F_, eps, dgu, 2 * F_, st_);
+    // (tf32: the producers of dy for down, gate/up and o also give its split row scales)
+    float* rs_dx = tf32_ ? rs_dx_.as<float>() : nullptr;
+    float* rs_gu = tf32_ ? rs_gu_.as<float>() : nullptr;
+    linear_bwd(l, w.down, dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}}, dx_rs);
+    launch_gated_rmsnorm_bwd(gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn, M_, F_, eps, dgu, 2 * F_, st_, rs_gu, w.sg, w.su);
     mark("b.gated_rmsnorm");
-    linear_bwd(l, w.gu, dgu, 2 * F_, scales_gu(w), 1.0f, H_, xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}});
-    launch_rmsnorm_bwd(xmid, w.ffn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_);  // dx = d xmid now
+    linear_bwd(l, w.gu, dgu, 2 * F_, scales_gu(w), 1.0f, H_, xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu);
+    launch_rmsnorm_bwd(xmid, w.ffn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, rs_dx);  // dx = d xmid now
     mark("b.rmsnorm");
     // Attention block: xmid = x + O(an).
-    linear_bwd(l, w.o, dx, H_, ColScales{}, w.so, QD_, an, dan, {{Proj::O, 0}});
+    linear_bwd(l, w.o, dx, H_, ColScales{}, w.so, QD_, an, dan, {{Proj::O, 0}}, rs_dx);
     launch_rmsnorm_bwd(att, w.attn_sub_norm.as<float>(), dan, M_, QD_, eps, datt, false, st_);
     mark("b.rmsnorm");
     train_attention_bwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, datt, QD_, dqkv, dqkv + QD_, dqkv + QD_ + KV_, ldq_,
                         tf32_, att, lse(l), rope_.as<float>());
     mark("b.attention");
     linear_bwd(l, w.qkv, dqkv, ldq_, scales_qkv(w), 1.0f, H_, xn1, dxn, {{Proj::Q, 0}, {Proj::K, QD_}, {Proj::V, QD_ + KV_}});
-    launch_rmsnorm_bwd(xin, w.attn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_);
+    launch_rmsnorm_bwd(xin, w.attn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, l > 0 ? rs_dx : nullptr);
     mark("b.rmsnorm");
   }
 
@@ -635,6 +664,7 @@ class CudaGradEngine final : public train::GradEngine {
   std::vector<float> host_;
   // Activations ([M][...] rows) and gradients.
   DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, lse_, gu_, hn_, y_, lu_, q8_, s_;
+  DevBuf rs_dx_, rs_gu_;  // split row scales of dx and dgu from their producers (lora_dy_pass)
   DevBuf dx_, dhn_, dgu_, dxn_, dan_, datt_, dqkv_, xc_, dxc_;
   DevBuf tokens_, labels_, idx_, loss_, seeds_;
   DevBuf bits_;  // dropout masks as bits, per (kept) layer and projection

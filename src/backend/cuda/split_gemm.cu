@@ -23,11 +23,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float col_scale(const ColScales& cs, int c) {
-  if (cs.n == 0) return 1.0f;
-  return c < cs.end[0] ? cs.scale[0] : (cs.n < 2 || c < cs.end[1]) ? cs.scale[1] : cs.scale[2];
-}
-
 // Row m of A (column-scaled) -> terms; rscale[m] undoes the power-of-two row scale.
 // (Measured on the H200, 2026-11-27: keeping the row in registers between the max and the
 // stores, or 16-byte loads, is no faster for these rows, and 56 values per thread slower.)
@@ -38,14 +33,14 @@ __global__ void __launch_bounds__(kThreads) split_rows_kernel(const float* __res
   const int m = blockIdx.x;
   const float* row = A + static_cast<int64_t>(m) * lda;
   float amax = 0.0f;
-  for (int i = threadIdx.x; i < N; i += kThreads) amax = fmaxf(amax, fabsf(row[i] * col_scale(cs, i)));
+  for (int i = threadIdx.x; i < N; i += kThreads) amax = fmaxf(amax, fabsf(row[i] * cs.at(i)));
   amax = block_reduce<kThreads>(amax, sf, MaxOp{});
-  const int e = amax > 0.0f ? -ilogbf(amax) : 0;  // 2^e * amax in [1, 2)
+  const int e = row_split_exp(amax);
   const int64_t stride = static_cast<int64_t>(M) * N;
   for (int i = threadIdx.x; i < N; i += kThreads) {
-    store_terms<TYPE, TERMS>(split, static_cast<int64_t>(m) * N + i, stride, ldexpf(row[i] * col_scale(cs, i), e));
+    store_terms<TYPE, TERMS>(split, static_cast<int64_t>(m) * N + i, stride, ldexpf(row[i] * cs.at(i), e));
   }
-  if (threadIdx.x == 0) rscale[m] = ldexpf(1.0f, -e);
+  if (threadIdx.x == 0) rscale[m] = row_rscale(amax);
 }
 
 // Block (x, y): a stripe of 256 V columns (V per thread: 16-byte accesses when V == 4) of
@@ -331,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) scale_cols_kernel(const float* __res
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= static_cast<int64_t>(M) * N) return;
   const int m = static_cast<int>(idx / N), c = static_cast<int>(idx % N);
-  out[idx] = A[static_cast<int64_t>(m) * lda + c] * col_scale(cs, c);
+  out[idx] = A[static_cast<int64_t>(m) * lda + c] * cs.at(c);
 }
 
 unsigned blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }

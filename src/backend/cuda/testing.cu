@@ -365,17 +365,61 @@ std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, 
 }
 
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
-                               float eps, const std::vector<float>& dx_in, bool accumulate) {
-  DevBuf dx_ = upload_vec(x), dw = upload_vec(w), ddy = upload_vec(dy), out = upload_vec(dx_in);
-  launch_rmsnorm_bwd(dx_.as<float>(), dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), accumulate, nullptr);
+                               float eps, const std::vector<float>& dx_in, bool accumulate, std::vector<float>* rscale) {
+  DevBuf dx_ = upload_vec(x), dw = upload_vec(w), ddy = upload_vec(dy), out = upload_vec(dx_in), rs = nan_buf(M);
+  launch_rmsnorm_bwd(dx_.as<float>(), dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), accumulate, nullptr,
+                     rscale != nullptr ? rs.as<float>() : nullptr);
+  if (rscale != nullptr) *rscale = download<float>(rs, M);
   return download<float>(out, dx_in.size());
 }
 
 std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
-                                     int act, float eps) {
-  DevBuf dgu_in = upload_vec(gu), dw = upload_vec(w), ddy = upload_vec(dy), out = nan_buf(gu.size());
-  launch_gated_rmsnorm_bwd(dgu_in.as<float>(), 2 * n, act, dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), 2 * n, nullptr);
+                                     int act, float eps, std::vector<float>* rscale, float s_gate, float s_up) {
+  DevBuf dgu_in = upload_vec(gu), dw = upload_vec(w), ddy = upload_vec(dy), out = nan_buf(gu.size()), rs = nan_buf(M);
+  launch_gated_rmsnorm_bwd(dgu_in.as<float>(), 2 * n, act, dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), 2 * n, nullptr,
+                           rscale != nullptr ? rs.as<float>() : nullptr, s_gate, s_up);
+  if (rscale != nullptr) *rscale = download<float>(rs, M);
   return download<float>(out, gu.size());
+}
+
+DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, float scaling, const std::vector<DyPassPart>& parts,
+                          const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale) {
+  DevBuf ddy = upload_vec(dy), drs = rscale.empty() ? DevBuf() : upload_vec(rscale);
+  DevBuf split = nan_buf((static_cast<size_t>(M) * N + 1) / 2);  // unwritten halves read 0xffff (a NaN)
+  std::vector<DevBuf> keep_alive;
+  std::vector<int> at_du(parts.size(), -1);
+  DyPass p;
+  p.r = r, p.scaling = scaling;
+  for (const DyPassPart& q : parts) {
+    DyPart& d = p.part[p.n++];
+    d.beg = q.beg, d.end = q.end;
+    if (q.B.empty()) continue;
+    keep_alive.push_back(upload_vec(q.B));
+    d.B = keep_alive.back().as<float>();
+    keep_alive.push_back(upload_vec(q.u));
+    d.u = keep_alive.back().as<float>();
+    keep_alive.push_back(nan_buf(static_cast<size_t>(M) * r));
+    d.du = keep_alive.back().as<float>();
+    at_du[p.n - 1] = static_cast<int>(keep_alive.size()) - 1;  // dB follows it
+    keep_alive.push_back(upload_vec(q.dB_in));
+    d.dB = keep_alive.back().as<float>();
+  }
+  if (!rscale.empty()) {
+    p.rscale = drs.as<float>(), p.split = split.as<void>();
+    p.cs.n = static_cast<int>(seg_end.size());
+    for (int i = 0; i < p.cs.n; ++i) p.cs.end[i] = seg_end[i], p.cs.scale[i] = seg_scale[i];
+  }
+  TrainBlas blas(nullptr);
+  DyPassResult res;
+  res.applied = cuda::lora_dy_pass(blas, ddy.as<float>(), M, N, p);
+  TERN_CUDA_CHECK(cudaDeviceSynchronize());
+  for (int i = 0; i < p.n; ++i) {
+    const int k = at_du[i];
+    res.du.push_back(k >= 0 ? download<float>(keep_alive[k], static_cast<size_t>(M) * r) : std::vector<float>{});
+    res.dB.push_back(k >= 0 ? download<float>(keep_alive[k + 1], parts[i].dB_in.size()) : std::vector<float>{});
+  }
+  if (!rscale.empty()) res.split = download<uint16_t>(split, static_cast<size_t>(M) * N);
+  return res;
 }
 
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,

@@ -80,6 +80,21 @@ std::vector<float> split_gemm_lora(const std::vector<float>& A, int M, int N, co
                                    const std::vector<LoraDxPart>& parts, float keep, const std::vector<float>& c_in, bool accumulate,
                                    bool tf32);
 
+// lora_dy_pass on dy [M][N] (parts as DyPart: columns [beg, end), B [end - beg][r] and u
+// [M][r], B empty: no LoRA there): du per part, dB per part (starting from dB_in), and
+// with rscale non-empty the F16 split (bits) with column segments seg_end / seg_scale.
+struct DyPassPart {
+  int beg = 0, end = 0;
+  std::vector<float> B, u, dB_in;
+};
+struct DyPassResult {
+  bool applied = false;
+  std::vector<std::vector<float>> du, dB;
+  std::vector<uint16_t> split;
+};
+DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, float scaling, const std::vector<DyPassPart>& parts,
+                          const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale);
+
 // launch_train_norm_quant: x [M][n] (gated: [M][2n] = [gate | up], act 0 relu2 1 silu 2 gelu).
 struct TrainQuantized {
   std::vector<float> h, xn, s;  // h only when gated
@@ -96,11 +111,12 @@ std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, 
                                    const std::vector<std::vector<float>>& B, const std::vector<float>& resid, bool tf32 = false);
 
 // train_ops.cu round trips (host vectors in and out; see kernels.h).
+// rscale (optional): the kernel's split row scales of dx.
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
-                               float eps, const std::vector<float>& dx_in, bool accumulate);
+                               float eps, const std::vector<float>& dx_in, bool accumulate, std::vector<float>* rscale = nullptr);
 // launch_gated_rmsnorm_bwd on gu [M][2n] = [gate | up], dy [M][n]: [M][2n] = [d gate | d up].
 std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
-                                     int act, float eps);
+                                     int act, float eps, std::vector<float>* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f);
 struct LoraGrads {
   std::vector<float> u, y, dx, dA, dB;
 };

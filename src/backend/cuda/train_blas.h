@@ -21,6 +21,13 @@ struct ColScales {
   int n = 0;
   int end[3] = {0, 0, 0};
   float scale[3] = {1.0f, 1.0f, 1.0f};
+#ifdef __CUDACC__
+  // Column c's scale (1 without segments).
+  __device__ __forceinline__ float at(int c) const {
+    if (n == 0) return 1.0f;
+    return c < end[0] ? scale[0] : (n < 2 || c < end[1]) ? scale[1] : scale[2];
+  }
+#endif
 };
 
 // The LoRA input gradients of a linear's adapted parts, which split_gemm's combine pass
@@ -57,7 +64,7 @@ class TrainBlas {
     if (on_mark) on_mark(what);
   }
   // Scratch slot i (< kSlots) of at least `bytes`; valid until the next request of slot i.
-  static constexpr int kSlots = 10;
+  static constexpr int kSlots = 11;
   void* scratch(int slot, size_t bytes);
   // Bytes of device memory the scratch slots hold now.
   size_t scratch_bytes() const;
@@ -104,6 +111,7 @@ enum TrainSlot : int {
   kSlotHead,        // head loss: logits of a chunk
   kSlotAttnHeads,   // attention: q, k, v, out (or their gradients) head-major
   kSlotSplitK,      // LoRA: per-chunk partial products
+  kSlotDuPart,      // lora_dy_pass: per-strip partials of du
 };
 
 }  // namespace tern::cuda

@@ -65,15 +65,17 @@ void launch_dropout(const float* src, int lds, int M, int n, const DropoutSpec& 
 uint64_t dropout_threshold(float p);
 
 // ---- train_ops.cu: backward ops and the LoRA branch ----
-// train::rmsnorm_bwd (x, dy, dx rows of n).
+// train::rmsnorm_bwd (x, dy, dx rows of n). rscale (optional, [M]): the row scales
+// split_gemm would compute for dx (its one-term F16 split then happens in lora_dy_pass).
 void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, int n, float eps, float* dx, bool accumulate,
-                        cudaStream_t st);
+                        cudaStream_t st, float* rscale = nullptr);
 // The feed-forward sub-norm and gating backward on M rows: h = act(gate) * up from
 // gu = [gate | up] (F each, row stride ldi), dy [M][F] the gradient w.r.t. RMSNorm(h) * w;
 // dgu = [d gate | d up] (row stride ldo) = train::rmsnorm_bwd then train::gated_act_bwd,
-// the same arithmetic as launch_rmsnorm_bwd (act 0 relu2, 1 silu, 2 gelu).
+// the same arithmetic as launch_rmsnorm_bwd (act 0 relu2, 1 silu, 2 gelu). rscale as
+// launch_rmsnorm_bwd's, for dgu with column scales s_gate | s_up.
 void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w, const float* dy, int M, int F, float eps, float* dgu, int ldo,
-                              cudaStream_t st);
+                              cudaStream_t st, float* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f);
 // train::lora_fwd: u [M][r] = dropout(x) A^T, y (+)= scaling u B^T (y row stride ldy;
 // x [M][in] contiguous; y null: u only). tf32: the products on TF32 tensor cores.
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
@@ -100,8 +102,33 @@ bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const floa
 bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
                        bool tf32 = false);
 bool lora_skinny_enabled();
-// out[i] (+)= alpha * sum over s < S of P[s * n + i], in s order (per-chunk partials).
-void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st);
+// out[i] (+)= alpha * sum over s < S of P[s * stride + i] (stride 0: n), in s order (per-chunk partials).
+void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st, int64_t stride = 0);
+
+// ---- lora_dy.cu: one pass over a linear's output gradient for its LoRA parts (tf32) ----
+// For dy [M][N] (row stride N) of a linear whose adapted parts p own columns [beg, end):
+// du_p [M][r] = scaling dy_p B_p (B_p [end - beg][r]) and dB_p += scaling dy_p^T u_p,
+// reading dy once (du and dB each read it on their own before). With split: also the
+// one-term F16 split of dy that TrainBlas::split_gemm would make (split [M][N] __half,
+// rows scaled by rscale from dy's producer, columns by cs), for TrainBlas::terms_gemm.
+// Returns false, doing nothing, where it does not apply (r > 16, part bounds not multiples
+// of 128, misaligned rows; TERN_TRAIN_DYPASS=0): the caller takes the separate passes.
+struct DyPart {
+  int beg = 0, end = 0;
+  const float* B = nullptr;  // null: no LoRA on these columns (split only)
+  const float* u = nullptr;
+  float* du = nullptr;
+  float* dB = nullptr;
+};
+struct DyPass {
+  int n = 0, r = 0;
+  DyPart part[3];
+  float scaling = 1.0f;
+  const float* rscale = nullptr;  // with split
+  ColScales cs;
+  void* split = nullptr;
+};
+bool lora_dy_pass(TrainBlas& blas, const float* dy, int M, int N, const DyPass& p);
 
 // ---- lora_mma.cu: the same thin products on TF32 tensor cores (r <= 32, K % 4 == 0) ----
 // U [M][r] = alpha * drop(X) A^T for X [M][K], A [r][K]. Masks as

@@ -33,8 +33,9 @@ __device__ __forceinline__ RowCoef row_coef(double ss, double dot, int n, float 
 // slower: 9.9 ms a step against ~7.5 on the H100, as 84 values per thread had in session 3.)
 __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                                                const float* __restrict__ dy, int n, float eps, float* dx,
-                                                               int accumulate) {
+                                                               int accumulate, float* __restrict__ rscale) {
   __shared__ double sd[kThreads / 32];
+  __shared__ float sf[kThreads / 32];
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
   double ss = 0.0, dot = 0.0;
   for (int i = threadIdx.x; i < n; i += kThreads) {
@@ -44,9 +45,16 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_kernel(const float* __re
   ss = block_reduce<kThreads>(ss, sd, SumOp{});
   dot = block_reduce<kThreads>(dot, sd, SumOp{});
   const RowCoef c = row_coef(ss, dot, n, eps);
+  float amax = 0.0f;
   for (int i = threadIdx.x; i < n; i += kThreads) {
     const float g = c.grad(w[i], dy[base + i], x[base + i]);
-    dx[base + i] = accumulate ? __fadd_rn(dx[base + i], g) : g;
+    const float v = accumulate ? __fadd_rn(dx[base + i], g) : g;
+    dx[base + i] = v;
+    amax = fmaxf(amax, fabsf(v));
+  }
+  if (rscale != nullptr) {  // uniform: the row's split scale for lora_dy.cu
+    amax = block_reduce<kThreads>(amax, sf, MaxOp{});
+    if (threadIdx.x == 0) rscale[blockIdx.x] = row_rscale(amax);
   }
 }
 
@@ -75,8 +83,10 @@ __device__ __forceinline__ void gated_bwd(float gi, float ui, float d, int act, 
 template <int VPT>
 __global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const float* __restrict__ gu, int ldi, int act,
                                                                      const float* __restrict__ w, const float* __restrict__ dy, int n,
-                                                                     float eps, float* __restrict__ dgu, int ldo) {
+                                                                     float eps, float* __restrict__ dgu, int ldo,
+                                                                     float* __restrict__ rscale, float s_gate, float s_up) {
   __shared__ double sd[kThreads / 32];
+  __shared__ float sf[kThreads / 32];
   const int64_t m = blockIdx.x;
   const float *g = gu + m * ldi, *u = g + n, *dyr = dy + m * n;
   constexpr int V = VPT > 0 ? VPT : 1;
@@ -109,7 +119,17 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const float
   dot = block_reduce<kThreads>(dot, sd, SumOp{});
   const RowCoef c = row_coef(ss, dot, n, eps);
   float *dg = dgu + m * ldo, *du = dg + n;
-  each([&](int i, float gi, float ui) { gated_bwd(gi, ui, c.grad(w[i], dyr[i], gated(gi, ui, act)), act, dg[i], du[i]); });
+  float amax = 0.0f;
+  each([&](int i, float gi, float ui) {
+    float a, b;
+    gated_bwd(gi, ui, c.grad(w[i], dyr[i], gated(gi, ui, act)), act, a, b);
+    dg[i] = a, du[i] = b;
+    amax = fmaxf(amax, fmaxf(fabsf(a * s_gate), fabsf(b * s_up)));  // as split_rows_kernel's column-scaled row
+  });
+  if (rscale != nullptr) {
+    amax = block_reduce<kThreads>(amax, sf, MaxOp{});
+    if (threadIdx.x == 0) rscale[m] = row_rscale(amax);
+  }
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
@@ -223,19 +243,19 @@ __global__ void __launch_bounds__(kThreads) lora_dx_kernel(const float* __restri
 }  // namespace
 
 void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, int n, float eps, float* dx, bool accumulate,
-                        cudaStream_t st) {
+                        cudaStream_t st, float* rscale) {
   if (M <= 0) return;
-  rmsnorm_bwd_kernel<<<M, kThreads, 0, st>>>(x, w, dy, n, eps, dx, accumulate ? 1 : 0);
+  rmsnorm_bwd_kernel<<<M, kThreads, 0, st>>>(x, w, dy, n, eps, dx, accumulate ? 1 : 0, rscale);
   TERN_CUDA_LAUNCHED("rmsnorm_bwd_kernel");
 }
 
 void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w, const float* dy, int M, int F, float eps, float* dgu, int ldo,
-                              cudaStream_t st) {
+                              cudaStream_t st, float* rscale, float s_gate, float s_up) {
   if (M <= 0 || F <= 0) return;
   if (F <= 28 * kThreads) {
-    gated_rmsnorm_bwd_kernel<28><<<M, kThreads, 0, st>>>(gu, ldi, act, w, dy, F, eps, dgu, ldo);
+    gated_rmsnorm_bwd_kernel<28><<<M, kThreads, 0, st>>>(gu, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
   } else {
-    gated_rmsnorm_bwd_kernel<0><<<M, kThreads, 0, st>>>(gu, ldi, act, w, dy, F, eps, dgu, ldo);
+    gated_rmsnorm_bwd_kernel<0><<<M, kThreads, 0, st>>>(gu, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
   }
   TERN_CUDA_LAUNCHED("gated_rmsnorm_bwd_kernel");
 }
@@ -278,11 +298,11 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
     if (t == nullptr) t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
     return t;
   };
-  // dB += s dy^T u (with tf32 by the ring-fed cols kernel, writing [out][r]).
-  if (!(tf32 && lora_skinny_enabled() && lora_cols_mma(blas, u, dy, M, out, r, scaling, DropoutSpec{}, dB, ldy, true))) {
+  // dB += s dy^T u (with tf32 by the ring-fed cols kernel, writing [out][r]); null: done by lora_dy_pass.
+  if (dB != nullptr && !(tf32 && lora_skinny_enabled() && lora_cols_mma(blas, u, dy, M, out, r, scaling, DropoutSpec{}, dB, ldy, true))) {
     gemm_tn_chunked(blas, out, r, M, scaling, dy, ldy, u, r, dB, r, tf32);
   }
-  blas.mark("b.lora.dB");
+  if (dB != nullptr) blas.mark("b.lora.dB");
   if (!lora_cols_product(blas, du, x, M, in, r, 1.0f, dd, dA, tf32)) {
     const float* xd = x;
     if (drop) {
