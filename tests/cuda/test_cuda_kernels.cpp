@@ -755,6 +755,21 @@ TEST(CudaKernels, LoraDyPassMatchesCpu) {
   EXPECT_FALSE(ct::lora_dy_pass(randn(64 * 256), 64, 256, 32, 1.0f, {q}, {}, {}, {}).applied);
   q.beg = 64, q.B.resize(192 * 16), q.u.resize(64 * 16), q.dB_in.resize(192 * 16);
   EXPECT_FALSE(ct::lora_dy_pass(randn(64 * 256), 64, 256, 16, 1.0f, {q}, {}, {}, {}).applied);
+  // The backward's F16 weights from the int8 ones (rows padded; K odd and even).
+  for (int K : {2560, 37}) {
+    const int rows = 5, lds = (K + 15) / 16 * 16;
+    std::vector<int8_t> w8(static_cast<size_t>(rows) * lds, 0);
+    std::mt19937 rng(3);
+    for (int r0 = 0; r0 < rows; ++r0) {
+      for (int i = 0; i < K; ++i) w8[static_cast<size_t>(r0) * lds + i] = static_cast<int8_t>(static_cast<int>(rng() % 3) - 1);
+    }
+    const auto h = ct::i8_to_f16_rows(w8, rows, K, lds);
+    size_t bad = 0;
+    for (int r0 = 0; r0 < rows; ++r0) {
+      for (int i = 0; i < K; ++i) bad += h[static_cast<size_t>(r0) * K + i] != f32_to_f16(w8[static_cast<size_t>(r0) * lds + i]) ? 1 : 0;
+    }
+    EXPECT_EQ(bad, 0u) << "i8_to_f16_rows K " << K;
+  }
   // The producers' row scales: the rule on what they wrote.
   const int M = 37, n = 700;
   auto x = randn(M * n), w = randn(n, 0.1f), g = randn(M * n), acc = randn(M * n);

@@ -241,8 +241,9 @@ class CudaGradEngine final : public train::GradEngine {
 
  private:
   struct LayerW {
-    DevBuf qkv, o, gu, down;      // F16 [rows][cols], values -1, 0, +1: the backward's
-    DevBuf qkv8, o8, gu8, down8;  // int8 [rows][kpad(cols)]: the forward's
+    // int8 [rows][kpad(cols)], values -1, 0, +1: the forward's GEMM operands; the backward
+    // makes an F16 copy of one linear at a time (w16).
+    DevBuf qkv8, o8, gu8, down8;
     float sq = 1, sk = 1, sv = 1, so = 1, sg = 1, su = 1, sd = 1;
     DevBuf attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
   };
@@ -294,16 +295,26 @@ class CudaGradEngine final : public train::GradEngine {
 
   // The int8 GEMM's K: rows padded with zeros to a multiple of 16.
   static int kpad(int k) { return (k + 15) / 16 * 16; }
-  DevBuf i8_copy(const DevBuf& f16, size_t rows, size_t cols) const {
+  DevBuf i8_copy(const void* f16, size_t rows, size_t cols) const {
     const int ld = kpad(static_cast<int>(cols));
     DevBuf d(rows * ld);
-    launch_f16_to_i8_rows(f16.as<void>(), static_cast<int64_t>(rows), static_cast<int>(cols), d.as<int8_t>(), ld, st_);
+    launch_f16_to_i8_rows(f16, static_cast<int64_t>(rows), static_cast<int>(cols), d.as<int8_t>(), ld, st_);
     return d;
+  }
+  // The F16 copy of a linear's weights [rows][cols] for the backward's split GEMM, made per
+  // call (~70 us a layer on the H100): F16 copies of every layer would hold 3.9 GiB at the
+  // 2b-4t shape, which buy more as kept gate/up outputs (kGuKeepBytes).
+  const void* w16(const DevBuf& w8, int rows, int cols) {
+    void* out = blas_->scratch(kSlotWeightF16, static_cast<size_t>(rows) * cols * 2);
+    launch_i8_to_f16_rows(w8.as<int8_t>(), rows, cols, kpad(cols), out, st_);
+    mark("b.weights_f16");
+    return out;
   }
 
   void upload_weights(const Model& m) {
     layers_.resize(c_.n_layers);
     const size_t H = H_, QD = QD_, KV = KV_, F = F_;
+    DevBuf f16(std::max({(QD + 2 * KV) * H, H * QD, 2 * F * H, H * F}) * 2);
     for (int l = 0; l < c_.n_layers; ++l) {
       const Layer& L = m.layers[l];
       LayerW& w = layers_[l];
@@ -312,18 +323,19 @@ class CudaGradEngine final : public train::GradEngine {
           L.o.rows != c_.hidden || L.gate.rows != c_.ffn || L.up.rows != c_.ffn || L.down.rows != c_.hidden) {
         throw_error("CUDA training: layer " + std::to_string(l) + " linear shapes do not match the config");
       }
-      w.qkv = DevBuf((QD + 2 * KV) * H * 2);
-      upload_ternary_f16_into(L.q, w.qkv.as<__half>(), st_);
-      upload_ternary_f16_into(L.k, w.qkv.as<__half>() + QD * H, st_);
-      upload_ternary_f16_into(L.v, w.qkv.as<__half>() + (QD + KV) * H, st_);
-      w.o = DevBuf(H * QD * 2);
-      upload_ternary_f16_into(L.o, w.o.as<void>(), st_);
-      w.gu = DevBuf(2 * F * H * 2);
-      upload_ternary_f16_into(L.gate, w.gu.as<__half>(), st_);
-      upload_ternary_f16_into(L.up, w.gu.as<__half>() + F * H, st_);
-      w.down = DevBuf(H * F * 2);
-      upload_ternary_f16_into(L.down, w.down.as<void>(), st_);
-      w.qkv8 = i8_copy(w.qkv, QD + 2 * KV, H), w.o8 = i8_copy(w.o, H, QD), w.gu8 = i8_copy(w.gu, 2 * F, H), w.down8 = i8_copy(w.down, H, F);
+      // Through one F16 staging buffer (stream-ordered reuse).
+      auto* t = f16.as<__half>();
+      upload_ternary_f16_into(L.q, t, st_);
+      upload_ternary_f16_into(L.k, t + QD * H, st_);
+      upload_ternary_f16_into(L.v, t + (QD + KV) * H, st_);
+      w.qkv8 = i8_copy(t, QD + 2 * KV, H);
+      upload_ternary_f16_into(L.o, t, st_);
+      w.o8 = i8_copy(t, H, QD);
+      upload_ternary_f16_into(L.gate, t, st_);
+      upload_ternary_f16_into(L.up, t + F * H, st_);
+      w.gu8 = i8_copy(t, 2 * F, H);
+      upload_ternary_f16_into(L.down, t, st_);
+      w.down8 = i8_copy(t, H, F);
       w.sq = L.q.scale, w.sk = L.k.scale, w.sv = L.v.scale, w.so = L.o.scale, w.sg = L.gate.scale, w.su = L.up.scale, w.sd = L.down.scale;
       w.attn_norm = upload_vec(L.attn_norm), w.attn_sub_norm = upload_vec(L.attn_sub_norm);
       w.ffn_norm = upload_vec(L.ffn_norm), w.ffn_sub_norm = upload_vec(L.ffn_sub_norm);
@@ -545,7 +557,7 @@ class CudaGradEngine final : public train::GradEngine {
   // The adapted parts' du come first where LoraDx::fusable: split_gemm's combine then adds
   // their input gradients, so dxin is written once instead of once more per part.
   // dy_rscale: dy's row scales from its producer (tf32), so that lora_dy_pass splits dy too.
-  void linear_bwd(int l, const DevBuf& w, const float* dy, int N, const ColScales& cs, float alpha, int K, const float* xin, float* dxin,
+  void linear_bwd(int l, const void* w, const float* dy, int N, const ColScales& cs, float alpha, int K, const float* xin, float* dxin,
                   std::initializer_list<std::pair<Proj, int>> parts, const float* dy_rscale = nullptr) {
     int adapted = 0;
     for (auto [p, offset] : parts) adapted += has_lora(l, p) ? 1 : 0;
@@ -586,9 +598,9 @@ class CudaGradEngine final : public train::GradEngine {
       }
     }
     if (dy_pass && split != nullptr) {
-      blas_->terms_gemm(split, 1, dy_rscale, M_, N, w.as<void>(), 1, K, alpha, dxin, K, false, &lx);
+      blas_->terms_gemm(split, 1, dy_rscale, M_, N, w, 1, K, alpha, dxin, K, false, &lx);
     } else {
-      blas_->split_gemm(dy, N, M_, N, cs, w.as<void>(), 1, K, alpha, dxin, K, false, tf32_, fuse ? &lx : nullptr);
+      blas_->split_gemm(dy, N, M_, N, cs, w, 1, K, alpha, dxin, K, false, tf32_, fuse ? &lx : nullptr);
     }
     mark("b.split_gemm");
     int k = 0;
@@ -612,20 +624,20 @@ class CudaGradEngine final : public train::GradEngine {
     // (tf32: the producers of dy for down, gate/up and o also give its split row scales)
     float* rs_dx = tf32_ ? rs_dx_.as<float>() : nullptr;
     float* rs_gu = tf32_ ? rs_gu_.as<float>() : nullptr;
-    linear_bwd(l, w.down, dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}}, dx_rs);
+    linear_bwd(l, w16(w.down8, H_, F_), dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}}, dx_rs);
     launch_gated_rmsnorm_bwd(gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn, M_, F_, eps, dgu, 2 * F_, st_, rs_gu, w.sg, w.su);
     mark("b.gated_rmsnorm");
-    linear_bwd(l, w.gu, dgu, 2 * F_, scales_gu(w), 1.0f, H_, xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu);
+    linear_bwd(l, w16(w.gu8, 2 * F_, H_), dgu, 2 * F_, scales_gu(w), 1.0f, H_, xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu);
     launch_rmsnorm_bwd(xmid, w.ffn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, rs_dx);  // dx = d xmid now
     mark("b.rmsnorm");
     // Attention block: xmid = x + O(an).
-    linear_bwd(l, w.o, dx, H_, ColScales{}, w.so, QD_, an, dan, {{Proj::O, 0}}, rs_dx);
+    linear_bwd(l, w16(w.o8, H_, QD_), dx, H_, ColScales{}, w.so, QD_, an, dan, {{Proj::O, 0}}, rs_dx);
     launch_rmsnorm_bwd(att, w.attn_sub_norm.as<float>(), dan, M_, QD_, eps, datt, false, st_);
     mark("b.rmsnorm");
     train_attention_bwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, datt, QD_, dqkv, dqkv + QD_, dqkv + QD_ + KV_, ldq_,
                         tf32_, att, lse(l), rope_.as<float>());
     mark("b.attention");
-    linear_bwd(l, w.qkv, dqkv, ldq_, scales_qkv(w), 1.0f, H_, xn1, dxn, {{Proj::Q, 0}, {Proj::K, QD_}, {Proj::V, QD_ + KV_}});
+    linear_bwd(l, w16(w.qkv8, ldq_, H_), dqkv, ldq_, scales_qkv(w), 1.0f, H_, xn1, dxn, {{Proj::Q, 0}, {Proj::K, QD_}, {Proj::V, QD_ + KV_}});
     launch_rmsnorm_bwd(xin, w.attn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, l > 0 ? rs_dx : nullptr);
     mark("b.rmsnorm");
   }
@@ -634,8 +646,8 @@ class CudaGradEngine final : public train::GradEngine {
   // worth ~15 % of a step; above this many bytes the backward recomputes everything.
   static constexpr size_t kKeepBytes = size_t{6} << 30;
   // Gate/up outputs kept for the last layers (226 MB a layer for the 2b-4t shape at 8 x 512
-  // rows: 7 layers, ~0.5 ms of recompute each; the whole step then stays under 17 GiB).
-  static constexpr size_t kGuKeepBytes = size_t{3} << 29;
+  // rows: 26 of 30 layers, ~0.4 ms of recompute each; the whole step then stays under 17 GiB).
+  static constexpr size_t kGuKeepBytes = size_t{11} << 29;
 
   ModelConfig c_;
   int64_t max_rows_, max_len_;

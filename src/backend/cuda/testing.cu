@@ -382,6 +382,12 @@ std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::ve
   return download<float>(out, gu.size());
 }
 
+std::vector<uint16_t> i8_to_f16_rows(const std::vector<int8_t>& src, int rows, int K, int lds) {
+  DevBuf d = upload_vec(src), out = nan_buf((static_cast<size_t>(rows) * K + 1) / 2);
+  launch_i8_to_f16_rows(d.as<int8_t>(), rows, K, lds, out.as<void>(), nullptr);
+  return download<uint16_t>(out, static_cast<size_t>(rows) * K);
+}
+
 DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, float scaling, const std::vector<DyPassPart>& parts,
                           const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale) {
   DevBuf ddy = upload_vec(dy), drs = rscale.empty() ? DevBuf() : upload_vec(rscale);

@@ -95,6 +95,9 @@ struct DyPassResult {
 DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, float scaling, const std::vector<DyPassPart>& parts,
                           const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale);
 
+// launch_i8_to_f16_rows: int8 [rows][lds] -> F16 bits [rows][K].
+std::vector<uint16_t> i8_to_f16_rows(const std::vector<int8_t>& src, int rows, int K, int lds);
+
 // launch_train_norm_quant: x [M][n] (gated: [M][2n] = [gate | up], act 0 relu2 1 silu 2 gelu).
 struct TrainQuantized {
   std::vector<float> h, xn, s;  // h only when gated

@@ -64,7 +64,7 @@ class TrainBlas {
     if (on_mark) on_mark(what);
   }
   // Scratch slot i (< kSlots) of at least `bytes`; valid until the next request of slot i.
-  static constexpr int kSlots = 11;
+  static constexpr int kSlots = 12;
   void* scratch(int slot, size_t bytes);
   // Bytes of device memory the scratch slots hold now.
   size_t scratch_bytes() const;
@@ -112,6 +112,7 @@ enum TrainSlot : int {
   kSlotAttnHeads,   // attention: q, k, v, out (or their gradients) head-major
   kSlotSplitK,      // LoRA: per-chunk partial products
   kSlotDuPart,      // lora_dy_pass: per-strip partials of du
+  kSlotWeightF16,   // training backward: one linear's F16 weights
 };
 
 }  // namespace tern::cuda

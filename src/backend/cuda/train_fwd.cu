@@ -287,6 +287,26 @@ __global__ void __launch_bounds__(kThreads) f16_to_i8_rows_kernel(const __half* 
   dst[i] = static_cast<int8_t>(c < K ? __half2int_rn(src[r * K + c]) : 0);
 }
 
+// The reverse, for the backward's F16 weights: row r = blockIdx.y, four columns a thread.
+__global__ void __launch_bounds__(kThreads) i8_to_f16_rows_kernel(const int8_t* __restrict__ src, int lds, int K, __half* __restrict__ dst) {
+  const int c = (blockIdx.x * kThreads + threadIdx.x) * 4;
+  if (c >= K) return;
+  const int64_t r = blockIdx.y;
+  const char4 v = *reinterpret_cast<const char4*>(src + r * lds + c);  // lds % 4 == 0: in the row's zero padding past K
+  const __half2 lo = __halves2half2(__int2half_rn(v.x), __int2half_rn(v.y)), hi = __halves2half2(__int2half_rn(v.z), __int2half_rn(v.w));
+  __half* d = dst + r * K + c;
+  if (K % 4 == 0) {
+    uint2 pk;
+    pk.x = *reinterpret_cast<const uint32_t*>(&lo), pk.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(d) = pk;
+  } else {
+    d[0] = __low2half(lo);
+    if (c + 1 < K) d[1] = __high2half(lo);
+    if (c + 2 < K) d[2] = __low2half(hi);
+    if (c + 3 < K) d[3] = __high2half(hi);
+  }
+}
+
 template <bool GATED>
 void launch_norm_quant_vpt(const float* x, int ldx, int act, const float* w, int n, float eps, int M, float* h_out, float* xn_out, int8_t* q8,
                            int ldq, float* s, cudaStream_t st) {
@@ -424,6 +444,14 @@ void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, in
   if (rows <= 0) return;
   f16_to_i8_rows_kernel<<<blocks_for(rows * ldd), kThreads, 0, st>>>(static_cast<const __half*>(src), rows, K, dst, ldd);
   TERN_CUDA_LAUNCHED("f16_to_i8_rows_kernel");
+}
+
+void launch_i8_to_f16_rows(const int8_t* src, int64_t rows, int K, int lds, void* dst, cudaStream_t st) {
+  if (rows <= 0 || K <= 0) return;
+  if (lds % 4 != 0 || lds < (K + 3) / 4 * 4) throw_error("launch_i8_to_f16_rows: int8 rows must be padded to a multiple of 4");
+  const dim3 grid(static_cast<unsigned>((K + 4 * kThreads - 1) / (4 * kThreads)), static_cast<unsigned>(rows));
+  i8_to_f16_rows_kernel<<<grid, kThreads, 0, st>>>(src, lds, K, static_cast<__half*>(dst));
+  TERN_CUDA_LAUNCHED("i8_to_f16_rows_kernel");
 }
 
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
