@@ -287,23 +287,23 @@ __global__ void __launch_bounds__(kThreads) f16_to_i8_rows_kernel(const __half* 
   dst[i] = static_cast<int8_t>(c < K ? __half2int_rn(src[r * K + c]) : 0);
 }
 
-// The reverse, for the backward's F16 weights: row r = blockIdx.y, four columns a thread.
+// The reverse, for the backward's F16 weights: row r = blockIdx.y, 16 columns a thread
+// (one 16-byte load, two 16-byte stores; 4 columns a thread ran at 2.3 TB/s).
 __global__ void __launch_bounds__(kThreads) i8_to_f16_rows_kernel(const int8_t* __restrict__ src, int lds, int K, __half* __restrict__ dst) {
-  const int c = (blockIdx.x * kThreads + threadIdx.x) * 4;
+  const int c = (blockIdx.x * kThreads + threadIdx.x) * 16;
   if (c >= K) return;
   const int64_t r = blockIdx.y;
-  const char4 v = *reinterpret_cast<const char4*>(src + r * lds + c);  // lds % 4 == 0: in the row's zero padding past K
-  const __half2 lo = __halves2half2(__int2half_rn(v.x), __int2half_rn(v.y)), hi = __halves2half2(__int2half_rn(v.z), __int2half_rn(v.w));
+  const int4 v = *reinterpret_cast<const int4*>(src + r * lds + c);  // lds % 16 == 0: in the row's zero padding past K
+  const int8_t* b = reinterpret_cast<const int8_t*>(&v);
+  alignas(16) __half h[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) h[i] = __int2half_rn(b[i]);
   __half* d = dst + r * K + c;
-  if (K % 4 == 0) {
-    uint2 pk;
-    pk.x = *reinterpret_cast<const uint32_t*>(&lo), pk.y = *reinterpret_cast<const uint32_t*>(&hi);
-    *reinterpret_cast<uint2*>(d) = pk;
+  if (K % 8 == 0 && c + 16 <= K) {
+    *reinterpret_cast<int4*>(d) = *reinterpret_cast<const int4*>(h);
+    *reinterpret_cast<int4*>(d + 8) = *reinterpret_cast<const int4*>(h + 8);
   } else {
-    d[0] = __low2half(lo);
-    if (c + 1 < K) d[1] = __high2half(lo);
-    if (c + 2 < K) d[2] = __low2half(hi);
-    if (c + 3 < K) d[3] = __high2half(hi);
+    for (int i = 0; i < 16 && c + i < K; ++i) d[i] = h[i];
   }
 }
 
@@ -448,8 +448,8 @@ void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, in
 
 void launch_i8_to_f16_rows(const int8_t* src, int64_t rows, int K, int lds, void* dst, cudaStream_t st) {
   if (rows <= 0 || K <= 0) return;
-  if (lds % 4 != 0 || lds < (K + 3) / 4 * 4) throw_error("launch_i8_to_f16_rows: int8 rows must be padded to a multiple of 4");
-  const dim3 grid(static_cast<unsigned>((K + 4 * kThreads - 1) / (4 * kThreads)), static_cast<unsigned>(rows));
+  if (lds % 16 != 0 || lds < (K + 15) / 16 * 16) throw_error("launch_i8_to_f16_rows: int8 rows must be padded to a multiple of 16");
+  const dim3 grid(static_cast<unsigned>((K + 16 * kThreads - 1) / (16 * kThreads)), static_cast<unsigned>(rows));
   i8_to_f16_rows_kernel<<<grid, kThreads, 0, st>>>(src, lds, K, static_cast<__half*>(dst));
   TERN_CUDA_LAUNCHED("i8_to_f16_rows_kernel");
 }

@@ -24,7 +24,7 @@ void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const
 // dst [rows][ldd] int8 = src [rows][K] F16 integers, zeros in columns K..ldd (the ternary
 // weights for the int8 GEMM, from their F16 copy).
 void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, int ldd, cudaStream_t st);
-// The reverse: int8 rows [rows][lds] (lds % 4 == 0, >= K) -> F16 [rows][K].
+// The reverse: int8 rows [rows][lds] (lds % 16 == 0, >= K) -> F16 [rows][K].
 void launch_i8_to_f16_rows(const int8_t* src, int64_t rows, int K, int lds, void* dst, cudaStream_t st);
 // The LoRA branches of a fused linear, per column segment of ColScales (null u: that
 // part has no adapter): y += scaling * B u with u [M][r] (lora_fwd_gpu without y) and
