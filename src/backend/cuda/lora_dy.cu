@@ -38,7 +38,9 @@ constexpr int kXLd = kWidth + 8, kULd = 24, kStageFloats = kStep * (kXLd + kULd 
 // hit distinct banks; with 16 they conflicted 4-way).
 constexpr int kRedLd = 24, kRedFloats = 2 * kWarps * kStep * kRedLd;
 constexpr int kSmemBytes = (kStages * kStageFloats + kRedFloats) * 4;  // 41.2 KB: 5 blocks per SM
-constexpr int kBlocksPerSm = 5;  // (92 registers under __launch_bounds__(128, 5); 120 unbounded)
+// Row chunks per strip aim at this many blocks per SM (H100, 2b-4t step: 3, 5, 10 gave
+// 29,423, 29,298, 29,333 tok/s; 5 fit at 93 registers under __launch_bounds__(128, 5)).
+constexpr int kBlocksPerSm = 3;
 
 struct DyArgs {
   int n, r;
@@ -178,7 +180,7 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
     }
     const float* rs = us + kStep * kULd;
     const Pow2 e0 = pow2(split ? rs[g] : 1.0f), e1 = pow2(split ? rs[g + 8] : 1.0f);  // (past m_end: zeros, unused)
-    float accU[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    float accU[2][2][4] = {};  // [h][n]: two independent chains per n (an mma waits on its accumulator)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int cl = 32 * warp + 16 * h + 4 * t;
@@ -189,8 +191,8 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
         const uint32_t q0 = to_tf32(ya.z), q1 = to_tf32(yb.z), q2 = to_tf32(ya.w), q3 = to_tf32(yb.w);
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-          mma_tf32(accU[n], p0, p1, p2, p3, bB[h][0][n], bB[h][1][n]);
-          mma_tf32(accU[n], q0, q1, q2, q3, bB[h][2][n], bB[h][3][n]);
+          mma_tf32(accU[h][n], p0, p1, p2, p3, bB[h][0][n], bB[h][1][n]);
+          mma_tf32(accU[h][n], q0, q1, q2, q3, bB[h][2][n], bB[h][3][n]);
         }
       }
       if (split) {
@@ -198,12 +200,14 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
         store_split(r0 + g + 8, cb0 + cl, yb, csv[h], e1);
       }
     }
-    if (lora) {  // accU[n]: rows g, g + 8 x ranks 8n + 2t, 8n + 2t + 1
+    if (lora) {  // accU[h][n]: rows g, g + 8 x ranks 8n + 2t, 8n + 2t + 1
       float* rb = red + ((step & 1) * kWarps + warp) * kStep * kRedLd;
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
-        *reinterpret_cast<float2*>(rb + g * kRedLd + 8 * n + 2 * t) = make_float2(accU[n][0], accU[n][1]);
-        *reinterpret_cast<float2*>(rb + (g + 8) * kRedLd + 8 * n + 2 * t) = make_float2(accU[n][2], accU[n][3]);
+        const float* u0 = accU[0][n];
+        const float* u1 = accU[1][n];
+        *reinterpret_cast<float2*>(rb + g * kRedLd + 8 * n + 2 * t) = make_float2(u0[0] + u1[0], u0[1] + u1[1]);
+        *reinterpret_cast<float2*>(rb + (g + 8) * kRedLd + 8 * n + 2 * t) = make_float2(u0[2] + u1[2], u0[3] + u1[3]);
       }
     }
   }
@@ -223,6 +227,35 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
 #pragma unroll
       for (int q = 0; q < 4; ++q) ps[static_cast<int64_t>(c + q) * r + j] = accB[q][h + 2 * hi];
     }
+  }
+}
+
+// Every part's du = scaling * (sum of its strips' partials) and dB += scaling * (sum of the
+// row chunks' partials), in partial order (launch_partials_sum's arithmetic), in one launch:
+// output ranges [0, end[0]), [end[0], end[1]), ... each with its partials' base, count and stride.
+struct SumArgs {
+  int n;
+  int64_t end[6];
+  const float* P[6];
+  int64_t stride[6];
+  int S[6];
+  float* out[6];
+  int accumulate[6];
+  float alpha;
+};
+
+__global__ void __launch_bounds__(256) dy_sums_kernel(const SumArgs a) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
+  int64_t begin = 0;
+#pragma unroll
+  for (int k = 0; k < 6; ++k) {
+    if (k < a.n && i >= begin && i < a.end[k]) {
+      const int64_t o = i - begin;
+      float sum = 0.0f;
+      for (int s = 0; s < a.S[k]; ++s) sum += a.P[k][s * a.stride[k] + o];
+      a.out[k][o] = a.accumulate[k] ? a.out[k][o] + a.alpha * sum : a.alpha * sum;
+    }
+    if (k < a.n) begin = a.end[k];
   }
 }
 
@@ -263,13 +296,25 @@ bool lora_dy_pass(TrainBlas& blas, const float* dy, int M, int N, const DyPass& 
   cudaStream_t st = blas.stream();
   lora_dy_kernel<<<dim3(static_cast<unsigned>(strips), static_cast<unsigned>(S)), kWarps * 32, kSmemBytes, st>>>(dy, M, N, chunk, a);
   TERN_CUDA_LAUNCHED("lora_dy_kernel");
+  // (one launch: per part and kind they were 14 launches a layer, ~1 ms a step on the H100)
   const int64_t mr = static_cast<int64_t>(M) * p.r;
+  SumArgs sa{};
+  sa.alpha = p.scaling;
+  int64_t total = 0;
+  auto add = [&](const float* P, int count, int64_t stride, int64_t n, float* out, bool accumulate) {
+    sa.P[sa.n] = P, sa.S[sa.n] = count, sa.stride[sa.n] = stride, sa.out[sa.n] = out, sa.accumulate[sa.n] = accumulate ? 1 : 0;
+    total += n;
+    sa.end[sa.n++] = total;
+  };
   for (int i = 0; i < p.n; ++i) {
     const DyPart& q = p.part[i];
     if (q.B == nullptr) continue;
-    launch_partials_sum(a.pdu + q.beg / kWidth * mr, (q.end - q.beg + kWidth - 1) / kWidth, mr, p.scaling, q.du, false, st);
-    launch_partials_sum(a.pdb + static_cast<int64_t>(q.beg) * p.r, S, static_cast<int64_t>(q.end - q.beg) * p.r, p.scaling, q.dB, true, st,
-                        static_cast<int64_t>(N) * p.r);
+    add(a.pdu + q.beg / kWidth * mr, (q.end - q.beg + kWidth - 1) / kWidth, mr, mr, q.du, false);
+    add(a.pdb + static_cast<int64_t>(q.beg) * p.r, S, static_cast<int64_t>(N) * p.r, static_cast<int64_t>(q.end - q.beg) * p.r, q.dB, true);
+  }
+  if (total > 0) {
+    dy_sums_kernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, st>>>(sa);
+    TERN_CUDA_LAUNCHED("dy_sums_kernel");
   }
   return true;
 }
