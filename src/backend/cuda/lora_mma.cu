@@ -15,9 +15,9 @@
 // Masks as lora_skinny.cu (hashed per 4 columns, or read from / written to d.bits). The
 // partials are summed in split order by launch_partials_sum (deterministic).
 // Measured (H100, 2b-4t step, session 3): forward A x 16.7 -> 10.7 ms, dA 15.5 -> 12.5 ms.
-// The unmasked du = dy B and dB = dy^T u through these kernels were slower than cuBLAS
-// (13.8 vs 12.6 and 6.9 vs 6.2 ms: for the narrow k/v projections the grid is too small
-// to hide the latency), so they stay on cuBLAS.
+// The unmasked du = dy B through the rows kernel was slower than cuBLAS (13.8 vs 12.6 ms:
+// for the narrow k/v projections the grid is too small to hide the latency); with tf32 the
+// training step now takes du and dB from lora_dy.cu's single pass over dy instead.
 #include <algorithm>
 #include <cstdint>
 

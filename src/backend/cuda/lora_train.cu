@@ -13,9 +13,10 @@
 // kGuKeepBytes; the loss runs on the rows that have a label.
 // Backward, layer by layer from the top: recompute what was not kept (norms, the gate/up
 // block), then walk back through the layer: the ternary linears by the straight-through
-// estimator (dx = m dy Wq on split F16 terms against an F16 copy of the weights,
-// TrainBlas::split_gemm), RMSNorm, relu^2
-// gating, attention with RoPE, and the LoRA gradients accumulated on the device.
+// estimator (dx = m dy Wq on split F16 terms against an F16 copy of the linear's weights
+// made for the call, TrainBlas::split_gemm / terms_gemm), RMSNorm, relu^2 gating, attention
+// with RoPE, and the LoRA gradients accumulated on the device (with tf32, du, dB and the
+// F16 split from one pass over dy: lora_dy.cu).
 #include <cuda_fp16.h>
 
 #include <algorithm>
