@@ -53,7 +53,7 @@ bool spin_until(Pred pred) {
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
-  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this] { worker(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -79,11 +79,11 @@ void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
     job_n_ = n;
     job_grain_ = grain;
     pending_.store(n_threads_ - 1);
+    next_part_.store(0, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);  // spinning workers see the job here
   }
   cv_start_.notify_all();  // and sleeping ones here
-  auto [b, e] = chunk(n, grain, n_threads_, 0);
-  if (b < e) fn(ctx, b, e);
+  run_parts(fn, ctx, n, grain);
   if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_done_.wait(lk, [this] { return pending_.load() == 0; });
@@ -92,7 +92,15 @@ void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
   job_ctx_ = nullptr;
 }
 
-void ThreadPool::worker(int index) {
+void ThreadPool::run_parts(Job job, void* ctx, int64_t n, int64_t grain) {
+  const int parts = static_cast<int>(std::min<int64_t>((n + grain - 1) / grain, int64_t{n_threads_} * kPartsPerThread));
+  for (int i; (i = next_part_.fetch_add(1, std::memory_order_relaxed)) < parts;) {
+    auto [b, e] = chunk(n, grain, parts, i);
+    if (b < e) job(ctx, b, e);
+  }
+}
+
+void ThreadPool::worker() {
   uint64_t seen = 0;
   for (;;) {
     Job job;
@@ -111,8 +119,7 @@ void ThreadPool::worker(int index) {
       n = job_n_;
       grain = job_grain_;
     }
-    auto [b, e] = chunk(n, grain, n_threads_, index);
-    if (b < e) job(ctx, b, e);
+    run_parts(job, ctx, n, grain);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lk(mu_);  // a waiter that checked before the decrement is now asleep or will see 0
       cv_done_.notify_one();
