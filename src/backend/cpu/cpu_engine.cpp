@@ -15,6 +15,7 @@
 #include "backend/cpu/lora_apply.h"
 #include "model/head_i8.h"
 #include "runtime/engine.h"
+#include "util/aligned.h"
 #include "tern/error.h"
 #include "train/lora_adapter.h"
 #include "util/half.h"
@@ -27,7 +28,7 @@ namespace {
 // int8 activations of M tokens for one linear's input, zero-padded to 128.
 struct QuantizedActs {
   int64_t rows = 0, padded = 0;
-  std::vector<int8_t> q;
+  AlignedVector<int8_t> q;  // (64-byte aligned: util/aligned.h says why)
   std::vector<float> scale;
   std::vector<int32_t> sum;
 
