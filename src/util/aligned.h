@@ -1,8 +1,9 @@
-// std::vector storage on 64-byte boundaries, for buffers the SIMD kernels stream with 32-
-// and 64-byte loads: those then never split a cache line. With plain std::vector the
-// int8 activations of the CPU prefill landed wherever the heap put them (16-byte aligned),
-// which depended on earlier allocations - even on whether argv[0] fit std::string's short
-// buffer - and the unlucky placements ran pp128 ~20 % slower (2b-4t, 2-vCPU EPYC VM).
+// std::vector storage on 64-byte boundaries, for buffers the SIMD kernels stream. With
+// plain std::vector the int8 activations of the CPU prefill landed wherever the heap put
+// them (16-byte aligned), which depended on earlier allocations - even on whether argv[0]
+// fit std::string's short buffer - and some placements ran pp128 ~20 % slower (2b-4t,
+// 2-vCPU EPYC VM: page offset 2464 slow, 2416 fast; why is not established - not split
+// loads, the fast one split more). Aligned, every run measured got the fast speed.
 #pragma once
 #include <cstddef>
 #include <new>
