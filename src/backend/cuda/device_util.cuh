@@ -112,6 +112,25 @@ struct RowRing {
   }
   __device__ __forceinline__ const float* at(int step, int a, int rr) const { return buf + ((step % kStages) * NA + a) * STEP * COLS + rr * COLS; }
 };
+// A ring whose every warp reads every stage (lora_mma.cu's cols kernel, lora_dy.cu): the
+// first two steps issued up front; then per step, wait until stage `step` has landed,
+// barrier (so every warp is also done with step - 1's stage), and refill that stage with
+// step + 2 (issue(s) fills stage s % 3 and commits).
+template <class Issue>
+__device__ __forceinline__ void ring_start(int steps, Issue issue) {
+  if (steps > 0) issue(0);
+  if (steps > 1) issue(1);
+}
+template <class Issue>
+__device__ __forceinline__ void ring_wait_refill(int step, int steps, Issue issue) {
+  if (step + 1 < steps) {
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+  if (step + 2 < steps) issue(step + 2);
+}
 // The ring's steady state: before working on stage `step` of `steps`, issue step + 2 (via
 // issue(step), which commits) and wait until `step` has landed for the whole block.
 template <class Issue>

@@ -150,16 +150,9 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
     pk.x = *reinterpret_cast<const uint32_t*>(&lo), pk.y = *reinterpret_cast<const uint32_t*>(&hi);
     *reinterpret_cast<uint2*>(a.split + static_cast<int64_t>(row) * N + c) = pk;
   };
-  if (steps > 0) issue(0);
-  if (steps > 1) issue(1);
+  ring_start(steps, issue);
   for (int step = 0; step < steps; ++step) {
-    if (step + 1 < steps) {
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // the step's rows have landed; every warp is done with the stage refilled next and with red[step & 1]
-    if (step + 2 < steps) issue(step + 2);
+    ring_wait_refill(step, steps, issue);  // (its barrier also frees red[step & 1])
     if (lora && step > 0) flush_du(step - 1);
     const float* xs = smem + (step % kStages) * kStageFloats;
     const float* us = xs + kStep * kXLd;

@@ -193,16 +193,9 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[i][q][0] = acc[i][q][1] = acc[i][q][2] = acc[i][q][3] = 0.0f;
   }
-  if (steps > 0) issue(0);
-  if (steps > 1) issue(1);
+  ring_start(steps, issue);
   for (int step = 0; step < steps; ++step) {
-    if (step + 1 < steps) {
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // the step's rows have landed, and every warp is done with the stage refilled next
-    if (step + 2 < steps) issue(step + 2);
+    ring_wait_refill(step, steps, issue);
     const float* xs = ring + (step % kColsStages) * SF;
     const float* us = xs + kColsStep * kColsXLd;
     const unsigned* ws = reinterpret_cast<const unsigned*>(us + kColsStep * UP);
