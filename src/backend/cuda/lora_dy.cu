@@ -15,7 +15,7 @@
 //      warps' [16][r] sums meet in shared memory (double-buffered: one barrier a step) and
 //      leave as the block's [strip][M][r] partial.
 //  split: the same float4s, scaled as split_rows_kernel scales them, stored as __half.
-// Partials are summed in order (launch_partials_sum): deterministic.
+// Partials are summed in order (dy_sums_kernel, one launch for every part): deterministic.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
