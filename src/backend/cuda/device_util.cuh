@@ -163,15 +163,15 @@ __device__ __forceinline__ float gated(float g, float u, int act) {
   return 0.5f * g * (1.0f + erff(g * 0.70710678f)) * u;
 }
 
-// Stores v as 16-bit terms whose sum is v to ~22 bits (tensor-core GEMMs on split inputs,
-// head_gemm.cu / head_loss.cu): TYPE 1 = 2 F16 terms, TYPE 2 = 3 BF16 terms, term t at
-// out[at + t * stride] (out of __half or __nv_bfloat16).
 // split_gemm's row scale: the power of two 2^e that puts a row's largest magnitude amax in
 // [1, 2) (e = 0 for a zero row). Its producers (split_rows_kernel, the loss, the RMSNorm and
 // sub-norm backwards for lora_dy.cu) store rscale = 2^-e.
 __device__ __forceinline__ int row_split_exp(float amax) { return amax > 0.0f ? -ilogbf(amax) : 0; }
 __device__ __forceinline__ float row_rscale(float amax) { return ldexpf(1.0f, -row_split_exp(amax)); }
 
+// Stores v as 16-bit terms whose sum is v to ~22 bits (tensor-core GEMMs on split inputs,
+// head_gemm.cu / head_loss.cu): TYPE 1 = 2 F16 terms, TYPE 2 = 3 BF16 terms, term t at
+// out[at + t * stride] (out of __half or __nv_bfloat16).
 template <int TYPE>
 __device__ __forceinline__ void store_split(void* out, int64_t at, int64_t stride, float v) {
   if constexpr (TYPE == 1) {

@@ -158,7 +158,7 @@ void launch_fwd(const TrainAttnShape& sh, const float* q, const float* k, const 
 
 bool flash_attention_fwd(const TrainAttnShape& sh, float* q, float* k, const float* v, int ld, float* out, int ldo, float* lse,
                          const float* rope, float* scratch, cudaStream_t st) {
-  if ((sh.hd != 64 && sh.hd != 128) || ld % 4 != 0 || ldo % 4 != 0 || !aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out) ||
+  if ((sh.hd != 64 && sh.hd != 128) || ld % 4 != 0 || ldo % 4 != 0 || !aligned_to(q, 16) || !aligned_to(k, 16) || !aligned_to(v, 16) || !aligned_to(out, 16) ||
       sh.nkv <= 0 || sh.nh % sh.nkv != 0) {
     return false;
   }

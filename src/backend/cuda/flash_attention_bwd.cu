@@ -208,7 +208,7 @@ bool flash_attention_bwd(const TrainAttnShape& sh, const float* q, const float* 
   if ((sh.hd != 64 && sh.hd != 128) || ld % 4 != 0 || ldo % 4 != 0 || ldd % 4 != 0 || sh.nkv <= 0 || sh.nh % sh.nkv != 0) return false;
   for (const void* p : {static_cast<const void*>(q), static_cast<const void*>(k), static_cast<const void*>(v), static_cast<const void*>(out),
                         static_cast<const void*>(dout), static_cast<const void*>(dq), static_cast<const void*>(dk), static_cast<const void*>(dv)}) {
-    if (!aligned16(p)) return false;
+    if (!aligned_to(p, 16)) return false;
   }
   if (sh.B <= 0 || sh.T <= 0) return true;
   const int M = sh.B * sh.T;

@@ -14,6 +14,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
+#include "backend/cuda/launch.h"
 #include "backend/cuda/mma_f16.cuh"
 
 namespace tern::cuda {
@@ -222,13 +223,8 @@ __device__ __forceinline__ void publish_amax(const float (&r)[4], float* red, un
 }
 // A few blocks per SM for `pairs` warps of work.
 inline unsigned prep_blocks(int64_t pairs) {
-  int sms = 0, dev = 0;
-  TERN_CUDA_CHECK(cudaGetDevice(&dev));
-  TERN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(4 * static_cast<int64_t>(sms), (pairs + kPrepThreads / 32 - 1) / (kPrepThreads / 32))));
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(4 * static_cast<int64_t>(sm_count()), (pairs + kPrepThreads / 32 - 1) / (kPrepThreads / 32))));
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 }  // namespace tern::cuda

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <utility>
 
 #include "backend/cuda/cuda_check.h"
@@ -12,6 +13,9 @@ namespace tern::cuda {
 
 // Multiprocessors of the current device (cached; 132 if the query fails). weights.cu.
 int sm_count();
+
+// Whether p is a multiple of `bytes` (the vector loads' and cp.async's preconditions).
+inline bool aligned_to(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <class... KArgs, class... Args>
 void launch_kernel(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,

@@ -260,19 +260,17 @@ bool enabled() {
   return on;
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 bool lora_dy_pass(TrainBlas& blas, const float* dy, int M, int N, const DyPass& p) {
-  if (!enabled() || p.n < 1 || p.n > 3 || p.r < 1 || p.r > kRanks || p.r % 4 != 0 || N % 4 != 0 || !aligned(dy, 16)) return false;
-  if (p.split != nullptr && (p.rscale == nullptr || !aligned(p.split, 8))) return false;
+  if (!enabled() || p.n < 1 || p.n > 3 || p.r < 1 || p.r > kRanks || p.r % 4 != 0 || N % 4 != 0 || !aligned_to(dy, 16)) return false;
+  if (p.split != nullptr && (p.rscale == nullptr || !aligned_to(p.split, 8))) return false;
   bool any = p.split != nullptr;
   for (int i = 0; i < p.n; ++i) {
     const DyPart& q = p.part[i];
     if (q.beg < 0 || q.beg >= q.end || q.end > N || q.beg % kWidth != 0 || (q.end % kWidth != 0 && q.end != N)) return false;
     if (i > 0 && q.beg < p.part[i - 1].end) return false;
-    if (q.B != nullptr && (q.u == nullptr || q.du == nullptr || q.dB == nullptr || !aligned(q.u, 16))) return false;
+    if (q.B != nullptr && (q.u == nullptr || q.du == nullptr || q.dB == nullptr || !aligned_to(q.u, 16))) return false;
     any = any || q.B != nullptr;
   }
   if (!any || M <= 0) return true;

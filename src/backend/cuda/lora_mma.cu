@@ -255,13 +255,11 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
 
 MaskArgs mask_args(const DropoutSpec& d) { return MaskArgs{d, dropout_threshold(d.p), d.p > 0.0f ? 1.0f / (1.0f - d.p) : 1.0f}; }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
                    float* U) {
-  if (r > 32 || K % 4 != 0 || !aligned16(X) || !aligned16(A)) return false;
+  if (r > 32 || K % 4 != 0 || !aligned_to(X, 16) || !aligned_to(A, 16)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   // About kRowsWarpsPerSm warps per SM over (row tiles) x (K splits), each split a multiple of
   // 16 columns and at least 8 steps (the partials cost 1/8 of the reads then).
@@ -287,7 +285,7 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
 bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
                    int ldx, bool g_kr) {
   if (ldx == 0) ldx = K;
-  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned16(X)) return false;
+  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned_to(X, 16)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   // About kColsBlocksPerSm blocks per SM over (128-column strips) x (row chunks of kColsStep-row steps).
   const int strips = (K + kColsWidth - 1) / kColsWidth, steps = (M + kColsStep - 1) / kColsStep;

@@ -266,7 +266,6 @@ __global__ void __launch_bounds__(256) partials_sum_kernel(const float* __restri
   out[i] = accumulate ? out[i] + alpha * sum : alpha * sum;
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 
 template <int R>
@@ -315,7 +314,7 @@ bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const floa
   if (tf32 && lora_rows_mma(blas, X, M, K, A, r, 1.0f, d, U)) return true;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   cudaStream_t st = blas.stream();
-  if (r > 64 || K % 4 != 0 || !aligned(X, 16) || !aligned(A, 16)) return false;
+  if (r > 64 || K % 4 != 0 || !aligned_to(X, 16) || !aligned_to(A, 16)) return false;
   if (r <= 8) {
     launch_rows<8>(X, M, K, A, r, d, U, st);
   } else if (r <= 16) {
@@ -334,7 +333,7 @@ bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, i
   if (tf32 && lora_cols_mma(blas, U, X, M, K, r, alpha, d, G)) return true;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   const int cw = r <= 16 ? 4 : r <= 32 ? 2 : 1;
-  if (r > 64 || K % cw != 0 || !aligned(X, 4 * cw)) return false;
+  if (r > 64 || K % cw != 0 || !aligned_to(X, 4 * cw)) return false;
   DropoutSpec dd = d;
   dd.write_bits = false;
   if (r <= 8) {
