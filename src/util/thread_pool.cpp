@@ -53,7 +53,7 @@ bool spin_until(Pred pred) {
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
-  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this] { worker(); });
+  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -100,7 +100,12 @@ void ThreadPool::run_parts(Job job, void* ctx, int64_t n, int64_t grain) {
   }
 }
 
-void ThreadPool::worker() {
+thread_local int tl_thread_index = 0;
+
+int ThreadPool::thread_index() { return tl_thread_index; }
+
+void ThreadPool::worker(int index) {
+  tl_thread_index = index;
   uint64_t seen = 0;
   for (;;) {
     Job job;

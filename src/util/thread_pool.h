@@ -25,6 +25,10 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+  // Inside fn: which of the pool's threads runs it, 0 .. size() - 1 (0: the caller of
+  // parallel_for, and any thread outside a pool). For per-thread scratch: with parts taken
+  // in turn, a thread cannot know from (begin, end) which buffer is its own.
+  static int thread_index();
   // fn(begin, end) over disjoint chunks covering [0, n), on any thread, in any order.
   // Chunks are multiples of `grain` (except the last) so callers can keep SIMD-friendly
   // boundaries.
@@ -38,7 +42,7 @@ class ThreadPool {
  private:
   using Job = void (*)(void*, int64_t, int64_t);
   void run(int64_t n, int64_t grain, Job job, void* ctx);
-  void worker();
+  void worker(int index);
   void run_parts(Job job, void* ctx, int64_t n, int64_t grain);
   // Parts per thread and loop. With one half per thread, decode on 2 vCPUs lost ~7 % of
   // each loop to the half that finished later (per-loop timers: loop wall time against

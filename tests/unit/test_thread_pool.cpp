@@ -41,6 +41,27 @@ TEST(ThreadPool, EveryIndexOnceAfterWorkersSleep) {
   check_loops(pool, 20, std::chrono::milliseconds(2));  // longer than the 200 us spin
 }
 
+// thread_index(): in range, the caller's is 0, and one index is always the same thread.
+TEST(ThreadPool, ThreadIndexNamesOneThreadEach) {
+  ThreadPool pool(3);
+  std::vector<std::atomic<std::thread::id>> owner(3);
+  std::atomic<bool> ok{true};
+  EXPECT_EQ(ThreadPool::thread_index(), 0);
+  owner[0] = std::this_thread::get_id();
+  for (int k = 0; k < 200; ++k) {
+    pool.parallel_for(64, [&](int64_t, int64_t) {
+      const int i = ThreadPool::thread_index();
+      if (i < 0 || i >= 3) {
+        ok = false;
+        return;
+      }
+      std::thread::id none{}, me = std::this_thread::get_id();
+      if (!owner[i].compare_exchange_strong(none, me) && none != me) ok = false;
+    });
+  }
+  EXPECT_TRUE(ok.load());
+}
+
 TEST(ThreadPool, DestroyedWhileWorkersSpinOrSleep) {
   for (int pause_us : {0, 2000}) {
     ThreadPool pool(4);

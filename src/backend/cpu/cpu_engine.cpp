@@ -123,6 +123,7 @@ class CpuEngine final : public Engine {
         s.v.reset(new float[cache]);
       }
     }
+    scratch_.resize(static_cast<size_t>(pool_.size() * scratch_floats()));
     inv_freq_.resize(c_.head_dim / 2);
     cpu::rope_inv_freq(c_.rope_theta, c_.head_dim, inv_freq_.data());
     int8_head_ = opts.lm_head == LmHead::Int8;
@@ -182,13 +183,11 @@ class CpuEngine final : public Engine {
     int64_t pos = 0;
   };
 
-  // A per-thread buffer of at least n floats for the inside of a parallel loop: grown
-  // once, then reused, so the decode path allocates nothing (tests/unit/test_decode_alloc.cpp).
-  static float* scratch(int64_t n) {
-    thread_local std::vector<float> buf;
-    if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-    return buf.data();
-  }
+  // The calling pool thread's scratch of scratch_floats() floats (attention scores, a head
+  // row), allocated with the engine: the decode path allocates nothing
+  // (tests/unit/test_decode_alloc.cpp), whichever parts each thread happens to take.
+  int64_t scratch_floats() const { return std::max<int64_t>(ctx_, c_.hidden); }
+  float* scratch() { return scratch_.data() + ThreadPool::thread_index() * scratch_floats(); }
 
   size_t checked(int seq) const {
     if (seq < 0 || seq >= n_seq()) fail("sequence {} is out of range (the engine has {} sequences)", seq, n_seq());
@@ -266,7 +265,7 @@ class CpuEngine final : public Engine {
     }
     const int64_t group = c_.n_heads / c_.n_kv_heads;
     pool_.parallel_for(n * c_.n_heads, [&](int64_t b, int64_t e) {
-      float* scores = scratch(ctx_);
+      float* scores = scratch();
       for (int64_t j = b; j < e; ++j) {
         const int64_t i = j / c_.n_heads, h = j % c_.n_heads, g = h / group;
         float* out = att_.data() + i * QD + h * hd;
@@ -335,7 +334,7 @@ class CpuEngine final : public Engine {
       return;
     }
     pool_.parallel_for(c_.vocab, [&](int64_t b, int64_t e) {
-      float* w = scratch(H);
+      float* w = scratch();
       for (int64_t v = b; v < e; ++v) {
         E.row_to_f32(v, w);
         for (int64_t i = 0; i < rows; ++i) {
@@ -374,6 +373,7 @@ class CpuEngine final : public Engine {
   int64_t ctx_;
   std::vector<Seq> seqs_;
   std::vector<float> inv_freq_;
+  std::vector<float> scratch_;  // [pool thread][scratch_floats()]
   bool f16_cache_ = false;
   std::vector<float> x_, norm_, q_, k_, v_, att_, gate_, up_;
   std::vector<float> row_;  // decode's logits row when only argmax is wanted
