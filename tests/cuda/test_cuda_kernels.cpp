@@ -411,8 +411,9 @@ TEST(CudaKernels, LmHeadInt8MatchesDefinition) {
 // rows than one chunk, ignored labels.
 TEST(CudaKernels, HeadLossMatchesCpuReference) {
   SKIP_WITHOUT_GPU();
+  // M = 1100: two of head_loss_rows' chunks (1024 rows), odd V: the in-place terms' rows.
   for (FloatType type : {FloatType::F16, FloatType::BF16, FloatType::F32}) {
-    for (auto [V, H, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1001, 256, 37}, {3000, 512, 150}, {77, 36, 5}}) {
+    for (auto [V, H, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1001, 256, 37}, {3000, 512, 150}, {77, 36, 5}, {2053, 64, 1100}}) {
       FloatMatrix emb = random_embedding(type, V, H);
       auto normw = randn(H, 0.1f);
       for (auto& v : normw) v += 1.0f;
@@ -636,6 +637,27 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
         check(g.dx, dx, dx0, "dx");
         check(g.dA, dA, dA0, "dA");
         check(g.dB, dB, dB0, "dB");
+        if (!tf32 || r > 32 || in % 4 != 0) continue;
+        // A folded RMSNorm (the training step's tf32 path): the kernels get the norm's input
+        // and scales; the reference runs on the normalized input w * (x * rs), as written
+        // by the norm kernel. Row scales over three octaves, like real inverse RMS values.
+        std::vector<float> rs(Ml), nw(in), xn(lx.size());
+        for (int m = 0; m < Ml; ++m) rs[m] = std::ldexp(1.0f + 0.5f * std::abs(randn(1)[0]), m % 7 - 3);
+        for (int i = 0; i < in; ++i) nw[i] = 1.0f + 0.3f * randn(1)[0];
+        for (int m = 0; m < Ml; ++m) {
+          for (int i = 0; i < in; ++i) xn[m * in + i] = nw[i] * (lx[m * in + i] * rs[m]);
+        }
+        std::vector<float> fu(Ml * r), fy = y0, fdx = dx0, fdA = dA0, fdB = dB0;
+        train::lora_fwd<float>(xn.data(), A.data(), B.data(), Ml, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p, fu.data(), fy.data(),
+                               true);
+        train::lora_bwd<float>(xn.data(), A.data(), B.data(), fu.data(), ldy.data(), Ml, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr,
+                               p, fdx.data(), fdA.data(), fdB.data(), true);
+        auto f = ct::lora_round_trip(lx, A, B, Ml, in, r, out, 2.0f, 17, p, y0, ldy, dx0, dA0, dB0, bits, tf32, &rs, &nw);
+        EXPECT_LT(test::rel_l2(f.u.data(), fu.data(), fu.size()), tol) << what << " folded norm u";
+        check(f.y, fy, y0, "folded norm y");
+        check(f.dx, fdx, dx0, "folded norm dx");
+        check(f.dA, fdA, dA0, "folded norm dA");
+        check(f.dB, fdB, dB0, "folded norm dB");
       }
     }
   }

@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) head_combine_kernel(const void* __re
 
 }  // namespace
 
-HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows, bool fast)
+HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows, bool fast, bool argmax)
     : w_(w), max_rows_(std::max(1, max_rows)), terms_(terms_of(w, fast)) {
   cublasHandle_t h = nullptr;
   check_cublas(cublasCreate(&h), "create");
@@ -145,7 +145,7 @@ HeadGemm::HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows, bool fas
   const int terms = terms_;
   TERN_CUDA_CHECK(cudaMalloc(&xs_, static_cast<size_t>(terms) * max_rows_ * w.H * term_bytes(w)));
   TERN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&xscale_), max_rows_ * sizeof(float)));
-  TERN_CUDA_CHECK(cudaMalloc(&acc_, static_cast<size_t>(terms) * max_rows_ * w.V * 4));
+  if (argmax || terms > 1 || w.q8 != nullptr) TERN_CUDA_CHECK(cudaMalloc(&acc_, static_cast<size_t>(terms) * max_rows_ * w.V * 4));
 }
 
 HeadGemm::~HeadGemm() {
@@ -189,6 +189,7 @@ void HeadGemm::run(const float* x, int M, const float* normw, float eps, float* 
       const cudaDataType t = w_.type == 0 ? CUDA_R_32F : w_.type == 1 ? CUDA_R_16F : CUDA_R_16BF;
       // One term and no argmax: the GEMM writes the logits themselves (no combine pass).
       void* dst = terms == 1 && bm == nullptr ? static_cast<void*>(lm) : acc_;
+      if (dst == nullptr) throw_error("HeadGemm: an argmax was asked of a head built without one");
       check_cublas(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, V, cols, H, &one, w_.emb, t, H, xs_, t, H, &zero, dst, CUDA_R_32F, V,
                                 w_.type == 0 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "head GEMM");

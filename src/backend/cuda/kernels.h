@@ -199,7 +199,9 @@ class HeadGemm {
  public:
   // max_rows: rows per GEMM (longer inputs run in chunks; each chunk reads the head once).
   // fast: fewer split terms (see head_gemm.cu; the training loss with --precision tf32).
-  explicit HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows = 64, bool fast = false);
+  // argmax false: run() is never given `best` (the training loss), so with one term the GEMM
+  // writes the logits itself and no accumulator [max_rows][V] is allocated.
+  explicit HeadGemm(const HeadWeights& w, cudaStream_t st, int max_rows = 64, bool fast = false, bool argmax = true);
   ~HeadGemm();
   HeadGemm(const HeadGemm&) = delete;
   HeadGemm& operator=(const HeadGemm&) = delete;

@@ -74,6 +74,7 @@ __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const flo
   const DropoutSpec& d = ma.d;
   const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr && !d.write_bits, write_bits = drop && d.bits != nullptr && d.write_bits;
   const int words = dropout_words(K);
+  const float* __restrict__ W = d.norm_w;  // a folded norm's weight scales A's columns (its row scale: the partials' sum)
   const float* x0p = X + static_cast<int64_t>(v0 ? row0 : 0) * K;
   const float* x1p = X + static_cast<int64_t>(v1 ? row1 : 0) * K;
   float acc[NT][4];
@@ -115,11 +116,13 @@ __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const flo
       if (cb + 16 * u >= k_end) break;  // uniform
       const uint32_t a0 = to_tf32(x0[u].x), a1 = to_tf32(x1[u].x), a2 = to_tf32(x0[u].y), a3 = to_tf32(x1[u].y);
       const uint32_t e0 = to_tf32(x0[u].z), e1 = to_tf32(x1[u].z), e2 = to_tf32(x0[u].w), e3 = to_tf32(x1[u].w);
+      const float4 wc = W != nullptr && c < k_end ? load_float4(W + c) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
         const int j = 8 * n + g;
         float4 b = zero;
         if (j < r && c < k_end) b = load_float4(A + static_cast<int64_t>(j) * K + c);
+        if (W != nullptr) b.x *= wc.x, b.y *= wc.y, b.z *= wc.z, b.w *= wc.w;
         mma_tf32(acc[n], a0, a1, a2, a3, to_tf32(b.x), to_tf32(b.y));
         mma_tf32(acc[n], e0, e1, e2, e3, to_tf32(b.z), to_tf32(b.w));
       }
@@ -141,7 +144,7 @@ __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const flo
 
 // The cols kernel's shared-memory ring (kColsStages x kColsStep rows): X rows padded to
 // kColsXLd floats and U rows to UP (the lanes' float4 / scalar reads hit 32 distinct banks),
-// then the rows' 4 mask words.
+// then the rows' 4 mask words and their folded-norm row scales.
 constexpr int kColsStages = 3, kColsStep = 16, kColsWidth = kWarps * 32, kColsXLd = kColsWidth + 8;
 template <int MT>
 __host__ __device__ constexpr int cols_u_ld() {
@@ -149,7 +152,7 @@ __host__ __device__ constexpr int cols_u_ld() {
 }
 template <int MT>
 __host__ __device__ constexpr int cols_stage_floats() {
-  return kColsStep * (kColsXLd + cols_u_ld<MT>() + kColsWidth / 32);
+  return kColsStep * (kColsXLd + cols_u_ld<MT>() + kColsWidth / 32 + 1);  // (a multiple of 4: stages stay 16-byte aligned)
 }
 
 // A block owns 128 columns (a warp 32) of one row chunk and streams its rows through the
@@ -166,6 +169,7 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
   const int steps = (m_end - m_begin + kColsStep - 1) / kColsStep;
   const DropoutSpec& d = ma.d;
   const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr;
+  const bool fold = d.norm_rs != nullptr;  // U's rows times the norm's row scales here, columns times its weight in the partials' sum
   const int words = dropout_words(K);
   auto issue = [&](int step) {
     float* st = ring + (step % kColsStages) * SF;
@@ -185,6 +189,10 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
       const bool ok = r0 + rr < m_end && w < words;
       cp_async4(st + kColsStep * (kColsXLd + UP) + threadIdx.x, ok ? d.bits + static_cast<int64_t>(r0 + rr) * words + w : d.bits, ok ? 4 : 0);
     }
+    if (fold && threadIdx.x < kColsStep) {
+      const bool ok = r0 + threadIdx.x < m_end;
+      cp_async4(st + kColsStep * (kColsXLd + UP + kColsWidth / 32) + threadIdx.x, ok ? d.norm_rs + r0 + threadIdx.x : d.norm_rs, ok ? 4 : 0);
+    }
     cp_async_commit();
   };
   float acc[MT][4][4];
@@ -199,6 +207,7 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
     const float* xs = ring + (step % kColsStages) * SF;
     const float* us = xs + kColsStep * kColsXLd;
     const unsigned* ws = reinterpret_cast<const unsigned*>(us + kColsStep * UP);
+    const float* rss = us + kColsStep * (UP + kColsWidth / 32);
     const int r0 = m_begin + step * kColsStep;
 #pragma unroll
     for (int u = 0; u < kColsStep / 8; ++u) {
@@ -217,12 +226,13 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
       }
       const uint32_t b0[4] = {to_tf32(xa.x), to_tf32(xa.y), to_tf32(xa.z), to_tf32(xa.w)};
       const uint32_t b1[4] = {to_tf32(xb.x), to_tf32(xb.y), to_tf32(xb.z), to_tf32(xb.w)};
+      const float sa = fold ? rss[la] : 1.0f, sb = fold ? rss[lb] : 1.0f;
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
         // A fragment = U^T: (rank j, row k); rows la (k slot t) and lb (t + 4).
         const int j0 = 16 * i + g, j1 = j0 + 8;
-        const uint32_t a0 = to_tf32(us[la * UP + j0]), a1 = to_tf32(us[la * UP + j1]);
-        const uint32_t a2 = to_tf32(us[lb * UP + j0]), a3 = to_tf32(us[lb * UP + j1]);
+        const uint32_t a0 = to_tf32(us[la * UP + j0] * sa), a1 = to_tf32(us[la * UP + j1] * sa);
+        const uint32_t a2 = to_tf32(us[lb * UP + j0] * sb), a3 = to_tf32(us[lb * UP + j1] * sb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) mma_tf32(acc[i][q], a0, a1, a2, a3, b0[q], b1[q]);
       }
@@ -259,7 +269,7 @@ MaskArgs mask_args(const DropoutSpec& d) { return MaskArgs{d, dropout_threshold(
 
 bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, float alpha, const DropoutSpec& d,
                    float* U) {
-  if (r > 32 || K % 4 != 0 || !aligned_to(X, 16) || !aligned_to(A, 16)) return false;
+  if (r > 32 || K % 4 != 0 || !aligned_to(X, 16) || !aligned_to(A, 16) || !aligned_to(d.norm_w, 16)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   // About kRowsWarpsPerSm warps per SM over (row tiles) x (K splits), each split a multiple of
   // 16 columns and at least 8 steps (the partials cost 1/8 of the reads then).
@@ -278,14 +288,14 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
     lora_rows_mma_kernel<4><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
   }
   TERN_CUDA_LAUNCHED("lora_rows_mma_kernel");
-  launch_partials_sum(P, S, static_cast<int64_t>(M) * r, alpha, U, false, st);
+  launch_partials_sum(P, S, static_cast<int64_t>(M) * r, alpha, U, false, st, 0, d.norm_rs, r);
   return true;
 }
 
 bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
                    int ldx, bool g_kr) {
   if (ldx == 0) ldx = K;
-  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned_to(X, 16)) return false;
+  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned_to(X, 16) || (d.norm_rs != nullptr && g_kr)) return false;
   if (M <= 0 || K <= 0 || r <= 0) return true;
   // About kColsBlocksPerSm blocks per SM over (128-column strips) x (row chunks of kColsStep-row steps).
   const int strips = (K + kColsWidth - 1) / kColsWidth, steps = (M + kColsStep - 1) / kColsStep;
@@ -303,7 +313,7 @@ bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K
     lora_cols_mma_kernel<2><<<grid, kWarps * 32, kColsStages * cols_stage_floats<2>() * sizeof(float), st>>>(U, X, ldx, M, K, r, chunk, ma, g_kr ? 1 : 0, P);
   }
   TERN_CUDA_LAUNCHED("lora_cols_mma_kernel");
-  launch_partials_sum(P, S, static_cast<int64_t>(r) * K, alpha, G, true, st);
+  launch_partials_sum(P, S, static_cast<int64_t>(r) * K, alpha, G, true, st, 0, nullptr, 1, d.norm_w, K);
   return true;
 }
 

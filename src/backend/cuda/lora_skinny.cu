@@ -256,14 +256,18 @@ __global__ void __launch_bounds__(32 * kColsGroups) lora_cols_kernel(const float
   }
 }
 
-// out (+)= alpha * sum_s P[s] in chunk order.
+// out (+)= alpha * sum_s P[s] in chunk order (times the row / column scales where given).
 __global__ void __launch_bounds__(256) partials_sum_kernel(const float* __restrict__ P, int S, int64_t n, int64_t stride, float alpha,
-                                                           float* out, int accumulate) {
+                                                           float* out, int accumulate, const float* __restrict__ row_scale, int row_len,
+                                                           const float* __restrict__ col_scale, int ncols) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
   if (i >= n) return;
   float sum = 0.0f;
   for (int s = 0; s < S; ++s) sum += P[s * stride + i];
-  out[i] = accumulate ? out[i] + alpha * sum : alpha * sum;
+  float v = alpha * sum;
+  if (row_scale != nullptr) v *= row_scale[i / row_len];
+  if (col_scale != nullptr) v *= col_scale[i % ncols];
+  out[i] = accumulate ? out[i] + v : v;
 }
 
 
@@ -302,16 +306,19 @@ bool lora_skinny_enabled() {
   return on;
 }
 
-void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st, int64_t stride) {
+void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st, int64_t stride,
+                         const float* row_scale, int row_len, const float* col_scale, int ncols) {
   if (n <= 0) return;
   partials_sum_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, st>>>(P, S, n, stride > 0 ? stride : n, alpha, out,
-                                                                               accumulate ? 1 : 0);
+                                                                               accumulate ? 1 : 0, row_scale, std::max(row_len, 1),
+                                                                               col_scale, std::max(ncols, 1));
   TERN_CUDA_LAUNCHED("partials_sum_kernel");
 }
 
 bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, bool tf32) {
   if (!lora_skinny_enabled()) return false;
   if (tf32 && lora_rows_mma(blas, X, M, K, A, r, 1.0f, d, U)) return true;
+  if (d.norm_rs != nullptr) return false;  // a folded norm: lora_mma.cu only
   if (M <= 0 || K <= 0 || r <= 0) return true;
   cudaStream_t st = blas.stream();
   if (r > 64 || K % 4 != 0 || !aligned_to(X, 16) || !aligned_to(A, 16)) return false;
@@ -331,6 +338,7 @@ bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, i
                        bool tf32) {
   if (!lora_skinny_enabled()) return false;
   if (tf32 && lora_cols_mma(blas, U, X, M, K, r, alpha, d, G)) return true;
+  if (d.norm_rs != nullptr) return false;  // a folded norm: lora_mma.cu only
   if (M <= 0 || K <= 0 || r <= 0) return true;
   const int cw = r <= 16 ? 4 : r <= 32 ? 2 : 1;
   if (r > 64 || K % cw != 0 || !aligned_to(X, 4 * cw)) return false;

@@ -64,6 +64,12 @@ class CudaGradEngine final : public train::GradEngine {
     F_ = static_cast<int>(c_.ffn), ldq_ = QD_ + 2 * KV_;
     upload_weights(m);
     plan_params(layout);
+    // With tf32 the LoRA products of q/k/v, o and gate/up take their norm's input and row
+    // scales (DropoutSpec::norm_rs) instead of a normalized copy that the forward and the
+    // recompute would write (and the recompute would read the checkpoint for) only for them.
+    // TERN_TRAIN_FOLD=0: the copies, for A/B comparisons.
+    const char* fold_env = std::getenv("TERN_TRAIN_FOLD");
+    fold_ = tf32_ && lora_skinny_enabled() && rank_ <= 32 && H_ % 4 == 0 && QD_ % 4 == 0 && !(fold_env != nullptr && std::string(fold_env) == "0");
     const size_t M = static_cast<size_t>(max_rows * max_len);
     auto fbuf = [&](size_t floats) { return DevBuf(floats * sizeof(float)); };
     xs_ = fbuf((c_.n_layers + 1) * M * H_);
@@ -73,8 +79,12 @@ class CudaGradEngine final : public train::GradEngine {
     const size_t keep_floats = M * (ldq_ + QD_ + H_ + c_.n_heads + kProjCount * std::max(rank_, 1));
     keep_ = keep_floats * sizeof(float) * c_.n_layers <= kKeepBytes;
     const size_t nl = keep_ ? c_.n_layers : 1;
-    xn1_ = fbuf(M * H_), qkv_ = fbuf(nl * M * ldq_), att_ = fbuf(nl * M * QD_), an_ = fbuf(M * QD_), xmid_ = fbuf(nl * M * H_);
-    xn2_ = fbuf(M * H_);
+    qkv_ = fbuf(nl * M * ldq_), att_ = fbuf(nl * M * QD_), xmid_ = fbuf(nl * M * H_);
+    if (fold_) {
+      rsn_ = fbuf(nl * 3 * M);
+    } else {
+      xn1_ = fbuf(M * H_), an_ = fbuf(M * QD_), xn2_ = fbuf(M * H_);
+    }
     lse_ = fbuf(nl * M * c_.n_heads);
     // The gate/up outputs of the last layers too (each one kept saves its GEMM, epilogue and
     // input quantization in the backward), in slots 1.. after the working buffer.
@@ -344,7 +354,7 @@ class CudaGradEngine final : public train::GradEngine {
     emb_type_ = float_type(m.embedding.type);
     emb_ = upload_bytes(m.embedding.data, m.embedding.nbytes());
     hw_.emb = emb_.as<void>(), hw_.type = emb_type_, hw_.V = static_cast<int>(c_.vocab), hw_.H = H_;
-    head_ = std::make_unique<HeadGemm>(hw_, st_, 256, tf32_);  // the loss's chunks: the head read once per 256 rows
+    head_ = std::make_unique<HeadGemm>(hw_, st_, 1024, tf32_, false);  // head_loss_rows' chunks: the head read once per 1024 rows
     out_norm_ = upload_vec(m.output_norm);
   }
 
@@ -427,8 +437,18 @@ class CudaGradEngine final : public train::GradEngine {
       d.bits = bits_.as<uint32_t>() + slot(l) * bits_layer_ + bits_off_[static_cast<int>(p)];
       d.write_bits = true;
     }
+    if (fold_ && p != Proj::Down) {  // down's input (the sub-norm of act(gate) * up) stays a copy: h is not kept
+      const int k = norm_of(p);
+      const LayerW& w = layers_[l];
+      d.norm_rs = rsn(l, k);
+      d.norm_w = (k == 0 ? w.attn_norm : k == 1 ? w.attn_sub_norm : w.ffn_norm).as<float>();
+    }
     return d;
   }
+  // fold_: the norm before projection p (0 attention input, 1 attention sub-norm, 2 feed-forward
+  // input) and layer l's inverse RMS per row for it, written by the forward's norm kernels.
+  static int norm_of(Proj p) { return p == Proj::O ? 1 : (p == Proj::Gate || p == Proj::Up) ? 2 : 0; }
+  float* rsn(int l, int k) const { return rsn_.as<float>() + (slot(l) * 3 + static_cast<size_t>(k)) * rows(); }
 
   // u(l, p) = A dropout(xin) of each adapted projection p in `group` (sharing the input
   // xin); the epilogue adds B u (ternary()).
@@ -459,11 +479,17 @@ class CudaGradEngine final : public train::GradEngine {
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
     const bool gemm = !gu_kept(l);
-    // (the LoRA backward's inputs; no int8 rows but the gate/up GEMM's: the others do not run again)
-    launch_train_norm_quant(x(l), H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1_.as<float>(), nullptr, 0, nullptr, st_);
-    launch_train_norm_quant(att(l), QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an_.as<float>(), nullptr, 0, nullptr, st_);
-    launch_train_norm_quant(xmid(l), H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2_.as<float>(),
-                            gemm ? q8_.as<int8_t>() : nullptr, kpad(H_), gemm ? s_.as<float>() : nullptr, st_);
+    // (the LoRA backward's inputs -- with fold_ the norms' inputs themselves and their row
+    // scales kept from the forward; no int8 rows but the gate/up GEMM's: the others do not run again)
+    if (!fold_) {
+      launch_train_norm_quant(x(l), H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1_.as<float>(), nullptr, 0, nullptr, st_);
+      launch_train_norm_quant(att(l), QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an_.as<float>(), nullptr, 0, nullptr,
+                              st_);
+    }
+    if (!fold_ || gemm) {
+      launch_train_norm_quant(xmid(l), H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2_.as<float>(),
+                              gemm ? q8_.as<int8_t>() : nullptr, kpad(H_), gemm ? s_.as<float>() : nullptr, st_);
+    }
     mark("f.norm_quant");
     if (gemm) ternary(l, w.gu8, H_, 2 * F_, gu(l), scales_gu(w), {Proj::Gate, Proj::Up});
     launch_train_norm_quant(gu(l), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn_.as<float>(), nullptr,
@@ -522,23 +548,27 @@ class CudaGradEngine final : public train::GradEngine {
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>(), *y = y_.as<float>();
     float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = hn_.as<float>();
     // Attention block.
-    launch_train_norm_quant(xin, H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_);
+    // (fold_: no normalized copies; the LoRA products take the norm's input and row scales)
+    launch_train_norm_quant(xin, H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_,
+                            fold_ ? rsn(l, 0) : nullptr);
     mark("f.norm_quant");
-    lora_u(l, {Proj::Q, Proj::K, Proj::V}, xn1);
+    lora_u(l, {Proj::Q, Proj::K, Proj::V}, fold_ ? xin : xn1);
     mark("f.lora");
     ternary(l, w.qkv8, H_, ldq_, qkv, scales_qkv(w), {Proj::Q, Proj::K, Proj::V});
     train_attention_fwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, att, QD_, tf32_, lse(l), rope_.as<float>());
     mark("f.attention");
-    launch_train_norm_quant(att, QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an, q8_.as<int8_t>(), kpad(QD_), s_.as<float>(), st_);
+    launch_train_norm_quant(att, QD_, false, 0, w.attn_sub_norm.as<float>(), QD_, eps, M_, nullptr, an, q8_.as<int8_t>(), kpad(QD_), s_.as<float>(), st_,
+                            fold_ ? rsn(l, 1) : nullptr);
     mark("f.norm_quant");
     float* yo = y;  // the o and down GEMMs' scratch (their epilogues add into the residual stream)
-    lora_u(l, {Proj::O}, an);
+    lora_u(l, {Proj::O}, fold_ ? att : an);
     mark("f.lora");
     ternary(l, w.o8, QD_, H_, yo, scales1(w.so), {Proj::O}, xin, xmid);
     // Feed-forward block.
-    launch_train_norm_quant(xmid, H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_);
+    launch_train_norm_quant(xmid, H_, false, 0, w.ffn_norm.as<float>(), H_, eps, M_, nullptr, xn2, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_,
+                            fold_ ? rsn(l, 2) : nullptr);
     mark("f.norm_quant");
-    lora_u(l, {Proj::Gate, Proj::Up}, xn2);
+    lora_u(l, {Proj::Gate, Proj::Up}, fold_ ? xmid : xn2);
     mark("f.lora");
     ternary(l, w.gu8, H_, 2 * F_, gu, scales_gu(w), {Proj::Gate, Proj::Up});
     // h = act(gate) * up is not kept: the backward recomputes it (launch_gated_rmsnorm_bwd).
@@ -628,17 +658,18 @@ class CudaGradEngine final : public train::GradEngine {
     linear_bwd(l, w16(w.down8, H_, F_), dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}}, dx_rs);
     launch_gated_rmsnorm_bwd(gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn, M_, F_, eps, dgu, 2 * F_, st_, rs_gu, w.sg, w.su);
     mark("b.gated_rmsnorm");
-    linear_bwd(l, w16(w.gu8, 2 * F_, H_), dgu, 2 * F_, scales_gu(w), 1.0f, H_, xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu);
+    linear_bwd(l, w16(w.gu8, 2 * F_, H_), dgu, 2 * F_, scales_gu(w), 1.0f, H_, fold_ ? xmid : xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu);
     launch_rmsnorm_bwd(xmid, w.ffn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, rs_dx);  // dx = d xmid now
     mark("b.rmsnorm");
     // Attention block: xmid = x + O(an).
-    linear_bwd(l, w16(w.o8, H_, QD_), dx, H_, ColScales{}, w.so, QD_, an, dan, {{Proj::O, 0}}, rs_dx);
+    linear_bwd(l, w16(w.o8, H_, QD_), dx, H_, ColScales{}, w.so, QD_, fold_ ? att : an, dan, {{Proj::O, 0}}, rs_dx);
     launch_rmsnorm_bwd(att, w.attn_sub_norm.as<float>(), dan, M_, QD_, eps, datt, false, st_);
     mark("b.rmsnorm");
     train_attention_bwd(*blas_, attn_shape(), qkv, qkv + QD_, qkv + QD_ + KV_, ldq_, datt, QD_, dqkv, dqkv + QD_, dqkv + QD_ + KV_, ldq_,
                         tf32_, att, lse(l), rope_.as<float>());
     mark("b.attention");
-    linear_bwd(l, w16(w.qkv8, ldq_, H_), dqkv, ldq_, scales_qkv(w), 1.0f, H_, xn1, dxn, {{Proj::Q, 0}, {Proj::K, QD_}, {Proj::V, QD_ + KV_}});
+    linear_bwd(l, w16(w.qkv8, ldq_, H_), dqkv, ldq_, scales_qkv(w), 1.0f, H_, fold_ ? xin : xn1, dxn,
+               {{Proj::Q, 0}, {Proj::K, QD_}, {Proj::V, QD_ + KV_}});
     launch_rmsnorm_bwd(xin, w.attn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, l > 0 ? rs_dx : nullptr);
     mark("b.rmsnorm");
   }
@@ -654,6 +685,7 @@ class CudaGradEngine final : public train::GradEngine {
   int64_t max_rows_, max_len_;
   bool tf32_ = false;  // --precision tf32: 10-bit-mantissa products (grad_engine.h)
   bool keep_ = false;  // activations of every layer kept (see kKeepBytes)
+  bool fold_ = false;  // the LoRA products fold the norms in (see the constructor)
   int gu_from_ = 0;    // layers from here keep their gate/up output (gu(l))
   int H_ = 0, QD_ = 0, KV_ = 0, F_ = 0, ldq_ = 0;
   int B_ = 0, T_ = 0, M_ = 0;
@@ -677,6 +709,7 @@ class CudaGradEngine final : public train::GradEngine {
   std::vector<float> host_;
   // Activations ([M][...] rows) and gradients.
   DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, lse_, gu_, hn_, y_, lu_, q8_, s_;
+  DevBuf rsn_;  // fold_: the inverse RMS of each row for the three norms before LoRA inputs, per (kept) layer
   DevBuf rs_dx_, rs_gu_;  // split row scales of dx and dgu from their producers (lora_dy_pass)
   DevBuf dx_, dhn_, dgu_, dxn_, dan_, datt_, dqkv_, xc_, dxc_;
   DevBuf tokens_, labels_, idx_, loss_, seeds_;

@@ -368,13 +368,14 @@ void TrainBlas::split_gemm(const float* A, int lda, int M, int N, const ColScale
 }
 
 void TrainBlas::terms_gemm(const void* split, int terms, const float* rscale, int M, int N, const void* W, int type, int K, float alpha,
-                           float* C, int ldc, bool accumulate, const LoraDx* lora) {
+                           float* C, int ldc, bool accumulate, const LoraDx* lora, int lds) {
   if (M <= 0 || N <= 0 || K <= 0) return;
+  if (lds == 0) lds = N;
   auto* acc = static_cast<float*>(scratch(kSlotSplitAcc, static_cast<size_t>(terms) * M * K * sizeof(float)));
   const float one = 1.0f, zero = 0.0f;
   const cudaDataType t = type == 1 ? CUDA_R_16F : CUDA_R_16BF;
   const cublasStatus_t s = cublasGemmEx(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_N, CUBLAS_OP_N, K, terms * M, N, &one, W, t, K, split,
-                                        t, N, &zero, acc, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                                        t, lds, &zero, acc, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (s != CUBLAS_STATUS_SUCCESS) throw_error(std::string("cuBLAS split_gemm GEMM failed: ") + cublasGetStatusString(s));
   if (lora != nullptr && lora->n > 0) {
     if (!LoraDx::fusable(lora->r, lora->n, K, C, ldc) || reinterpret_cast<uintptr_t>(acc) % 16 != 0 || terms > 2) {

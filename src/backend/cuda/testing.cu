@@ -431,7 +431,7 @@ DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, flo
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
                           const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in, bool bits,
-                          bool tf32) {
+                          bool tf32, const std::vector<float>* norm_rs, const std::vector<float>* norm_w) {
   DevBuf dxx = upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dseed = upload_vec(std::vector<uint64_t>{seed});
   DevBuf u = nan_buf(static_cast<size_t>(M) * r), y = upload_vec(y_in), ddy = upload_vec(dy), gx = upload_vec(dx_in);
   DevBuf gA = upload_vec(dA_in), gB = upload_vec(dB_in);
@@ -442,6 +442,11 @@ LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>&
   if (bits) {
     mask_bits = nan_buf(static_cast<size_t>(M) * dropout_words(in));  // every word must be written
     d.bits = mask_bits.as<uint32_t>(), d.write_bits = true;
+  }
+  DevBuf rs, w;
+  if (norm_rs != nullptr) {
+    rs = upload_vec(*norm_rs), w = upload_vec(*norm_w);
+    d.norm_rs = rs.as<float>(), d.norm_w = w.as<float>();
   }
   lora_fwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, d, u.as<float>(), y.as<float>(), out, true,
                tf32);

@@ -127,10 +127,13 @@ struct LoraGrads {
 // as given; dropout masks from the seed as train::dropout_mask(M * in, p, seed), stored as
 // bits by the forward and read by the backward when `bits` (as the training step does).
 // tf32: the --precision tf32 products (lora_mma.cu's tensor-core kernels where they apply).
+// norm_rs [M], norm_w [in] (both or neither): x is a norm's input and the LoRA input is
+// x * norm_rs[m] * norm_w[c] (DropoutSpec::norm_rs; tf32 only).
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
                           const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in,
-                          bool bits = false, bool tf32 = false);
+                          bool bits = false, bool tf32 = false, const std::vector<float>* norm_rs = nullptr,
+                          const std::vector<float>* norm_w = nullptr);
 
 // train_attention.cu round trips: RoPE backward in place on dy [M][nh*hd] (positions
 // pos0..), and attention forward + backward of B sequences of T positions (rows b*T + t).

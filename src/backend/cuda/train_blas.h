@@ -87,9 +87,9 @@ class TrainBlas {
                   int ldc, bool accumulate, bool tf32 = false, const LoraDx* lora = nullptr);
   // split_gemm's second half, for a caller that wrote the terms itself (head_loss.cu):
   // `terms` [terms][M][N] 16-bit arrays as store_split / split_terms(type, tf32) lays them
-  // out, row m scaled by 1 / rscale[m].
+  // out (rows lds apart, 0: N), row m scaled by 1 / rscale[m].
   void terms_gemm(const void* split, int terms, const float* rscale, int M, int N, const void* W, int type, int K, float alpha, float* C,
-                  int ldc, bool accumulate, const LoraDx* lora = nullptr);
+                  int ldc, bool accumulate, const LoraDx* lora = nullptr, int lds = 0);
   // How many 16-bit terms split_gemm uses for W of type 1 (F16) or 2 (BF16).
   static int split_terms(int type, bool tf32) { return (type == 1 ? 2 : 3) - (tf32 ? 1 : 0); }
 

@@ -36,7 +36,8 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 template <bool GATED, int VPT>
 __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float* __restrict__ x, int ldx, int act, const float* __restrict__ w,
                                                                     int n, float eps, float* __restrict__ h_out, float* __restrict__ xn_out,
-                                                                    int8_t* __restrict__ q8out, int ldq, float* __restrict__ s_out) {
+                                                                    int8_t* __restrict__ q8out, int ldq, float* __restrict__ s_out,
+                                                                    float* __restrict__ rs_out) {
   __shared__ NormScratch sc;
   const int64_t m = blockIdx.x;
   const float* row = x + m * ldx;
@@ -66,6 +67,7 @@ __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float*
   }
   ss = block_reduce<kThreads>(ss, sc.d, SumOp{});
   const float r = 1.0f / sqrtf(static_cast<float>(ss / n) + eps);
+  if (rs_out != nullptr && threadIdx.x == 0) rs_out[m] = r;
   float amax = 0.0f;
   auto again = [&](int i) { return GATED ? (h != nullptr ? h[i] : value(i)) : row[i]; };  // VPT = 0: the value re-read
   auto normed = [&](int i, float t) {
@@ -309,13 +311,13 @@ __global__ void __launch_bounds__(kThreads) i8_to_f16_rows_kernel(const int8_t* 
 
 template <bool GATED>
 void launch_norm_quant_vpt(const float* x, int ldx, int act, const float* w, int n, float eps, int M, float* h_out, float* xn_out, int8_t* q8,
-                           int ldq, float* s, cudaStream_t st) {
+                           int ldq, float* s, float* rs, cudaStream_t st) {
   if (n <= 12 * kThreads) {
-    train_norm_quant_kernel<GATED, 12><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s);
+    train_norm_quant_kernel<GATED, 12><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs);
   } else if (n <= 28 * kThreads) {
-    train_norm_quant_kernel<GATED, 28><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s);
+    train_norm_quant_kernel<GATED, 28><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs);
   } else {
-    train_norm_quant_kernel<GATED, 0><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s);
+    train_norm_quant_kernel<GATED, 0><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs);
   }
 }
 
@@ -455,12 +457,12 @@ void launch_i8_to_f16_rows(const int8_t* src, int64_t rows, int K, int lds, void
 }
 
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
-                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st) {
+                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st, float* rs_out) {
   if (M <= 0) return;
   if (gated) {
-    launch_norm_quant_vpt<true>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, st);
+    launch_norm_quant_vpt<true>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, rs_out, st);
   } else {
-    launch_norm_quant_vpt<false>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, st);
+    launch_norm_quant_vpt<false>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, rs_out, st);
   }
   TERN_CUDA_LAUNCHED("train_norm_quant_kernel");
 }

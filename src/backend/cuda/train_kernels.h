@@ -19,8 +19,9 @@ namespace tern::cuda {
 // (nullable); q8 row m (stride ldq >= n) = the int8 absmax quantization of RMSNorm(v) * w,
 // then zeros up to ldq (the int8 GEMM's padded K), and s[m] its scale (cpu::rmsnorm +
 // cpu::gated_activation + cpu::quantize_row_i8, bit for bit); q8 null: neither q8 nor s.
+// rs_out (nullable): each row's inverse RMS, RMSNorm(v) = v * rs * w (DropoutSpec::norm_rs).
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
-                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st);
+                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st, float* rs_out = nullptr);
 // dst [rows][ldd] int8 = src [rows][K] F16 integers, zeros in columns K..ldd (the ternary
 // weights for the int8 GEMM, from their F16 copy).
 void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, int ldd, cudaStream_t st);
@@ -59,6 +60,12 @@ struct DropoutSpec {
   int period = 1;
   uint32_t* bits = nullptr;  // null: hash every time
   bool write_bits = false;   // this pass hashes and fills `bits`; else it reads them
+  // The LoRA input passed as its RMSNorm's input x (lora_mma.cu's kernels only, tf32):
+  // element (m, c) of the input is x[m][c] * norm_rs[m] * norm_w[c], the norm's inverse RMS
+  // and weight, so the training step writes no normalized copy for the LoRA products. The
+  // mask and 1 / (1 - p) apply as always. Null: x is the input itself.
+  const float* norm_rs = nullptr;
+  const float* norm_w = nullptr;
 };
 __host__ __device__ inline int dropout_words(int n) { return (n + 31) / 32; }
 // out[m][c] (+)= keep(m, c) ? src[m][c] / (1 - p) : 0 (rows of n, strides lds / ldo).
@@ -104,8 +111,10 @@ bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const floa
 bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
                        bool tf32 = false);
 bool lora_skinny_enabled();
-// out[i] (+)= alpha * sum over s < S of P[s * stride + i] (stride 0: n), in s order (per-chunk partials).
-void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st, int64_t stride = 0);
+// out[i] (+)= alpha * sum over s < S of P[s * stride + i] (stride 0: n), in s order (per-chunk partials),
+// times row_scale[i / row_len] and col_scale[i % ncols] where given (a folded RMSNorm's scales).
+void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* out, bool accumulate, cudaStream_t st, int64_t stride = 0,
+                         const float* row_scale = nullptr, int row_len = 1, const float* col_scale = nullptr, int ncols = 1);
 
 // ---- lora_dy.cu: one pass over a linear's output gradient for its LoRA parts (tf32) ----
 // For dy [M][N] (row stride N) of a linear whose adapted parts p own columns [beg, end):

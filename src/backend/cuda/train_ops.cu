@@ -263,6 +263,7 @@ void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w,
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
                   const DropoutSpec& d, float* u, float* y, int ldy, bool accumulate, bool tf32) {
   if (!lora_rows_product(blas, x, M, in, A, r, d, u, tf32)) {
+    if (d.norm_rs != nullptr) throw_error("CUDA training: a folded RMSNorm needs lora_mma.cu's kernels (tf32, rank <= 32)");
     const float* xd = x;
     if (d.p > 0.0f) {
       auto* t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
@@ -304,6 +305,7 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
   }
   if (dB != nullptr) blas.mark("b.lora.dB");
   if (!lora_cols_product(blas, du, x, M, in, r, 1.0f, dd, dA, tf32)) {
+    if (d.norm_rs != nullptr) throw_error("CUDA training: a folded RMSNorm needs lora_mma.cu's kernels (tf32, rank <= 32)");
     const float* xd = x;
     if (drop) {
       launch_dropout(x, in, M, in, dd, scratch_x(), in, false, blas.stream());
