@@ -105,6 +105,16 @@ TEST(CudaKernels, TrainNormQuantMatchesCpuExactly) {
         }
         cpu::rmsnorm(v.data(), w.data(), n, 1e-5f, xn.data());
         EXPECT_EQ(0, std::memcmp(xn.data(), got.xn.data() + m * n, n * 4)) << "xn n=" << n << " gated " << gated;
+        // The folded norm's outputs (--precision tf32's training step): the row's inverse RMS
+        // (xn = w * (v * rs) to the bit), F16 v * rs and, gated, the F16 gate/up.
+        int64_t bad = 0;
+        for (int64_t k = 0; k < n; ++k) {
+          const float vr = v[k] * got.rs[m];
+          bad += w[k] * vr != xn[k];
+          bad += f32_to_f16(vr) != got.x16[m * n + k];
+          if (gated) bad += f32_to_f16(x[m * 2 * n + k]) != got.gu16[m * 2 * n + k] || f32_to_f16(x[m * 2 * n + n + k]) != got.gu16[m * 2 * n + n + k];
+        }
+        EXPECT_EQ(bad, 0) << "rs / x16 / gu16 n=" << n << " gated " << gated;
         std::vector<int8_t> q(n);
         int32_t qsum = 0;
         const float s = cpu::quantize_row_i8(xn.data(), n, n, q.data(), &qsum);
@@ -571,10 +581,14 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
   }
   // The feed-forward sub-norm + gating backward: train::rmsnorm_bwd on h = act(g) * u, then
   // train::gated_act_bwd.
+  // f16: gate/up passed as F16 (the values made exact in F16 first, so the reference is the same).
   for (int act = 0; act < 3; ++act) {
-    for (int nb : {n, 3100, 6912}) {
+    for (auto [nb, f16] : std::vector<std::pair<int, bool>>{{n, false}, {3100, false}, {6912, false}, {300, true}, {6912, true}, {7300, true}}) {
       auto gu = randn(M * 2 * nb), sw = randn(nb, 0.1f), sdy = randn(M * nb);
       for (auto& v : sw) v += 1.0f;
+      if (f16) {
+        for (auto& v : gu) v = f16_to_f32(f32_to_f16(v));
+      }
       std::vector<float> g(M * nb), u(M * nb), h(M * nb), dh(M * nb), wg(M * nb), wu(M * nb);
       for (int m = 0; m < M; ++m) {
         std::copy_n(gu.begin() + m * 2 * nb, nb, g.begin() + m * nb);
@@ -583,14 +597,14 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
       }
       train::rmsnorm_bwd<float>(h.data(), sw.data(), sdy.data(), M, nb, 1e-5f, dh.data());
       train::gated_act_bwd<float>(g.data(), u.data(), dh.data(), M * nb, static_cast<Activation>(act), wg.data(), wu.data());
-      const auto got = ct::gated_rmsnorm_bwd(gu, sw, sdy, M, nb, act, 1e-5f);
+      const auto got = ct::gated_rmsnorm_bwd(gu, sw, sdy, M, nb, act, 1e-5f, nullptr, 1.0f, 1.0f, f16);
       std::vector<float> gg(M * nb), gv(M * nb);
       for (int m = 0; m < M; ++m) {
         std::copy_n(got.begin() + m * 2 * nb, nb, gg.begin() + m * nb);
         std::copy_n(got.begin() + m * 2 * nb + nb, nb, gv.begin() + m * nb);
       }
-      EXPECT_LT(test::rel_l2(gg.data(), wg.data(), wg.size()), 1e-5) << "gated rmsnorm dg act " << act << " n " << nb;
-      EXPECT_LT(test::rel_l2(gv.data(), wu.data(), wu.size()), 1e-5) << "gated rmsnorm du act " << act << " n " << nb;
+      EXPECT_LT(test::rel_l2(gg.data(), wg.data(), wg.size()), 1e-5) << "gated rmsnorm dg act " << act << " n " << nb << (f16 ? " f16" : "");
+      EXPECT_LT(test::rel_l2(gv.data(), wu.data(), wu.size()), 1e-5) << "gated rmsnorm du act " << act << " n " << nb << (f16 ? " f16" : "");
     }
   }
   // LoRA branch: the one-pass kernels (lora_skinny.cu: ranks up to 64, widths a multiple of
@@ -658,6 +672,27 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
         check(f.dx, fdx, dx0, "folded norm dx");
         check(f.dA, fdA, dA0, "folded norm dA");
         check(f.dB, fdB, dB0, "folded norm dB");
+        if (in % 8 != 0) continue;
+        // Down's input in the training step: F16 x * rs (hn16_), the weight folded in; the
+        // reference on w * float(F16(x * rs)).
+        std::vector<float> xr(lx.size());
+        for (int m = 0; m < Ml; ++m) {
+          for (int i = 0; i < in; ++i) {
+            xr[m * in + i] = lx[m * in + i] * rs[m];
+            xn[m * in + i] = nw[i] * f16_to_f32(f32_to_f16(xr[m * in + i]));
+          }
+        }
+        std::vector<float> hu(Ml * r), hy = y0, hdx = dx0, hdA = dA0, hdB = dB0;
+        train::lora_fwd<float>(xn.data(), A.data(), B.data(), Ml, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr, p, hu.data(), hy.data(),
+                               true);
+        train::lora_bwd<float>(xn.data(), A.data(), B.data(), hu.data(), ldy.data(), Ml, in, r, out, 2.0f, p > 0 ? mask.data() : nullptr,
+                               p, hdx.data(), hdA.data(), hdB.data(), true);
+        auto h = ct::lora_round_trip(xr, A, B, Ml, in, r, out, 2.0f, 17, p, y0, ldy, dx0, dA0, dB0, bits, tf32, nullptr, &nw, true);
+        EXPECT_LT(test::rel_l2(h.u.data(), hu.data(), hu.size()), tol) << what << " F16 input u";
+        check(h.y, hy, y0, "F16 input y");
+        check(h.dx, hdx, dx0, "F16 input dx");
+        check(h.dA, hdA, dA0, "F16 input dA");
+        check(h.dB, hdB, dB0, "F16 input dB");
       }
     }
   }

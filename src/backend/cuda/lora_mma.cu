@@ -18,8 +18,11 @@
 // The unmasked du = dy B through the rows kernel was slower than cuBLAS (13.8 vs 12.6 ms:
 // for the narrow k/v projections the grid is too small to hide the latency); with tf32 the
 // training step now takes du and dB from lora_dy.cu's single pass over dy instead.
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_util.cuh"
@@ -61,7 +64,19 @@ struct MaskArgs {
   float keep;
 };
 
-template <int NT>
+// Four consecutive inputs at element offset c of a row: floats, or F16 values (DropoutSpec::x_f16).
+template <bool X16>
+__device__ __forceinline__ float4 load_x4(const float* x, int64_t at) {
+  if constexpr (X16) {
+    const uint2 h = *reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(x) + at);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&h.x)), b = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  } else {
+    return load_float4(x + at);
+  }
+}
+
+template <int NT, bool X16>
 // (64 registers, 8 blocks per SM: at 80 only 6 fit, and ncu found the kernel latency-bound at
 // 25 % occupancy)
 __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const float* __restrict__ X, int M, int K,
@@ -75,8 +90,7 @@ __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const flo
   const bool drop = d.p > 0.0f, from_bits = d.bits != nullptr && !d.write_bits, write_bits = drop && d.bits != nullptr && d.write_bits;
   const int words = dropout_words(K);
   const float* __restrict__ W = d.norm_w;  // a folded norm's weight scales A's columns (its row scale: the partials' sum)
-  const float* x0p = X + static_cast<int64_t>(v0 ? row0 : 0) * K;
-  const float* x1p = X + static_cast<int64_t>(v1 ? row1 : 0) * K;
+  const int64_t x0at = static_cast<int64_t>(v0 ? row0 : 0) * K, x1at = static_cast<int64_t>(v1 ? row1 : 0) * K;
   float acc[NT][4];
 #pragma unroll
   for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
@@ -87,8 +101,8 @@ __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const flo
     for (int u = 0; u < kUnroll; ++u) {  // every load of the step in flight first
       const int c = cb + 16 * u + 4 * t;
       const bool in = c < k_end;
-      x0[u] = in && v0 ? load_float4(x0p + c) : zero;
-      x1[u] = in && v1 ? load_float4(x1p + c) : zero;
+      x0[u] = in && v0 ? load_x4<X16>(X, x0at + c) : zero;
+      x1[u] = in && v1 ? load_x4<X16>(X, x1at + c) : zero;
     }
     if (drop) {
 #pragma unroll
@@ -144,24 +158,29 @@ __global__ void __launch_bounds__(kWarps * 32, 8) lora_rows_mma_kernel(const flo
 
 // The cols kernel's shared-memory ring (kColsStages x kColsStep rows): X rows padded to
 // kColsXLd floats and U rows to UP (the lanes' float4 / scalar reads hit 32 distinct banks),
-// then the rows' 4 mask words and their folded-norm row scales.
-constexpr int kColsStages = 3, kColsStep = 16, kColsWidth = kWarps * 32, kColsXLd = kColsWidth + 8;
+// then the rows' 4 mask words and their folded-norm row scales. F16 X rows are kColsXLdH
+// halves (320 bytes, 64 mod 128: the four rows of a load instruction fill two wavefronts).
+constexpr int kColsStages = 3, kColsStep = 16, kColsWidth = kWarps * 32, kColsXLd = kColsWidth + 8, kColsXLdH = kColsWidth + 32;
 template <int MT>
 __host__ __device__ constexpr int cols_u_ld() {
   return MT == 1 ? 24 : 40;  // = 8 or 24 (mod 32): rows t = 0..3 start in distinct bank octets
 }
-template <int MT>
+template <bool X16>
+__host__ __device__ constexpr int cols_x_floats() {  // per X row in the ring
+  return X16 ? kColsXLdH / 2 : kColsXLd;
+}
+template <int MT, bool X16>
 __host__ __device__ constexpr int cols_stage_floats() {
-  return kColsStep * (kColsXLd + cols_u_ld<MT>() + kColsWidth / 32 + 1);  // (a multiple of 4: stages stay 16-byte aligned)
+  return kColsStep * (cols_x_floats<X16>() + cols_u_ld<MT>() + kColsWidth / 32 + 1);  // (kColsStep x: stages stay 16-byte aligned)
 }
 
 // A block owns 128 columns (a warp 32) of one row chunk and streams its rows through the
 // ring: the loads of two steps are in flight while it multiplies (the register-fed version
 // waited on them: ncu 25 % issue, 1.1 TB/s).
-template <int MT>
+template <int MT, bool X16>
 __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float* __restrict__ U, const float* __restrict__ X, int ldx, int M,
                                                                     int K, int r, int chunk, const MaskArgs ma, int g_kr, float* __restrict__ P) {
-  constexpr int UP = cols_u_ld<MT>(), SF = cols_stage_floats<MT>();
+  constexpr int UP = cols_u_ld<MT>(), SF = cols_stage_floats<MT, X16>(), XF = cols_x_floats<X16>();
   extern __shared__ float ring[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int cb0 = blockIdx.x * kColsWidth, c0 = cb0 + 32 * warp, cg = c0 + 4 * g;  // this lane's float4 of columns
@@ -174,24 +193,30 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
   auto issue = [&](int step) {
     float* st = ring + (step % kColsStages) * SF;
     const int r0 = m_begin + step * kColsStep;
-    for (int ch = threadIdx.x; ch < kColsStep * kColsWidth / 4; ch += kWarps * 32) {
-      const int rr = ch / (kColsWidth / 4), c = ch % (kColsWidth / 4) * 4;
+    constexpr int kPer = X16 ? 8 : 4;  // inputs per 16-byte copy
+    for (int ch = threadIdx.x; ch < kColsStep * kColsWidth / kPer; ch += kWarps * 32) {
+      const int rr = ch / (kColsWidth / kPer), c = ch % (kColsWidth / kPer) * kPer;
       const bool ok = r0 + rr < m_end && cb0 + c < K;
-      cp_async16(st + rr * kColsXLd + c, ok ? X + static_cast<int64_t>(r0 + rr) * ldx + cb0 + c : X, ok ? 16 : 0);
+      const int64_t at = static_cast<int64_t>(r0 + rr) * ldx + cb0 + c;
+      if constexpr (X16) {
+        cp_async16(reinterpret_cast<__half*>(st) + rr * kColsXLdH + c, ok ? static_cast<const void*>(reinterpret_cast<const __half*>(X) + at) : X, ok ? 16 : 0);
+      } else {
+        cp_async16(st + rr * kColsXLd + c, ok ? X + at : X, ok ? 16 : 0);
+      }
     }
     for (int e = threadIdx.x; e < kColsStep * 16 * MT; e += kWarps * 32) {
       const int rr = e / (16 * MT), j = e % (16 * MT);
       const bool ok = r0 + rr < m_end && j < r;
-      cp_async4(st + kColsStep * kColsXLd + rr * UP + j, ok ? U + static_cast<int64_t>(r0 + rr) * r + j : U, ok ? 4 : 0);
+      cp_async4(st + kColsStep * XF + rr * UP + j, ok ? U + static_cast<int64_t>(r0 + rr) * r + j : U, ok ? 4 : 0);
     }
     if (drop && from_bits && threadIdx.x < kColsStep * kColsWidth / 32) {
       const int rr = threadIdx.x / (kColsWidth / 32), w = cb0 / 32 + threadIdx.x % (kColsWidth / 32);
       const bool ok = r0 + rr < m_end && w < words;
-      cp_async4(st + kColsStep * (kColsXLd + UP) + threadIdx.x, ok ? d.bits + static_cast<int64_t>(r0 + rr) * words + w : d.bits, ok ? 4 : 0);
+      cp_async4(st + kColsStep * (XF + UP) + threadIdx.x, ok ? d.bits + static_cast<int64_t>(r0 + rr) * words + w : d.bits, ok ? 4 : 0);
     }
     if (fold && threadIdx.x < kColsStep) {
       const bool ok = r0 + threadIdx.x < m_end;
-      cp_async4(st + kColsStep * (kColsXLd + UP + kColsWidth / 32) + threadIdx.x, ok ? d.norm_rs + r0 + threadIdx.x : d.norm_rs, ok ? 4 : 0);
+      cp_async4(st + kColsStep * (XF + UP + kColsWidth / 32) + threadIdx.x, ok ? d.norm_rs + r0 + threadIdx.x : d.norm_rs, ok ? 4 : 0);
     }
     cp_async_commit();
   };
@@ -205,15 +230,16 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
   for (int step = 0; step < steps; ++step) {
     ring_wait_refill(step, steps, issue);
     const float* xs = ring + (step % kColsStages) * SF;
-    const float* us = xs + kColsStep * kColsXLd;
+    const float* us = xs + kColsStep * XF;
     const unsigned* ws = reinterpret_cast<const unsigned*>(us + kColsStep * UP);
     const float* rss = us + kColsStep * (UP + kColsWidth / 32);
     const int r0 = m_begin + step * kColsStep;
 #pragma unroll
     for (int u = 0; u < kColsStep / 8; ++u) {
       const int la = 8 * u + t, lb = la + 4;  // local rows (k slots t and t + 4); past m_end: zeros
-      float4 xa = *reinterpret_cast<const float4*>(xs + la * kColsXLd + 32 * warp + 4 * g);
-      float4 xb = *reinterpret_cast<const float4*>(xs + lb * kColsXLd + 32 * warp + 4 * g);
+      constexpr int ld = X16 ? kColsXLdH : kColsXLd;  // in inputs
+      float4 xa = load_x4<X16>(xs, la * ld + 32 * warp + 4 * g);
+      float4 xb = load_x4<X16>(xs, lb * ld + 32 * warp + 4 * g);
       if (drop) {
         unsigned na = 0, nb = 0;
         if (from_bits) {
@@ -280,12 +306,22 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
   const dim3 grid(static_cast<unsigned>((tiles + kWarps - 1) / kWarps), static_cast<unsigned>(S));
   const MaskArgs ma = mask_args(d);
   cudaStream_t st = blas.stream();
-  if (r <= 8) {
-    lora_rows_mma_kernel<1><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
-  } else if (r <= 16) {
-    lora_rows_mma_kernel<2><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
+  auto run = [&](auto nt, auto x16) {
+    lora_rows_mma_kernel<decltype(nt)::value, decltype(x16)::value><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
+  };
+  auto with_nt = [&](auto x16) {
+    if (r <= 8) {
+      run(std::integral_constant<int, 1>{}, x16);
+    } else if (r <= 16) {
+      run(std::integral_constant<int, 2>{}, x16);
+    } else {
+      run(std::integral_constant<int, 4>{}, x16);
+    }
+  };
+  if (d.x_f16) {
+    with_nt(std::true_type{});
   } else {
-    lora_rows_mma_kernel<4><<<grid, kWarps * 32, 0, st>>>(X, M, K, A, r, kspan, ma, P);
+    with_nt(std::false_type{});
   }
   TERN_CUDA_LAUNCHED("lora_rows_mma_kernel");
   launch_partials_sum(P, S, static_cast<int64_t>(M) * r, alpha, U, false, st, 0, d.norm_rs, r);
@@ -295,7 +331,9 @@ bool lora_rows_mma(TrainBlas& blas, const float* X, int M, int K, const float* A
 bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K, int r, float alpha, const DropoutSpec& d, float* G,
                    int ldx, bool g_kr) {
   if (ldx == 0) ldx = K;
-  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned_to(X, 16) || (d.norm_rs != nullptr && g_kr)) return false;
+  if (r > 32 || K % 4 != 0 || ldx % 4 != 0 || !aligned_to(X, 16) || (folded(d) && g_kr) || (d.x_f16 && (K % 8 != 0 || ldx % 8 != 0))) {
+    return false;
+  }
   if (M <= 0 || K <= 0 || r <= 0) return true;
   // About kColsBlocksPerSm blocks per SM over (128-column strips) x (row chunks of kColsStep-row steps).
   const int strips = (K + kColsWidth - 1) / kColsWidth, steps = (M + kColsStep - 1) / kColsStep;
@@ -307,10 +345,23 @@ bool lora_cols_mma(TrainBlas& blas, const float* U, const float* X, int M, int K
   dd.write_bits = false;
   const MaskArgs ma = mask_args(dd);
   cudaStream_t st = blas.stream();
-  if (r <= 16) {
-    lora_cols_mma_kernel<1><<<grid, kWarps * 32, kColsStages * cols_stage_floats<1>() * sizeof(float), st>>>(U, X, ldx, M, K, r, chunk, ma, g_kr ? 1 : 0, P);
+  auto run = [&](auto mt, auto x16) {
+    constexpr int kMt = decltype(mt)::value;
+    constexpr bool kX16 = decltype(x16)::value;
+    lora_cols_mma_kernel<kMt, kX16><<<grid, kWarps * 32, kColsStages * cols_stage_floats<kMt, kX16>() * sizeof(float), st>>>(
+        U, X, ldx, M, K, r, chunk, ma, g_kr ? 1 : 0, P);
+  };
+  auto with_mt = [&](auto x16) {
+    if (r <= 16) {
+      run(std::integral_constant<int, 1>{}, x16);
+    } else {
+      run(std::integral_constant<int, 2>{}, x16);
+    }
+  };
+  if (d.x_f16) {
+    with_mt(std::true_type{});
   } else {
-    lora_cols_mma_kernel<2><<<grid, kWarps * 32, kColsStages * cols_stage_floats<2>() * sizeof(float), st>>>(U, X, ldx, M, K, r, chunk, ma, g_kr ? 1 : 0, P);
+    with_mt(std::false_type{});
   }
   TERN_CUDA_LAUNCHED("lora_cols_mma_kernel");
   launch_partials_sum(P, S, static_cast<int64_t>(r) * K, alpha, G, true, st, 0, nullptr, 1, d.norm_w, K);

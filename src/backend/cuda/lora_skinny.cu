@@ -318,7 +318,7 @@ void launch_partials_sum(const float* P, int S, int64_t n, float alpha, float* o
 bool lora_rows_product(TrainBlas& blas, const float* X, int M, int K, const float* A, int r, const DropoutSpec& d, float* U, bool tf32) {
   if (!lora_skinny_enabled()) return false;
   if (tf32 && lora_rows_mma(blas, X, M, K, A, r, 1.0f, d, U)) return true;
-  if (d.norm_rs != nullptr) return false;  // a folded norm: lora_mma.cu only
+  if (folded(d)) return false;  // lora_mma.cu only
   if (M <= 0 || K <= 0 || r <= 0) return true;
   cudaStream_t st = blas.stream();
   if (r > 64 || K % 4 != 0 || !aligned_to(X, 16) || !aligned_to(A, 16)) return false;
@@ -338,7 +338,7 @@ bool lora_cols_product(TrainBlas& blas, const float* U, const float* X, int M, i
                        bool tf32) {
   if (!lora_skinny_enabled()) return false;
   if (tf32 && lora_cols_mma(blas, U, X, M, K, r, alpha, d, G)) return true;
-  if (d.norm_rs != nullptr) return false;  // a folded norm: lora_mma.cu only
+  if (folded(d)) return false;  // lora_mma.cu only
   if (M <= 0 || K <= 0 || r <= 0) return true;
   const int cw = r <= 16 ? 4 : r <= 32 ? 2 : 1;
   if (r > 64 || K % cw != 0 || !aligned_to(X, 4 * cw)) return false;

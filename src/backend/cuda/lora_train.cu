@@ -64,25 +64,34 @@ class CudaGradEngine final : public train::GradEngine {
     F_ = static_cast<int>(c_.ffn), ldq_ = QD_ + 2 * KV_;
     upload_weights(m);
     plan_params(layout);
-    // With tf32 the LoRA products of q/k/v, o and gate/up take their norm's input and row
-    // scales (DropoutSpec::norm_rs) instead of a normalized copy that the forward and the
-    // recompute would write (and the recompute would read the checkpoint for) only for them.
-    // TERN_TRAIN_FOLD=0: the copies, for A/B comparisons.
+    // With tf32 (fold_) the backward recomputes nothing while the activations fit:
+    // - the LoRA products of q/k/v, o and gate/up take their norm's input and row scales
+    //   (DropoutSpec::norm_rs) instead of normalized copies;
+    // - down's input, the sub-norm of h = act(gate) * up, is kept as F16 h * rs (exact in
+    //   TF32; with RMS 1 per row F16's range loses nothing the TF32 products would keep), its
+    //   weight folded in likewise;
+    // - gate/up are kept as F16 for the gating backward (10-bit mantissas, as the TF32
+    //   products there), not as floats for the last layers only.
+    // TERN_TRAIN_FOLD=0: the float copies and the recompute, for A/B comparisons.
     const char* fold_env = std::getenv("TERN_TRAIN_FOLD");
-    fold_ = tf32_ && lora_skinny_enabled() && rank_ <= 32 && H_ % 4 == 0 && QD_ % 4 == 0 && !(fold_env != nullptr && std::string(fold_env) == "0");
+    fold_ = tf32_ && lora_skinny_enabled() && rank_ <= 32 && H_ % 4 == 0 && QD_ % 4 == 0 && F_ % 8 == 0 &&
+            !(fold_env != nullptr && std::string(fold_env) == "0");
     const size_t M = static_cast<size_t>(max_rows * max_len);
     auto fbuf = [&](size_t floats) { return DevBuf(floats * sizeof(float)); };
     xs_ = fbuf((c_.n_layers + 1) * M * H_);
     // The attention block's outputs (q|k|v roped, attention, xmid) and the LoRA A x of
-    // every layer are kept from the forward when they fit kKeepBytes: the backward then
-    // recomputes only the norms and the feed-forward block's gate/up.
-    const size_t keep_floats = M * (ldq_ + QD_ + H_ + c_.n_heads + kProjCount * std::max(rank_, 1));
-    keep_ = keep_floats * sizeof(float) * c_.n_layers <= kKeepBytes;
+    // every layer (with fold_ also the F16 gate/up and hn) are kept from the forward when they
+    // fit: the backward then recomputes only the norms and the feed-forward block's gate/up,
+    // or with fold_ nothing.
+    const size_t keep_floats = M * (ldq_ + QD_ + H_ + c_.n_heads + kProjCount * std::max(rank_, 1) + (fold_ ? 3 * F_ / 2 : 0));
+    keep_ = keep_floats * sizeof(float) * c_.n_layers <= (fold_ ? kKeepBytes + kGuKeepBytes : kKeepBytes);
     const size_t nl = keep_ ? c_.n_layers : 1;
     qkv_ = fbuf(nl * M * ldq_), att_ = fbuf(nl * M * QD_), xmid_ = fbuf(nl * M * H_);
     if (fold_) {
       rsn_ = fbuf(nl * 3 * M);
+      gu16_ = DevBuf(nl * M * 2 * F_ * 2), hn_ = DevBuf(nl * M * F_ * 2);
     } else {
+      hn_ = fbuf(M * F_);
       xn1_ = fbuf(M * H_), an_ = fbuf(M * QD_), xn2_ = fbuf(M * H_);
     }
     lse_ = fbuf(nl * M * c_.n_heads);
@@ -90,10 +99,10 @@ class CudaGradEngine final : public train::GradEngine {
     // input quantization in the backward), in slots 1.. after the working buffer.
     const size_t gu_floats = M * 2 * F_;
     // TERN_TRAIN_GU_KEEP=n caps the count (tests run the kept and recomputed paths side by side).
-    size_t gu_kept = keep_ ? std::min<size_t>(c_.n_layers, kGuKeepBytes / (gu_floats * sizeof(float))) : 0;
+    size_t gu_kept = keep_ && !fold_ ? std::min<size_t>(c_.n_layers, kGuKeepBytes / (gu_floats * sizeof(float))) : 0;
     if (const char* e = std::getenv("TERN_TRAIN_GU_KEEP")) gu_kept = std::min<size_t>(gu_kept, std::strtoul(e, nullptr, 10));
     gu_from_ = static_cast<int>(c_.n_layers - gu_kept);
-    gu_ = fbuf((1 + gu_kept) * gu_floats), hn_ = fbuf(M * F_), y_ = fbuf(M * H_);
+    gu_ = fbuf((1 + gu_kept) * gu_floats), y_ = fbuf(M * H_);
     lu_ = fbuf(nl * M * kProjCount * std::max(rank_, 1));
     for (int p = 0; p < kProjCount; ++p) {
       bits_off_[p] = bits_layer_;
@@ -421,6 +430,10 @@ class CudaGradEngine final : public train::GradEngine {
   float* att(int l) const { return att_.as<float>() + slot(l) * rows() * QD_; }
   float* xmid(int l) const { return xmid_.as<float>() + slot(l) * rows() * H_; }
   bool gu_kept(int l) const { return l >= gu_from_; }
+  // Down's LoRA input: RMSNorm(h) * w, or with fold_ F16 h * rs per (kept) layer.
+  float* hn(int l) const { return fold_ ? reinterpret_cast<float*>(hn_.as<__half>() + slot(l) * rows() * F_) : hn_.as<float>(); }
+  // fold_: F16 [gate | up] per (kept) layer, for the gating backward.
+  __half* gu16(int l) const { return gu16_.as<__half>() + slot(l) * rows() * 2 * F_; }
   float* gu(int l) const { return gu_.as<float>() + (gu_kept(l) ? 1 + l - gu_from_ : 0) * rows() * 2 * F_; }
   // The tf32 attention forward's log-sum-exp per row and head (flash_attention_bwd reads it).
   float* lse(int l) const { return lse_.as<float>() + slot(l) * rows() * c_.n_heads; }
@@ -437,11 +450,14 @@ class CudaGradEngine final : public train::GradEngine {
       d.bits = bits_.as<uint32_t>() + slot(l) * bits_layer_ + bits_off_[static_cast<int>(p)];
       d.write_bits = true;
     }
-    if (fold_ && p != Proj::Down) {  // down's input (the sub-norm of act(gate) * up) stays a copy: h is not kept
+    const LayerW& w = layers_[l];
+    if (fold_ && p != Proj::Down) {
       const int k = norm_of(p);
-      const LayerW& w = layers_[l];
       d.norm_rs = rsn(l, k);
       d.norm_w = (k == 0 ? w.attn_norm : k == 1 ? w.attn_sub_norm : w.ffn_norm).as<float>();
+    } else if (fold_ && p == Proj::Down) {  // hn(l): F16 h * rs
+      d.norm_w = w.ffn_sub_norm.as<float>();
+      d.x_f16 = true;
     }
     return d;
   }
@@ -476,6 +492,7 @@ class CudaGradEngine final : public train::GradEngine {
   // gate/up block (the rest was kept).
   void recompute(int l) {
     if (!keep_) return layer_fwd(l, x(l), nullptr);
+    if (fold_) return;  // everything the backward reads was kept
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
     const bool gemm = !gu_kept(l);
@@ -492,8 +509,8 @@ class CudaGradEngine final : public train::GradEngine {
     }
     mark("f.norm_quant");
     if (gemm) ternary(l, w.gu8, H_, 2 * F_, gu(l), scales_gu(w), {Proj::Gate, Proj::Up});
-    launch_train_norm_quant(gu(l), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn_.as<float>(), nullptr,
-                            0, nullptr, st_);
+    launch_train_norm_quant(gu(l), 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn(l), nullptr, 0,
+                            nullptr, st_);
     mark("f.norm_quant");
   }
 
@@ -546,7 +563,7 @@ class CudaGradEngine final : public train::GradEngine {
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>(), *y = y_.as<float>();
-    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = hn_.as<float>();
+    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = this->hn(l);
     // Attention block.
     // (fold_: no normalized copies; the LoRA products take the norm's input and row scales)
     launch_train_norm_quant(xin, H_, false, 0, w.attn_norm.as<float>(), H_, eps, M_, nullptr, xn1, q8_.as<int8_t>(), kpad(H_), s_.as<float>(), st_,
@@ -571,9 +588,12 @@ class CudaGradEngine final : public train::GradEngine {
     lora_u(l, {Proj::Gate, Proj::Up}, fold_ ? xmid : xn2);
     mark("f.lora");
     ternary(l, w.gu8, H_, 2 * F_, gu, scales_gu(w), {Proj::Gate, Proj::Up});
-    // h = act(gate) * up is not kept: the backward recomputes it (launch_gated_rmsnorm_bwd).
-    launch_train_norm_quant(gu, 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, hn,
-                            xout != nullptr ? q8_.as<int8_t>() : nullptr, kpad(F_), s_.as<float>(), st_);
+    // h = act(gate) * up is not kept: the backward recomputes it (launch_gated_rmsnorm_bwd),
+    // with fold_ from the F16 gate/up.
+    // (fold_: hn as F16 h * rs, and F16 gate/up for the gating backward, both kept)
+    launch_train_norm_quant(gu, 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, fold_ ? nullptr : hn,
+                            xout != nullptr ? q8_.as<int8_t>() : nullptr, kpad(F_), s_.as<float>(), st_, nullptr, fold_ ? hn : nullptr,
+                            fold_ ? gu16(l) : nullptr);
     mark("f.norm_quant");
     lora_u(l, {Proj::Down}, hn);  // the backward needs only its A x
     mark("f.lora");
@@ -648,7 +668,7 @@ class CudaGradEngine final : public train::GradEngine {
     const LayerW& w = layers_[l];
     const float eps = c_.rms_eps;
     float *qkv = this->qkv(l), *xn1 = xn1_.as<float>(), *att = this->att(l), *an = an_.as<float>();
-    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = hn_.as<float>();
+    float *xmid = this->xmid(l), *xn2 = xn2_.as<float>(), *gu = this->gu(l), *hn = this->hn(l);
     float *dhn = dhn_.as<float>(), *dgu = dgu_.as<float>(), *dxn = dxn_.as<float>(), *dan = dan_.as<float>();
     float *datt = datt_.as<float>(), *dqkv = dqkv_.as<float>();
     // Feed-forward block: out = xmid + Down(hn).
@@ -656,7 +676,8 @@ class CudaGradEngine final : public train::GradEngine {
     float* rs_dx = tf32_ ? rs_dx_.as<float>() : nullptr;
     float* rs_gu = tf32_ ? rs_gu_.as<float>() : nullptr;
     linear_bwd(l, w16(w.down8, H_, F_), dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}}, dx_rs);
-    launch_gated_rmsnorm_bwd(gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn, M_, F_, eps, dgu, 2 * F_, st_, rs_gu, w.sg, w.su);
+    launch_gated_rmsnorm_bwd(fold_ ? reinterpret_cast<const float*>(gu16(l)) : gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn,
+                             M_, F_, eps, dgu, 2 * F_, st_, rs_gu, w.sg, w.su, fold_);
     mark("b.gated_rmsnorm");
     linear_bwd(l, w16(w.gu8, 2 * F_, H_), dgu, 2 * F_, scales_gu(w), 1.0f, H_, fold_ ? xmid : xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu);
     launch_rmsnorm_bwd(xmid, w.ffn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, rs_dx);  // dx = d xmid now
@@ -708,7 +729,8 @@ class CudaGradEngine final : public train::GradEngine {
   DevBuf params_, grads_, m_, v_, norm_scratch_;  // m_, v_: AdamW moments
   std::vector<float> host_;
   // Activations ([M][...] rows) and gradients.
-  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, lse_, gu_, hn_, y_, lu_, q8_, s_;
+  DevBuf xs_, xn1_, qkv_, att_, an_, xmid_, xn2_, lse_, gu_, y_, lu_, q8_, s_;
+  DevBuf hn_, gu16_;  // down's LoRA input (hn(l)); fold_: F16 gate/up (gu16(l))
   DevBuf rsn_;  // fold_: the inverse RMS of each row for the three norms before LoRA inputs, per (kept) layer
   DevBuf rs_dx_, rs_gu_;  // split row scales of dx and dgu from their producers (lora_dy_pass)
   DevBuf dx_, dhn_, dgu_, dxn_, dan_, datt_, dqkv_, xc_, dxc_;

@@ -322,12 +322,17 @@ std::vector<float> split_gemm_lora(const std::vector<float>& A, int M, int N, co
 TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps) {
   DevBuf dx_ = upload_vec(x), dw = upload_vec(w), h = nan_buf(static_cast<size_t>(M) * n), xn = nan_buf(static_cast<size_t>(M) * n);
   const int ldq = (n + 15) / 16 * 16 + 16;  // a pad that must come back as zeros
-  DevBuf q(static_cast<size_t>(M) * ldq), s = nan_buf(M);
+  DevBuf q(static_cast<size_t>(M) * ldq), s = nan_buf(M), rs = nan_buf(M);
+  DevBuf x16 = nan_buf(static_cast<size_t>(M) * n), gu16 = nan_buf(static_cast<size_t>(M) * n);  // (F16: half the floats)
   TERN_CUDA_CHECK(cudaMemset(q.as<void>(), 0x55, q.size()));
   launch_train_norm_quant(dx_.as<float>(), gated ? 2 * n : n, gated, act, dw.as<float>(), n, eps, M, gated ? h.as<float>() : nullptr,
-                          xn.as<float>(), q.as<int8_t>(), ldq, s.as<float>(), nullptr);
+                          xn.as<float>(), q.as<int8_t>(), ldq, s.as<float>(), nullptr, rs.as<float>(), x16.as<void>(),
+                          gated ? gu16.as<void>() : nullptr);
   TrainQuantized r;
   if (gated) r.h = download<float>(h, static_cast<size_t>(M) * n);
+  if (gated) r.gu16 = download<uint16_t>(gu16, static_cast<size_t>(M) * 2 * n);
+  r.x16 = download<uint16_t>(x16, static_cast<size_t>(M) * n);
+  r.rs = download<float>(rs, M);
   r.xn = download<float>(xn, static_cast<size_t>(M) * n);
   r.s = download<float>(s, M);
   const auto q8 = download<int8_t>(q, static_cast<size_t>(M) * ldq);
@@ -374,10 +379,14 @@ std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<fl
 }
 
 std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
-                                     int act, float eps, std::vector<float>* rscale, float s_gate, float s_up) {
-  DevBuf dgu_in = upload_vec(gu), dw = upload_vec(w), ddy = upload_vec(dy), out = nan_buf(gu.size()), rs = nan_buf(M);
+                                     int act, float eps, std::vector<float>* rscale, float s_gate, float s_up, bool gu_f16) {
+  std::vector<uint16_t> gu16;
+  if (gu_f16) {
+    for (float v : gu) gu16.push_back(f32_to_f16(v));
+  }
+  DevBuf dgu_in = gu_f16 ? upload_vec(gu16) : upload_vec(gu), dw = upload_vec(w), ddy = upload_vec(dy), out = nan_buf(gu.size()), rs = nan_buf(M);
   launch_gated_rmsnorm_bwd(dgu_in.as<float>(), 2 * n, act, dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), 2 * n, nullptr,
-                           rscale != nullptr ? rs.as<float>() : nullptr, s_gate, s_up);
+                           rscale != nullptr ? rs.as<float>() : nullptr, s_gate, s_up, gu_f16);
   if (rscale != nullptr) *rscale = download<float>(rs, M);
   return download<float>(out, gu.size());
 }
@@ -431,8 +440,12 @@ DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, flo
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
                           const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in, bool bits,
-                          bool tf32, const std::vector<float>* norm_rs, const std::vector<float>* norm_w) {
-  DevBuf dxx = upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dseed = upload_vec(std::vector<uint64_t>{seed});
+                          bool tf32, const std::vector<float>* norm_rs, const std::vector<float>* norm_w, bool x_f16) {
+  std::vector<uint16_t> x16;
+  if (x_f16) {
+    for (float v : x) x16.push_back(f32_to_f16(v));
+  }
+  DevBuf dxx = x_f16 ? upload_vec(x16) : upload_vec(x), dA_ = upload_vec(A), dB_ = upload_vec(B), dseed = upload_vec(std::vector<uint64_t>{seed});
   DevBuf u = nan_buf(static_cast<size_t>(M) * r), y = upload_vec(y_in), ddy = upload_vec(dy), gx = upload_vec(dx_in);
   DevBuf gA = upload_vec(dA_in), gB = upload_vec(dB_in);
   TrainBlas blas(nullptr);
@@ -444,10 +457,9 @@ LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>&
     d.bits = mask_bits.as<uint32_t>(), d.write_bits = true;
   }
   DevBuf rs, w;
-  if (norm_rs != nullptr) {
-    rs = upload_vec(*norm_rs), w = upload_vec(*norm_w);
-    d.norm_rs = rs.as<float>(), d.norm_w = w.as<float>();
-  }
+  if (norm_rs != nullptr) rs = upload_vec(*norm_rs), d.norm_rs = rs.as<float>();
+  if (norm_w != nullptr) w = upload_vec(*norm_w), d.norm_w = w.as<float>();
+  d.x_f16 = x_f16;
   lora_fwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), M, in, r, out, scaling, d, u.as<float>(), y.as<float>(), out, true,
                tf32);
   lora_bwd_gpu(blas, dxx.as<float>(), dA_.as<float>(), dB_.as<float>(), u.as<float>(), ddy.as<float>(), out, M, in, r, out, scaling, d,

@@ -100,9 +100,11 @@ std::vector<uint16_t> i8_to_f16_rows(const std::vector<int8_t>& src, int rows, i
 
 // launch_train_norm_quant: x [M][n] (gated: [M][2n] = [gate | up], act 0 relu2 1 silu 2 gelu).
 struct TrainQuantized {
-  std::vector<float> h, xn, s;  // h only when gated
-  std::vector<int32_t> q;       // [M][n]
-  std::vector<int32_t> pad;     // each row's padding up to the GEMM stride (must be 0)
+  std::vector<float> h, xn, s, rs;  // h only when gated; rs: each row's inverse RMS
+  std::vector<int32_t> q;           // [M][n]
+  std::vector<int32_t> pad;         // each row's padding up to the GEMM stride (must be 0)
+  std::vector<uint16_t> x16;        // F16 [M][n]: v * rs (x16_out)
+  std::vector<uint16_t> gu16;       // F16 [M][2n], gated only: the input (gu16_out)
 };
 TrainQuantized train_norm_quant(const std::vector<float>& x, const std::vector<float>& w, int M, int n, bool gated, int act, float eps);
 
@@ -118,8 +120,10 @@ std::vector<float> linear_epilogue(const std::vector<int32_t>& y, int M, int N, 
 std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
                                float eps, const std::vector<float>& dx_in, bool accumulate, std::vector<float>* rscale = nullptr);
 // launch_gated_rmsnorm_bwd on gu [M][2n] = [gate | up], dy [M][n]: [M][2n] = [d gate | d up].
+// gu_f16: gu goes to the device as F16 (its values should be exact in F16 to compare).
 std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
-                                     int act, float eps, std::vector<float>* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f);
+                                     int act, float eps, std::vector<float>* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f,
+                                     bool gu_f16 = false);
 struct LoraGrads {
   std::vector<float> u, y, dx, dA, dB;
 };
@@ -127,13 +131,13 @@ struct LoraGrads {
 // as given; dropout masks from the seed as train::dropout_mask(M * in, p, seed), stored as
 // bits by the forward and read by the backward when `bits` (as the training step does).
 // tf32: the --precision tf32 products (lora_mma.cu's tensor-core kernels where they apply).
-// norm_rs [M], norm_w [in] (both or neither): x is a norm's input and the LoRA input is
-// x * norm_rs[m] * norm_w[c] (DropoutSpec::norm_rs; tf32 only).
+// norm_rs [M], norm_w [in] (each nullable): the LoRA input is x * norm_rs[m] * norm_w[c]
+// (DropoutSpec::norm_rs; tf32 only); x_f16: x goes to the device as F16 (DropoutSpec::x_f16).
 LoraGrads lora_round_trip(const std::vector<float>& x, const std::vector<float>& A, const std::vector<float>& B, int M, int in, int r,
                           int out, float scaling, uint64_t seed, float p, const std::vector<float>& y_in, const std::vector<float>& dy,
                           const std::vector<float>& dx_in, const std::vector<float>& dA_in, const std::vector<float>& dB_in,
                           bool bits = false, bool tf32 = false, const std::vector<float>* norm_rs = nullptr,
-                          const std::vector<float>* norm_w = nullptr);
+                          const std::vector<float>* norm_w = nullptr, bool x_f16 = false);
 
 // train_attention.cu round trips: RoPE backward in place on dy [M][nh*hd] (positions
 // pos0..), and attention forward + backward of B sequences of T positions (rows b*T + t).

@@ -37,12 +37,17 @@ template <bool GATED, int VPT>
 __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float* __restrict__ x, int ldx, int act, const float* __restrict__ w,
                                                                     int n, float eps, float* __restrict__ h_out, float* __restrict__ xn_out,
                                                                     int8_t* __restrict__ q8out, int ldq, float* __restrict__ s_out,
-                                                                    float* __restrict__ rs_out) {
+                                                                    float* __restrict__ rs_out, __half* __restrict__ x16_out,
+                                                                    __half* __restrict__ gu16_out) {
   __shared__ NormScratch sc;
   const int64_t m = blockIdx.x;
   const float* row = x + m * ldx;
   float* h = GATED && h_out != nullptr ? h_out + m * n : nullptr;
-  auto value = [&](int i) { return GATED ? gated(row[i], row[n + i], act) : row[i]; };
+  __half* g16 = GATED && gu16_out != nullptr ? gu16_out + m * 2 * n : nullptr;
+  auto value = [&](int i) {
+    if (GATED && g16 != nullptr) g16[i] = __float2half_rn(row[i]), g16[n + i] = __float2half_rn(row[n + i]);
+    return GATED ? gated(row[i], row[n + i], act) : row[i];
+  };
   float v[VPT > 0 ? VPT : 1];
   double ss = 0;
   if constexpr (VPT > 0) {
@@ -69,10 +74,12 @@ __global__ void __launch_bounds__(kThreads) train_norm_quant_kernel(const float*
   const float r = 1.0f / sqrtf(static_cast<float>(ss / n) + eps);
   if (rs_out != nullptr && threadIdx.x == 0) rs_out[m] = r;
   float amax = 0.0f;
-  auto again = [&](int i) { return GATED ? (h != nullptr ? h[i] : value(i)) : row[i]; };  // VPT = 0: the value re-read
+  auto again = [&](int i) { return GATED ? (h != nullptr ? h[i] : gated(row[i], row[n + i], act)) : row[i]; };  // VPT = 0: the value re-read
   auto normed = [&](int i, float t) {
-    const float y = w[i] * (t * r);
+    const float tr = t * r;
+    const float y = w[i] * tr;
     if (xn_out != nullptr) xn_out[m * n + i] = y;
+    if (x16_out != nullptr) x16_out[m * n + i] = __float2half_rn(tr);
     amax = fmaxf(amax, fabsf(y));
     return y;
   };
@@ -311,13 +318,13 @@ __global__ void __launch_bounds__(kThreads) i8_to_f16_rows_kernel(const int8_t* 
 
 template <bool GATED>
 void launch_norm_quant_vpt(const float* x, int ldx, int act, const float* w, int n, float eps, int M, float* h_out, float* xn_out, int8_t* q8,
-                           int ldq, float* s, float* rs, cudaStream_t st) {
+                           int ldq, float* s, float* rs, __half* x16, __half* gu16, cudaStream_t st) {
   if (n <= 12 * kThreads) {
-    train_norm_quant_kernel<GATED, 12><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs);
+    train_norm_quant_kernel<GATED, 12><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs, x16, gu16);
   } else if (n <= 28 * kThreads) {
-    train_norm_quant_kernel<GATED, 28><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs);
+    train_norm_quant_kernel<GATED, 28><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs, x16, gu16);
   } else {
-    train_norm_quant_kernel<GATED, 0><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs);
+    train_norm_quant_kernel<GATED, 0><<<M, kThreads, 0, st>>>(x, ldx, act, w, n, eps, h_out, xn_out, q8, ldq, s, rs, x16, gu16);
   }
 }
 
@@ -457,12 +464,14 @@ void launch_i8_to_f16_rows(const int8_t* src, int64_t rows, int K, int lds, void
 }
 
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
-                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st, float* rs_out) {
+                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st, float* rs_out, void* x16_out,
+                             void* gu16_out) {
   if (M <= 0) return;
+  auto *x16 = static_cast<__half*>(x16_out), *gu16 = static_cast<__half*>(gu16_out);
   if (gated) {
-    launch_norm_quant_vpt<true>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, rs_out, st);
+    launch_norm_quant_vpt<true>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, rs_out, x16, gu16, st);
   } else {
-    launch_norm_quant_vpt<false>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, rs_out, st);
+    launch_norm_quant_vpt<false>(x, ldx, act, w, n, eps, M, h_out, xn_out, q8, ldq, s, rs_out, x16, nullptr, st);
   }
   TERN_CUDA_LAUNCHED("train_norm_quant_kernel");
 }

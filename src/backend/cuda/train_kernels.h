@@ -20,8 +20,12 @@ namespace tern::cuda {
 // then zeros up to ldq (the int8 GEMM's padded K), and s[m] its scale (cpu::rmsnorm +
 // cpu::gated_activation + cpu::quantize_row_i8, bit for bit); q8 null: neither q8 nor s.
 // rs_out (nullable): each row's inverse RMS, RMSNorm(v) = v * rs * w (DropoutSpec::norm_rs).
+// x16_out (nullable, F16 [M][n]): v * rs rounded to F16, RMSNorm(v) without its weight
+// (DropoutSpec::x_f16 with norm_w). gu16_out (nullable, gated, F16 [M][2n]): [gate | up]
+// rounded to F16 (launch_gated_rmsnorm_bwd's gu_f16).
 void launch_train_norm_quant(const float* x, int ldx, bool gated, int act, const float* w, int n, float eps, int M, float* h_out,
-                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st, float* rs_out = nullptr);
+                             float* xn_out, int8_t* q8, int ldq, float* s, cudaStream_t st, float* rs_out = nullptr,
+                             void* x16_out = nullptr, void* gu16_out = nullptr);
 // dst [rows][ldd] int8 = src [rows][K] F16 integers, zeros in columns K..ldd (the ternary
 // weights for the int8 GEMM, from their F16 copy).
 void launch_f16_to_i8_rows(const void* src, int64_t rows, int K, int8_t* dst, int ldd, cudaStream_t st);
@@ -62,11 +66,15 @@ struct DropoutSpec {
   bool write_bits = false;   // this pass hashes and fills `bits`; else it reads them
   // The LoRA input passed as its RMSNorm's input x (lora_mma.cu's kernels only, tf32):
   // element (m, c) of the input is x[m][c] * norm_rs[m] * norm_w[c], the norm's inverse RMS
-  // and weight, so the training step writes no normalized copy for the LoRA products. The
-  // mask and 1 / (1 - p) apply as always. Null: x is the input itself.
+  // and weight (either may be null: 1), so the training step writes no normalized copy for
+  // the LoRA products. The mask and 1 / (1 - p) apply as always.
   const float* norm_rs = nullptr;
   const float* norm_w = nullptr;
+  // x holds F16 values (the `const float*` x is an F16 array; lora_mma.cu only, K % 8 == 0).
+  bool x_f16 = false;
 };
+// Whether the input needs lora_mma.cu's kernels (no other path reads these inputs).
+inline bool folded(const DropoutSpec& d) { return d.norm_rs != nullptr || d.norm_w != nullptr || d.x_f16; }
 __host__ __device__ inline int dropout_words(int n) { return (n + 31) / 32; }
 // out[m][c] (+)= keep(m, c) ? src[m][c] / (1 - p) : 0 (rows of n, strides lds / ldo).
 void launch_dropout(const float* src, int lds, int M, int n, const DropoutSpec& d, float* out, int ldo, bool accumulate, cudaStream_t st);
@@ -82,9 +90,10 @@ void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, 
 // gu = [gate | up] (F each, row stride ldi), dy [M][F] the gradient w.r.t. RMSNorm(h) * w;
 // dgu = [d gate | d up] (row stride ldo) = train::rmsnorm_bwd then train::gated_act_bwd,
 // the same arithmetic as launch_rmsnorm_bwd (act 0 relu2, 1 silu, 2 gelu). rscale as
-// launch_rmsnorm_bwd's, for dgu with column scales s_gate | s_up.
+// launch_rmsnorm_bwd's, for dgu with column scales s_gate | s_up. gu_f16: gu holds F16
+// values (launch_train_norm_quant's gu16_out).
 void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w, const float* dy, int M, int F, float eps, float* dgu, int ldo,
-                              cudaStream_t st, float* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f);
+                              cudaStream_t st, float* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f, bool gu_f16 = false);
 // train::lora_fwd: u [M][r] = dropout(x) A^T, y (+)= scaling u B^T (y row stride ldy;
 // x [M][in] contiguous; y null: u only). tf32: the products on TF32 tensor cores.
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,

@@ -79,24 +79,28 @@ __device__ __forceinline__ void gated_bwd(float gi, float ui, float d, int act, 
 // is recomputed from [gate | up] (so the forward never stores it), then rmsnorm_bwd_kernel's
 // sums and dh, then gated_bwd; dh never reaches memory. VPT > 0: the row's g and u stay in
 // registers (n <= VPT * kThreads; dy is read twice), else everything is read twice. Rounds
-// exactly as rmsnorm_bwd_kernel followed by the gating backward.
-template <int VPT>
-__global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const float* __restrict__ gu, int ldi, int act,
+// exactly as rmsnorm_bwd_kernel followed by the gating backward. TI: float, or __half for
+// the F16 gate/up the training step keeps with --precision tf32.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <int VPT, class TI>
+__global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const TI* __restrict__ gu, int ldi, int act,
                                                                      const float* __restrict__ w, const float* __restrict__ dy, int n,
                                                                      float eps, float* __restrict__ dgu, int ldo,
                                                                      float* __restrict__ rscale, float s_gate, float s_up) {
   __shared__ double sd[kThreads / 32];
   __shared__ float sf[kThreads / 32];
   const int64_t m = blockIdx.x;
-  const float *g = gu + m * ldi, *u = g + n, *dyr = dy + m * n;
+  const TI *g = gu + m * ldi, *u = g + n;
+  const float* dyr = dy + m * n;
   constexpr int V = VPT > 0 ? VPT : 1;
   float gv[V], uv[V];
   if constexpr (VPT > 0) {
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int i = threadIdx.x + k * kThreads;
-      gv[k] = i < n ? g[i] : 0.0f;
-      uv[k] = i < n ? u[i] : 0.0f;
+      gv[k] = i < n ? to_float(g[i]) : 0.0f;
+      uv[k] = i < n ? to_float(u[i]) : 0.0f;
     }
   }
   auto each = [&](auto f) {  // f(i, g[i], u[i]) over this thread's columns, in order
@@ -106,7 +110,7 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const float
         if (threadIdx.x + k * kThreads < n) f(threadIdx.x + k * kThreads, gv[k], uv[k]);
       }
     } else {
-      for (int i = threadIdx.x; i < n; i += kThreads) f(i, g[i], u[i]);
+      for (int i = threadIdx.x; i < n; i += kThreads) f(i, to_float(g[i]), to_float(u[i]));
     }
   };
   double ss = 0.0, dot = 0.0;
@@ -250,12 +254,19 @@ void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, 
 }
 
 void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w, const float* dy, int M, int F, float eps, float* dgu, int ldo,
-                              cudaStream_t st, float* rscale, float s_gate, float s_up) {
+                              cudaStream_t st, float* rscale, float s_gate, float s_up, bool gu_f16) {
   if (M <= 0 || F <= 0) return;
-  if (F <= 28 * kThreads) {
-    gated_rmsnorm_bwd_kernel<28><<<M, kThreads, 0, st>>>(gu, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
+  auto run = [&](const auto* in) {
+    if (F <= 28 * kThreads) {
+      gated_rmsnorm_bwd_kernel<28><<<M, kThreads, 0, st>>>(in, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
+    } else {
+      gated_rmsnorm_bwd_kernel<0><<<M, kThreads, 0, st>>>(in, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
+    }
+  };
+  if (gu_f16) {
+    run(reinterpret_cast<const __half*>(gu));
   } else {
-    gated_rmsnorm_bwd_kernel<0><<<M, kThreads, 0, st>>>(gu, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
+    run(gu);
   }
   TERN_CUDA_LAUNCHED("gated_rmsnorm_bwd_kernel");
 }
@@ -263,7 +274,7 @@ void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w,
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
                   const DropoutSpec& d, float* u, float* y, int ldy, bool accumulate, bool tf32) {
   if (!lora_rows_product(blas, x, M, in, A, r, d, u, tf32)) {
-    if (d.norm_rs != nullptr) throw_error("CUDA training: a folded RMSNorm needs lora_mma.cu's kernels (tf32, rank <= 32)");
+    if (folded(d)) throw_error("CUDA training: a folded RMSNorm or F16 input needs lora_mma.cu's kernels (tf32, rank <= 32)");
     const float* xd = x;
     if (d.p > 0.0f) {
       auto* t = static_cast<float*>(blas.scratch(kSlotLoraX, static_cast<size_t>(M) * in * sizeof(float)));
@@ -305,7 +316,7 @@ void lora_bwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* 
   }
   if (dB != nullptr) blas.mark("b.lora.dB");
   if (!lora_cols_product(blas, du, x, M, in, r, 1.0f, dd, dA, tf32)) {
-    if (d.norm_rs != nullptr) throw_error("CUDA training: a folded RMSNorm needs lora_mma.cu's kernels (tf32, rank <= 32)");
+    if (folded(d)) throw_error("CUDA training: a folded RMSNorm or F16 input needs lora_mma.cu's kernels (tf32, rank <= 32)");
     const float* xd = x;
     if (drop) {
       launch_dropout(x, in, M, in, dd, scratch_x(), in, false, blas.stream());
