@@ -605,6 +605,24 @@ TEST(CudaKernels, TrainingOpsMatchCpu) {
       }
       EXPECT_LT(test::rel_l2(gg.data(), wg.data(), wg.size()), 1e-5) << "gated rmsnorm dg act " << act << " n " << nb << (f16 ? " f16" : "");
       EXPECT_LT(test::rel_l2(gv.data(), wu.data(), wu.size()), 1e-5) << "gated rmsnorm du act " << act << " n " << nb << (f16 ? " f16" : "");
+      if (!f16) continue;
+      // The split written instead of dgu (the training step with --precision tf32): bit for
+      // bit split_rows_kernel's rule applied to the dgu and row scales of a plain run.
+      const float sgt = 0.75f, sup = 1.5f;
+      std::vector<float> rs1, rs2;
+      std::vector<uint16_t> sp;
+      const auto ref = ct::gated_rmsnorm_bwd(gu, sw, sdy, M, nb, act, 1e-5f, &rs1, sgt, sup, true);
+      ct::gated_rmsnorm_bwd(gu, sw, sdy, M, nb, act, 1e-5f, &rs2, sgt, sup, true, &sp);
+      EXPECT_EQ(rs1, rs2) << "gated rmsnorm split row scales act " << act << " n " << nb;
+      size_t bad = 0;
+      for (int m = 0; m < M; ++m) {
+        const int e = -std::ilogb(rs1[m]);
+        for (int i = 0; i < 2 * nb; ++i) {
+          const size_t k = static_cast<size_t>(m) * 2 * nb + i;
+          bad += sp[k] != f32_to_f16(std::ldexp(ref[k] * (i < nb ? sgt : sup), e)) ? 1 : 0;
+        }
+      }
+      EXPECT_EQ(bad, 0u) << "gated rmsnorm split act " << act << " n " << nb;
     }
   }
   // LoRA branch: the one-pass kernels (lora_skinny.cu: ranks up to 64, widths a multiple of
@@ -739,17 +757,7 @@ TEST(CudaKernels, LoraDyPassMatchesCpu) {
       }
       return 1.0f;
     };
-    std::vector<float> rs;
-    if (!c.seg_end.empty()) {
-      for (int m = 0; m < M; ++m) {
-        float amax = 0.0f;
-        for (int i = 0; i < N; ++i) amax = std::max(amax, std::fabs(dy[static_cast<size_t>(m) * N + i] * cs(i)));
-        rs.push_back(host_rscale(amax));
-      }
-    }
-    const auto got = ct::lora_dy_pass(dy, M, N, r, scaling, parts, rs, c.seg_end, c.seg_scale);
-    const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " r=" + std::to_string(r);
-    ASSERT_TRUE(got.applied) << what;
+    auto check_dy_pass = [&](const ct::DyPassResult& got, const std::string& what) {
     for (size_t p = 0; p < parts.size(); ++p) {
       const ct::DyPassPart& q = parts[p];
       if (q.B.empty()) continue;
@@ -793,6 +801,26 @@ TEST(CudaKernels, LoraDyPassMatchesCpu) {
       } else {
         EXPECT_LT(std::sqrt(e2 / w2), 5e-3) << what << " part " << p << " dB";
       }
+    }
+    };
+    std::vector<float> rs;
+    if (!c.seg_end.empty()) {
+      for (int m = 0; m < M; ++m) {
+        float amax = 0.0f;
+        for (int i = 0; i < N; ++i) amax = std::max(amax, std::fabs(dy[static_cast<size_t>(m) * N + i] * cs(i)));
+        rs.push_back(host_rscale(amax));
+      }
+    }
+    const auto got = ct::lora_dy_pass(dy, M, N, r, scaling, parts, rs, c.seg_end, c.seg_scale);
+    const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " r=" + std::to_string(r);
+    ASSERT_TRUE(got.applied) << what;
+    check_dy_pass(got, what);
+    if (!c.seg_end.empty()) {
+      // dy given as that split (the gating backward's output with --precision tf32): the same
+      // du and dB to F16's precision, which the tolerances cover.
+      const auto got16 = ct::lora_dy_pass({}, M, N, r, scaling, parts, rs, c.seg_end, c.seg_scale, &got.split);
+      ASSERT_TRUE(got16.applied) << what << " F16 dy";
+      check_dy_pass(got16, what + " F16 dy");
     }
     if (!c.seg_end.empty()) {
       size_t bad = 0;

@@ -169,6 +169,20 @@ __device__ __forceinline__ float gated(float g, float u, int act) {
 __device__ __forceinline__ int row_split_exp(float amax) { return amax > 0.0f ? -ilogbf(amax) : 0; }
 __device__ __forceinline__ float row_rscale(float amax) { return ldexpf(1.0f, -row_split_exp(amax)); }
 
+// split_rows_kernel's one-term F16 value f16(ldexpf(v, e)) for a row of scale rscale = 2^-e,
+// as v 2^e1 2^e2 (e1 + e2 = e, both factors normal floats): the same F16 wherever the value
+// reaches F16's range (the products are exact there), without ldexpf's per-element range
+// handling.
+struct SplitPow2 {
+  float p1, p2;
+};
+__device__ __forceinline__ SplitPow2 split_pow2(float rscale) {  // a normal or subnormal power of two
+  const int bits = __float_as_int(rscale), be = bits >> 23;
+  const int e = be != 0 ? 127 - be : 149 - (31 - __clz(bits)), e1 = e >> 1;
+  return SplitPow2{__int_as_float((e1 + 127) << 23), __int_as_float((e - e1 + 127) << 23)};
+}
+__device__ __forceinline__ __half split_half(float v, SplitPow2 e) { return __float2half_rn(__fmul_rn(__fmul_rn(v, e.p1), e.p2)); }
+
 // Stores v as 16-bit terms whose sum is v to ~22 bits (tensor-core GEMMs on split inputs,
 // head_gemm.cu / head_loss.cu): TYPE 1 = 2 F16 terms, TYPE 2 = 3 BF16 terms, term t at
 // out[at + t * stride] (out of __half or __nv_bfloat16).

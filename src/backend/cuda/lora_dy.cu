@@ -15,6 +15,9 @@
 //      warps' [16][r] sums meet in shared memory (double-buffered: one barrier a step) and
 //      leave as the block's [strip][M][r] partial.
 //  split: the same float4s, scaled as split_rows_kernel scales them, stored as __half.
+// IN16 (DyPass::dy_f16): dy arrives as that split itself (F16, half the bytes; its producer,
+// the gating backward, wrote it instead of float32 dy): du and dB from it, the row scales
+// applied to u's rows (dB) and to the du sums, 1 / the part's column scale to both.
 // Partials are summed in order (dy_sums_kernel, one launch for every part): deterministic.
 #include <cstdint>
 #include <cstdlib>
@@ -33,11 +36,32 @@ namespace {
 constexpr int kWarps = 4, kWidth = kWarps * 32, kStep = 16, kStages = 3, kRanks = 16;
 // dy rows padded to kXLd floats (= 8 mod 32: the dB reads, rows t = 0..3, hit distinct
 // banks; the du reads conflict 2-way), u rows to kULd (= 24 mod 32, as lora_mma.cu's).
-constexpr int kXLd = kWidth + 8, kULd = 24, kStageFloats = kStep * (kXLd + kULd + 1);  // + the rows' rscale
+// F16 dy rows (IN16) are kXLdH halves (288 bytes = 8 words mod 32: each bank serves two of
+// the 16 rows' 64 bytes either read pattern touches, the minimum of two wavefronts).
+constexpr int kXLd = kWidth + 8, kXLdH = kWidth + 16, kULd = 24;
+template <bool IN16>
+__host__ __device__ constexpr int stage_floats() {  // + the rows' rscale
+  return kStep * ((IN16 ? kXLdH / 2 : kXLd) + kULd + 1);
+}
 // The du sums' exchange: [2][warp][row][kRedLd] (24 = 24 mod 32: the lanes' float2 stores
 // hit distinct banks; with 16 they conflicted 4-way).
 constexpr int kRedLd = 24, kRedFloats = 2 * kWarps * kStep * kRedLd;
-constexpr int kSmemBytes = (kStages * kStageFloats + kRedFloats) * 4;  // 41.2 KB: 5 blocks per SM
+template <bool IN16>
+constexpr int smem_bytes() {  // 41.2 KB (float dy): 5 blocks per SM
+  return (kStages * stage_floats<IN16>() + kRedFloats) * 4;
+}
+
+// Four consecutive dy values of a staged row (floats or F16).
+template <bool IN16>
+__device__ __forceinline__ float4 staged4(const float* xs, int row, int col) {
+  if constexpr (IN16) {
+    const uint2 h = *reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(xs) + row * kXLdH + col);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&h.x)), b = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  } else {
+    return *reinterpret_cast<const float4*>(xs + row * kXLd + col);
+  }
+}
 // Row chunks per strip aim at this many blocks per SM (H100, 2b-4t step: 3, 5, 10 gave
 // 29,423, 29,298, 29,333 tok/s; 5 fit at 93 registers under __launch_bounds__(128, 5)).
 constexpr int kBlocksPerSm = 3;
@@ -54,7 +78,9 @@ struct DyArgs {
   __half* split;
 };
 
+template <bool IN16>
 __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __restrict__ dy, int M, int N, int chunk, const DyArgs a) {
+  constexpr int kStageFloats = stage_floats<IN16>();
   extern __shared__ float smem[];
   float* red = smem + kStages * kStageFloats;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
@@ -65,32 +91,41 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
   for (int i = 0; i < 3; ++i) {  // (unrolled: a dynamic index into the arguments would copy them to the stack)
     if (i < a.n && cb0 >= a.beg[i] && cb0 < a.end[i]) Bp = a.B[i], Up = a.u[i], pbeg = a.beg[i], pend = a.end[i];
   }
-  const bool lora = Bp != nullptr, split = a.split != nullptr;
+  const bool lora = Bp != nullptr, split = !IN16 && a.split != nullptr;
   if (!lora && !split) return;
+  // IN16: dy = split * rscale / cs; cs is one value on a part's columns (a strip lies in one part)
+  const float inv_cs = IN16 ? 1.0f / a.cs.at(cb0) : 1.0f;
   const int r = a.r, s = blockIdx.y, m_begin = s * chunk, m_end = min(M, m_begin + chunk);
   const int steps = (m_end - m_begin + kStep - 1) / kStep;
-  const int rr0 = threadIdx.x / (kWidth / 4), xc = threadIdx.x % (kWidth / 4) * 4;
+  // A warp copies whole rows (512 or 256 bytes): the thread's rows rr0 + RS i, its 16 bytes at column xc.
+  constexpr int kPer = IN16 ? 8 : 4, kRowStep = kWarps * 32 / (kWidth / kPer);
+  const int rr0 = threadIdx.x / (kWidth / kPer), xc = threadIdx.x % (kWidth / kPer) * kPer;
   const bool x_in = cb0 + xc < N;
-  const float* dy_lane = dy + static_cast<int64_t>(m_begin + rr0) * N + cb0 + xc;
+  constexpr int kXF = IN16 ? kXLdH / 2 : kXLd;  // floats per staged dy row
+  const int64_t lane_at = static_cast<int64_t>(m_begin + rr0) * N + cb0 + xc;
   auto issue = [&](int step) {
     float* st = smem + (step % kStages) * kStageFloats;
     const int r0 = m_begin + step * kStep;
-    // A warp copies whole 512-byte rows: thread's rows rr0 + 4 i, its 16 bytes at column xc.
-    const float* src = dy_lane + static_cast<int64_t>(step) * kStep * N;
 #pragma unroll
-    for (int i = 0; i < kStep / kWarps; ++i) {
-      const bool ok = r0 + rr0 + kWarps * i < m_end && x_in;
-      cp_async16(st + (rr0 + kWarps * i) * kXLd + xc, ok ? src + static_cast<int64_t>(kWarps * i) * N : dy, ok ? 16 : 0);
+    for (int i = 0; i < kStep / kRowStep; ++i) {
+      const bool ok = r0 + rr0 + kRowStep * i < m_end && x_in;
+      const int64_t at = lane_at + (static_cast<int64_t>(step) * kStep + kRowStep * i) * N;
+      if constexpr (IN16) {
+        const __half* src = reinterpret_cast<const __half*>(dy) + at;
+        cp_async16(reinterpret_cast<__half*>(st) + (rr0 + kRowStep * i) * kXLdH + xc, ok ? static_cast<const void*>(src) : dy, ok ? 16 : 0);
+      } else {
+        cp_async16(st + (rr0 + kRowStep * i) * kXLd + xc, ok ? dy + at : dy, ok ? 16 : 0);
+      }
     }
     if (lora && threadIdx.x < kStep * kRanks / 4) {  // u rows: r % 4 == 0, ranks past r zero
       const int rr = threadIdx.x / (kRanks / 4), j = threadIdx.x % (kRanks / 4) * 4;
       const bool ok = r0 + rr < m_end && j < r;
-      cp_async16(st + kStep * kXLd + rr * kULd + j, ok ? Up + static_cast<int64_t>(r0 + rr) * r + j : Up, ok ? 16 : 0);
+      cp_async16(st + kStep * kXF + rr * kULd + j, ok ? Up + static_cast<int64_t>(r0 + rr) * r + j : Up, ok ? 16 : 0);
     }
-    if (split && threadIdx.x >= kWarps * 32 - kStep) {  // the rows' scales (a dependent load per step otherwise)
+    if ((split || IN16) && threadIdx.x >= kWarps * 32 - kStep) {  // the rows' scales (a dependent load per step otherwise)
       const int rr = threadIdx.x - (kWarps * 32 - kStep);
       const bool ok = r0 + rr < m_end;
-      cp_async4(st + kStep * (kXLd + kULd) + rr, ok ? a.rscale + r0 + rr : a.rscale, ok ? 4 : 0);
+      cp_async4(st + kStep * (kXF + kULd) + rr, ok ? a.rscale + r0 + rr : a.rscale, ok ? 4 : 0);
     }
     cp_async_commit();
   };
@@ -129,23 +164,11 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
 #pragma unroll
     for (int q = 0; q < 4; ++q) csv[h][q] = a.cs.at(c0 + 16 * h + 4 * t + q);
   }
-  // split_rows_kernel's ldexpf(v cs, e) as v cs 2^e1 2^e2 (e1 + e2 = e, both factors normal
-  // floats): the same F16 wherever the value reaches F16's range (the products are exact
-  // there), without ldexpf's per-element range handling.
-  struct Pow2 {
-    float p1, p2;
-  };
-  auto pow2 = [](float rscale) {  // rscale = 2^-e, a normal or subnormal power of two
-    const int bits = __float_as_int(rscale), be = bits >> 23;
-    const int e = be != 0 ? 127 - be : 149 - (31 - __clz(bits)), e1 = e >> 1;
-    return Pow2{__int_as_float((e1 + 127) << 23), __int_as_float((e - e1 + 127) << 23)};
-  };
-  auto store_split = [&](int row, int c, float4 v, const float (&cv)[4], Pow2 e) {
+  // (split_half: split_rows_kernel's F16 value)
+  auto store_split = [&](int row, int c, float4 v, const float (&cv)[4], SplitPow2 e) {
     if (row >= m_end || c >= N) return;
-    const __half2 lo = __halves2half2(__float2half_rn(__fmul_rn(__fmul_rn(v.x * cv[0], e.p1), e.p2)),
-                                      __float2half_rn(__fmul_rn(__fmul_rn(v.y * cv[1], e.p1), e.p2)));
-    const __half2 hi = __halves2half2(__float2half_rn(__fmul_rn(__fmul_rn(v.z * cv[2], e.p1), e.p2)),
-                                      __float2half_rn(__fmul_rn(__fmul_rn(v.w * cv[3], e.p1), e.p2)));
+    const __half2 lo = __halves2half2(split_half(v.x * cv[0], e), split_half(v.y * cv[1], e));
+    const __half2 hi = __halves2half2(split_half(v.z * cv[2], e), split_half(v.w * cv[3], e));
     uint2 pk;
     pk.x = *reinterpret_cast<const uint32_t*>(&lo), pk.y = *reinterpret_cast<const uint32_t*>(&hi);
     *reinterpret_cast<uint2*>(a.split + static_cast<int64_t>(row) * N + c) = pk;
@@ -155,30 +178,31 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
     ring_wait_refill(step, steps, issue);  // (its barrier also frees red[step & 1])
     if (lora && step > 0) flush_du(step - 1);
     const float* xs = smem + (step % kStages) * kStageFloats;
-    const float* us = xs + kStep * kXLd;
+    const float* us = xs + kStep * kXF;
+    const float* rs = us + kStep * kULd;
     const int r0 = m_begin + step * kStep;
     if (lora) {
 #pragma unroll
       for (int uu = 0; uu < kStep / 8; ++uu) {
         const int la = 8 * uu + t, lb = la + 4;
-        const float4 xa = *reinterpret_cast<const float4*>(xs + la * kXLd + 32 * warp + 4 * g);
-        const float4 xb = *reinterpret_cast<const float4*>(xs + lb * kXLd + 32 * warp + 4 * g);
+        const float4 xa = staged4<IN16>(xs, la, 32 * warp + 4 * g);
+        const float4 xb = staged4<IN16>(xs, lb, 32 * warp + 4 * g);
         const uint32_t b0[4] = {to_tf32(xa.x), to_tf32(xa.y), to_tf32(xa.z), to_tf32(xa.w)};
         const uint32_t b1[4] = {to_tf32(xb.x), to_tf32(xb.y), to_tf32(xb.z), to_tf32(xb.w)};
-        const uint32_t a0 = to_tf32(us[la * kULd + g]), a1 = to_tf32(us[la * kULd + g + 8]);
-        const uint32_t a2 = to_tf32(us[lb * kULd + g]), a3 = to_tf32(us[lb * kULd + g + 8]);
+        const float sa = IN16 ? rs[la] : 1.0f, sb = IN16 ? rs[lb] : 1.0f;  // IN16: dy's row scales on u's rows
+        const uint32_t a0 = to_tf32(us[la * kULd + g] * sa), a1 = to_tf32(us[la * kULd + g + 8] * sa);
+        const uint32_t a2 = to_tf32(us[lb * kULd + g] * sb), a3 = to_tf32(us[lb * kULd + g + 8] * sb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) mma_tf32(accB[q], a0, a1, a2, a3, b0[q], b1[q]);
       }
     }
-    const float* rs = us + kStep * kULd;
-    const Pow2 e0 = pow2(split ? rs[g] : 1.0f), e1 = pow2(split ? rs[g + 8] : 1.0f);  // (past m_end: zeros, unused)
+    const SplitPow2 e0 = split_pow2(split ? rs[g] : 1.0f), e1 = split_pow2(split ? rs[g + 8] : 1.0f);  // (past m_end: zeros, unused)
     float accU[2][2][4] = {};  // [h][n]: two independent chains per n (an mma waits on its accumulator)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int cl = 32 * warp + 16 * h + 4 * t;
-      const float4 ya = *reinterpret_cast<const float4*>(xs + g * kXLd + cl);
-      const float4 yb = *reinterpret_cast<const float4*>(xs + (g + 8) * kXLd + cl);
+      const float4 ya = staged4<IN16>(xs, g, cl);
+      const float4 yb = staged4<IN16>(xs, g + 8, cl);
       if (lora) {
         const uint32_t p0 = to_tf32(ya.x), p1 = to_tf32(yb.x), p2 = to_tf32(ya.y), p3 = to_tf32(yb.y);
         const uint32_t q0 = to_tf32(ya.z), q1 = to_tf32(yb.z), q2 = to_tf32(ya.w), q3 = to_tf32(yb.w);
@@ -195,12 +219,13 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
     }
     if (lora) {  // accU[h][n]: rows g, g + 8 x ranks 8n + 2t, 8n + 2t + 1
       float* rb = red + ((step & 1) * kWarps + warp) * kStep * kRedLd;
+      const float f0 = IN16 ? rs[g] * inv_cs : 1.0f, f1 = IN16 ? rs[g + 8] * inv_cs : 1.0f;
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
         const float* u0 = accU[0][n];
         const float* u1 = accU[1][n];
-        *reinterpret_cast<float2*>(rb + g * kRedLd + 8 * n + 2 * t) = make_float2(u0[0] + u1[0], u0[1] + u1[1]);
-        *reinterpret_cast<float2*>(rb + (g + 8) * kRedLd + 8 * n + 2 * t) = make_float2(u0[2] + u1[2], u0[3] + u1[3]);
+        *reinterpret_cast<float2*>(rb + g * kRedLd + 8 * n + 2 * t) = make_float2((u0[0] + u1[0]) * f0, (u0[1] + u1[1]) * f0);
+        *reinterpret_cast<float2*>(rb + (g + 8) * kRedLd + 8 * n + 2 * t) = make_float2((u0[2] + u1[2]) * f1, (u0[3] + u1[3]) * f1);
       }
     }
   }
@@ -218,7 +243,7 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
       const int c = c0 + 8 * t + 4 * h;
       if (c >= pend) continue;  // pend % 4 == 0
 #pragma unroll
-      for (int q = 0; q < 4; ++q) ps[static_cast<int64_t>(c + q) * r + j] = accB[q][h + 2 * hi];
+      for (int q = 0; q < 4; ++q) ps[static_cast<int64_t>(c + q) * r + j] = accB[q][h + 2 * hi] * inv_cs;
     }
   }
 }
@@ -265,6 +290,7 @@ bool enabled() {
 bool lora_dy_pass(TrainBlas& blas, const float* dy, int M, int N, const DyPass& p) {
   if (!enabled() || p.n < 1 || p.n > 3 || p.r < 1 || p.r > kRanks || p.r % 4 != 0 || N % 4 != 0 || !aligned_to(dy, 16)) return false;
   if (p.split != nullptr && (p.rscale == nullptr || !aligned_to(p.split, 8))) return false;
+  if (p.dy_f16 && (p.rscale == nullptr || p.split != nullptr || N % 8 != 0)) return false;
   bool any = p.split != nullptr;
   for (int i = 0; i < p.n; ++i) {
     const DyPart& q = p.part[i];
@@ -285,7 +311,12 @@ bool lora_dy_pass(TrainBlas& blas, const float* dy, int M, int N, const DyPass& 
   a.pdu = static_cast<float*>(blas.scratch(kSlotDuPart, static_cast<size_t>(strips) * M * p.r * sizeof(float)));
   a.pdb = static_cast<float*>(blas.scratch(kSlotSplitK, static_cast<size_t>(S) * N * p.r * sizeof(float)));
   cudaStream_t st = blas.stream();
-  lora_dy_kernel<<<dim3(static_cast<unsigned>(strips), static_cast<unsigned>(S)), kWarps * 32, kSmemBytes, st>>>(dy, M, N, chunk, a);
+  const dim3 grid(static_cast<unsigned>(strips), static_cast<unsigned>(S));
+  if (p.dy_f16) {
+    lora_dy_kernel<true><<<grid, kWarps * 32, smem_bytes<true>(), st>>>(dy, M, N, chunk, a);
+  } else {
+    lora_dy_kernel<false><<<grid, kWarps * 32, smem_bytes<false>(), st>>>(dy, M, N, chunk, a);
+  }
   TERN_CUDA_LAUNCHED("lora_dy_kernel");
   // (one launch: per part and kind they were 14 launches a layer, ~1 ms a step on the H100)
   const int64_t mr = static_cast<int64_t>(M) * p.r;

@@ -111,7 +111,10 @@ class CudaGradEngine final : public train::GradEngine {
     bits_ = DevBuf(nl * bits_layer_ * sizeof(uint32_t));
     q8_ = DevBuf(M * std::max({kpad(H_), kpad(QD_), kpad(F_)}));
     s_ = fbuf(M), rs_dx_ = fbuf(M), rs_gu_ = fbuf(M);
-    dx_ = fbuf(M * H_), dhn_ = fbuf(M * F_), dgu_ = fbuf(M * 2 * F_), dxn_ = fbuf(M * H_), dan_ = fbuf(M * QD_);
+    bool need_dgu = false;  // (gu_split layers have the F16 split instead)
+    for (int l = 0; l < c_.n_layers; ++l) need_dgu = need_dgu || !gu_split(l);
+    if (need_dgu) dgu_ = fbuf(M * 2 * F_);
+    dx_ = fbuf(M * H_), dhn_ = fbuf(M * F_), dxn_ = fbuf(M * H_), dan_ = fbuf(M * QD_);
     datt_ = fbuf(M * QD_), dqkv_ = fbuf(M * ldq_);
     xc_ = fbuf(M * H_), dxc_ = fbuf(M * H_);
     tokens_ = DevBuf(M * 4), labels_ = DevBuf(M * 4), idx_ = DevBuf(M * 4), loss_ = DevBuf(M * sizeof(double));
@@ -430,6 +433,12 @@ class CudaGradEngine final : public train::GradEngine {
   float* att(int l) const { return att_.as<float>() + slot(l) * rows() * QD_; }
   float* xmid(int l) const { return xmid_.as<float>() + slot(l) * rows() * H_; }
   bool gu_kept(int l) const { return l >= gu_from_; }
+  // fold_ with gate or up adapted (and lora_dy_pass's rank and column bounds): the gating
+  // backward writes dgu's F16 split instead of dgu, which lora_dy_pass (dy_f16) and the STE
+  // product read -- half the bytes written and read.
+  bool gu_split(int l) const {
+    return fold_ && (rank_ == 8 || rank_ == 16) && F_ % 128 == 0 && (has_lora(l, Proj::Gate) || has_lora(l, Proj::Up));
+  }
   // Down's LoRA input: RMSNorm(h) * w, or with fold_ F16 h * rs per (kept) layer.
   float* hn(int l) const { return fold_ ? reinterpret_cast<float*>(hn_.as<__half>() + slot(l) * rows() * F_) : hn_.as<float>(); }
   // fold_: F16 [gate | up] per (kept) layer, for the gating backward.
@@ -608,8 +617,10 @@ class CudaGradEngine final : public train::GradEngine {
   // The adapted parts' du come first where LoraDx::fusable: split_gemm's combine then adds
   // their input gradients, so dxin is written once instead of once more per part.
   // dy_rscale: dy's row scales from its producer (tf32), so that lora_dy_pass splits dy too.
+  // dy_split: instead of dy (null then), that split made by the producer (lora_dy_pass's
+  // dy_f16; the caller checked that this path applies).
   void linear_bwd(int l, const void* w, const float* dy, int N, const ColScales& cs, float alpha, int K, const float* xin, float* dxin,
-                  std::initializer_list<std::pair<Proj, int>> parts, const float* dy_rscale = nullptr) {
+                  std::initializer_list<std::pair<Proj, int>> parts, const float* dy_rscale = nullptr, void* dy_split = nullptr) {
     int adapted = 0;
     for (auto [p, offset] : parts) adapted += has_lora(l, p) ? 1 : 0;
     LoraDx lx;
@@ -633,11 +644,14 @@ class CudaGradEngine final : public train::GradEngine {
         ++lx.n;
       }
       if (tf32_) {
-        if (dy_rscale != nullptr) {
+        if (dy_split != nullptr) {
+          dp.rscale = dy_rscale, dp.cs = cs, dp.dy_f16 = true;
+          split = dy_split;
+        } else if (dy_rscale != nullptr) {
           dp.rscale = dy_rscale, dp.cs = cs;
           dp.split = split = blas_->scratch(kSlotSplitA, static_cast<size_t>(M_) * N * sizeof(uint16_t));
         }
-        dy_pass = lora_dy_pass(*blas_, dy, M_, N, dp);
+        dy_pass = lora_dy_pass(*blas_, dy_split != nullptr ? static_cast<const float*>(dy_split) : dy, M_, N, dp);
         mark("b.lora.dy_pass");
       }
       if (!dy_pass) {
@@ -648,6 +662,7 @@ class CudaGradEngine final : public train::GradEngine {
         mark("b.lora.du");
       }
     }
+    if (dy_split != nullptr && !dy_pass) throw_error("CUDA training: the F16 dy split was not taken by lora_dy_pass");
     if (dy_pass && split != nullptr) {
       blas_->terms_gemm(split, 1, dy_rscale, M_, N, w, 1, K, alpha, dxin, K, false, &lx);
     } else {
@@ -657,7 +672,7 @@ class CudaGradEngine final : public train::GradEngine {
     int k = 0;
     for (auto [p, offset] : parts) {
       if (!has_lora(l, p)) continue;
-      lora_bwd(l, p, xin, dy + offset, N, fuse ? nullptr : dxin, fuse ? lx.du[k++] : nullptr, dy_pass);
+      lora_bwd(l, p, xin, dy != nullptr ? dy + offset : nullptr, N, fuse ? nullptr : dxin, fuse ? lx.du[k++] : nullptr, dy_pass);
     }
     mark("b.lora");
   }
@@ -676,10 +691,13 @@ class CudaGradEngine final : public train::GradEngine {
     float* rs_dx = tf32_ ? rs_dx_.as<float>() : nullptr;
     float* rs_gu = tf32_ ? rs_gu_.as<float>() : nullptr;
     linear_bwd(l, w16(w.down8, H_, F_), dx, H_, ColScales{}, w.sd, F_, hn, dhn, {{Proj::Down, 0}}, dx_rs);
+    const bool gsplit = gu_split(l);
+    void* gsp = gsplit ? blas_->scratch(kSlotSplitA, static_cast<size_t>(M_) * 2 * F_ * sizeof(uint16_t)) : nullptr;
     launch_gated_rmsnorm_bwd(fold_ ? reinterpret_cast<const float*>(gu16(l)) : gu, 2 * F_, act_kind(c_.act), w.ffn_sub_norm.as<float>(), dhn,
-                             M_, F_, eps, dgu, 2 * F_, st_, rs_gu, w.sg, w.su, fold_);
+                             M_, F_, eps, dgu, 2 * F_, st_, rs_gu, w.sg, w.su, fold_, gsp);
     mark("b.gated_rmsnorm");
-    linear_bwd(l, w16(w.gu8, 2 * F_, H_), dgu, 2 * F_, scales_gu(w), 1.0f, H_, fold_ ? xmid : xn2, dxn, {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu);
+    linear_bwd(l, w16(w.gu8, 2 * F_, H_), gsplit ? nullptr : dgu, 2 * F_, scales_gu(w), 1.0f, H_, fold_ ? xmid : xn2, dxn,
+               {{Proj::Gate, 0}, {Proj::Up, F_}}, rs_gu, gsp);
     launch_rmsnorm_bwd(xmid, w.ffn_norm.as<float>(), dxn, M_, H_, eps, dx, true, st_, rs_dx);  // dx = d xmid now
     mark("b.rmsnorm");
     // Attention block: xmid = x + O(an).

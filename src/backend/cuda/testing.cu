@@ -379,15 +379,17 @@ std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<fl
 }
 
 std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
-                                     int act, float eps, std::vector<float>* rscale, float s_gate, float s_up, bool gu_f16) {
+                                     int act, float eps, std::vector<float>* rscale, float s_gate, float s_up, bool gu_f16,
+                                     std::vector<uint16_t>* split) {
   std::vector<uint16_t> gu16;
   if (gu_f16) {
     for (float v : gu) gu16.push_back(f32_to_f16(v));
   }
   DevBuf dgu_in = gu_f16 ? upload_vec(gu16) : upload_vec(gu), dw = upload_vec(w), ddy = upload_vec(dy), out = nan_buf(gu.size()), rs = nan_buf(M);
   launch_gated_rmsnorm_bwd(dgu_in.as<float>(), 2 * n, act, dw.as<float>(), ddy.as<float>(), M, n, eps, out.as<float>(), 2 * n, nullptr,
-                           rscale != nullptr ? rs.as<float>() : nullptr, s_gate, s_up, gu_f16);
+                           rscale != nullptr ? rs.as<float>() : nullptr, s_gate, s_up, gu_f16, split != nullptr ? out.as<void>() : nullptr);
   if (rscale != nullptr) *rscale = download<float>(rs, M);
+  if (split != nullptr) *split = download<uint16_t>(out, gu.size());
   return download<float>(out, gu.size());
 }
 
@@ -398,8 +400,9 @@ std::vector<uint16_t> i8_to_f16_rows(const std::vector<int8_t>& src, int rows, i
 }
 
 DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, float scaling, const std::vector<DyPassPart>& parts,
-                          const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale) {
-  DevBuf ddy = upload_vec(dy), drs = rscale.empty() ? DevBuf() : upload_vec(rscale);
+                          const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale,
+                          const std::vector<uint16_t>* dy16) {
+  DevBuf ddy = dy16 != nullptr ? upload_vec(*dy16) : upload_vec(dy), drs = rscale.empty() ? DevBuf() : upload_vec(rscale);
   DevBuf split = nan_buf((static_cast<size_t>(M) * N + 1) / 2);  // unwritten halves read 0xffff (a NaN)
   std::vector<DevBuf> keep_alive;
   std::vector<int> at_du(parts.size(), -1);
@@ -420,7 +423,7 @@ DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, flo
     d.dB = keep_alive.back().as<float>();
   }
   if (!rscale.empty()) {
-    p.rscale = drs.as<float>(), p.split = split.as<void>();
+    p.rscale = drs.as<float>(), p.split = dy16 != nullptr ? nullptr : split.as<void>(), p.dy_f16 = dy16 != nullptr;
     p.cs.n = static_cast<int>(seg_end.size());
     for (int i = 0; i < p.cs.n; ++i) p.cs.end[i] = seg_end[i], p.cs.scale[i] = seg_scale[i];
   }
@@ -433,7 +436,7 @@ DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, flo
     res.du.push_back(k >= 0 ? download<float>(keep_alive[k], static_cast<size_t>(M) * r) : std::vector<float>{});
     res.dB.push_back(k >= 0 ? download<float>(keep_alive[k + 1], parts[i].dB_in.size()) : std::vector<float>{});
   }
-  if (!rscale.empty()) res.split = download<uint16_t>(split, static_cast<size_t>(M) * N);
+  if (!rscale.empty() && dy16 == nullptr) res.split = download<uint16_t>(split, static_cast<size_t>(M) * N);
   return res;
 }
 

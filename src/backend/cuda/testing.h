@@ -92,8 +92,10 @@ struct DyPassResult {
   std::vector<std::vector<float>> du, dB;
   std::vector<uint16_t> split;
 };
+// dy16 (with rscale): dy given as that F16 split instead (DyPass::dy_f16; `dy` unused).
 DyPassResult lora_dy_pass(const std::vector<float>& dy, int M, int N, int r, float scaling, const std::vector<DyPassPart>& parts,
-                          const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale);
+                          const std::vector<float>& rscale, const std::vector<int>& seg_end, const std::vector<float>& seg_scale,
+                          const std::vector<uint16_t>* dy16 = nullptr);
 
 // launch_i8_to_f16_rows: int8 [rows][lds] -> F16 bits [rows][K].
 std::vector<uint16_t> i8_to_f16_rows(const std::vector<int8_t>& src, int rows, int K, int lds);
@@ -121,9 +123,10 @@ std::vector<float> rmsnorm_bwd(const std::vector<float>& x, const std::vector<fl
                                float eps, const std::vector<float>& dx_in, bool accumulate, std::vector<float>* rscale = nullptr);
 // launch_gated_rmsnorm_bwd on gu [M][2n] = [gate | up], dy [M][n]: [M][2n] = [d gate | d up].
 // gu_f16: gu goes to the device as F16 (its values should be exact in F16 to compare).
+// split (needs rscale): the F16 split written instead of dgu, returned there (bits).
 std::vector<float> gated_rmsnorm_bwd(const std::vector<float>& gu, const std::vector<float>& w, const std::vector<float>& dy, int M, int n,
                                      int act, float eps, std::vector<float>* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f,
-                                     bool gu_f16 = false);
+                                     bool gu_f16 = false, std::vector<uint16_t>* split = nullptr);
 struct LoraGrads {
   std::vector<float> u, y, dx, dA, dB;
 };

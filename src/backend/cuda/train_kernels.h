@@ -91,9 +91,12 @@ void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, 
 // dgu = [d gate | d up] (row stride ldo) = train::rmsnorm_bwd then train::gated_act_bwd,
 // the same arithmetic as launch_rmsnorm_bwd (act 0 relu2, 1 silu, 2 gelu). rscale as
 // launch_rmsnorm_bwd's, for dgu with column scales s_gate | s_up. gu_f16: gu holds F16
-// values (launch_train_norm_quant's gu16_out).
+// values (launch_train_norm_quant's gu16_out). split (F16 [M][2F], row stride ldo; needs
+// rscale): instead of dgu, split_rows_kernel's one-term split of it with those scales
+// (lora_dy_pass's dy_f16, TrainBlas::terms_gemm), half the bytes of dgu.
 void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w, const float* dy, int M, int F, float eps, float* dgu, int ldo,
-                              cudaStream_t st, float* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f, bool gu_f16 = false);
+                              cudaStream_t st, float* rscale = nullptr, float s_gate = 1.0f, float s_up = 1.0f, bool gu_f16 = false,
+                              void* split = nullptr);
 // train::lora_fwd: u [M][r] = dropout(x) A^T, y (+)= scaling u B^T (y row stride ldy;
 // x [M][in] contiguous; y null: u only). tf32: the products on TF32 tensor cores.
 void lora_fwd_gpu(TrainBlas& blas, const float* x, const float* A, const float* B, int M, int in, int r, int out, float scaling,
@@ -144,9 +147,12 @@ struct DyPass {
   int n = 0, r = 0;
   DyPart part[3];
   float scaling = 1.0f;
-  const float* rscale = nullptr;  // with split
+  const float* rscale = nullptr;  // with split or dy_f16
   ColScales cs;
   void* split = nullptr;
+  // dy is that split already (F16 [M][N], written by its producer; dy = split * rscale / cs,
+  // cs one value per part): du and dB from it, no split written.
+  bool dy_f16 = false;
 };
 bool lora_dy_pass(TrainBlas& blas, const float* dy, int M, int N, const DyPass& p);
 

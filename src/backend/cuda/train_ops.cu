@@ -87,7 +87,8 @@ template <int VPT, class TI>
 __global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const TI* __restrict__ gu, int ldi, int act,
                                                                      const float* __restrict__ w, const float* __restrict__ dy, int n,
                                                                      float eps, float* __restrict__ dgu, int ldo,
-                                                                     float* __restrict__ rscale, float s_gate, float s_up) {
+                                                                     float* __restrict__ rscale, float s_gate, float s_up,
+                                                                     __half* __restrict__ split) {
   __shared__ double sd[kThreads / 32];
   __shared__ float sf[kThreads / 32];
   const int64_t m = blockIdx.x;
@@ -122,18 +123,27 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_bwd_kernel(const TI* _
   ss = block_reduce<kThreads>(ss, sd, SumOp{});
   dot = block_reduce<kThreads>(dot, sd, SumOp{});
   const RowCoef c = row_coef(ss, dot, n, eps);
-  float *dg = dgu + m * ldo, *du = dg + n;
+  float* dg = split == nullptr ? dgu + m * ldo : nullptr;
+  float* du = dg != nullptr ? dg + n : nullptr;
   float amax = 0.0f;
   each([&](int i, float gi, float ui) {
     float a, b;
     gated_bwd(gi, ui, c.grad(w[i], dyr[i], gated(gi, ui, act)), act, a, b);
-    dg[i] = a, du[i] = b;
+    if (split == nullptr) dg[i] = a, du[i] = b;
     amax = fmaxf(amax, fmaxf(fabsf(a * s_gate), fabsf(b * s_up)));  // as split_rows_kernel's column-scaled row
   });
-  if (rscale != nullptr) {
-    amax = block_reduce<kThreads>(amax, sf, MaxOp{});
-    if (threadIdx.x == 0) rscale[m] = row_rscale(amax);
-  }
+  if (rscale == nullptr) return;
+  amax = block_reduce<kThreads>(amax, sf, MaxOp{});
+  if (threadIdx.x == 0) rscale[m] = row_rscale(amax);
+  if (split == nullptr) return;
+  // The split instead of dgu: the same values again, now that the row's scale is known.
+  const SplitPow2 e = split_pow2(row_rscale(amax));
+  __half *sg = split + m * ldo, *su = sg + n;
+  each([&](int i, float gi, float ui) {
+    float a, b;
+    gated_bwd(gi, ui, c.grad(w[i], dyr[i], gated(gi, ui, act)), act, a, b);
+    sg[i] = split_half(a * s_gate, e), su[i] = split_half(b * s_up, e);
+  });
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
@@ -254,13 +264,15 @@ void launch_rmsnorm_bwd(const float* x, const float* w, const float* dy, int M, 
 }
 
 void launch_gated_rmsnorm_bwd(const float* gu, int ldi, int act, const float* w, const float* dy, int M, int F, float eps, float* dgu, int ldo,
-                              cudaStream_t st, float* rscale, float s_gate, float s_up, bool gu_f16) {
+                              cudaStream_t st, float* rscale, float s_gate, float s_up, bool gu_f16, void* split) {
   if (M <= 0 || F <= 0) return;
+  if (split != nullptr && rscale == nullptr) throw_error("launch_gated_rmsnorm_bwd: the split needs its row scales");
+  auto* sp = static_cast<__half*>(split);
   auto run = [&](const auto* in) {
     if (F <= 28 * kThreads) {
-      gated_rmsnorm_bwd_kernel<28><<<M, kThreads, 0, st>>>(in, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
+      gated_rmsnorm_bwd_kernel<28><<<M, kThreads, 0, st>>>(in, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up, sp);
     } else {
-      gated_rmsnorm_bwd_kernel<0><<<M, kThreads, 0, st>>>(in, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up);
+      gated_rmsnorm_bwd_kernel<0><<<M, kThreads, 0, st>>>(in, ldi, act, w, dy, F, eps, dgu, ldo, rscale, s_gate, s_up, sp);
     }
   };
   if (gu_f16) {
