@@ -112,7 +112,10 @@ TEST(CudaKernels, TrainNormQuantMatchesCpuExactly) {
           const float vr = v[k] * got.rs[m];
           bad += w[k] * vr != xn[k];
           bad += f32_to_f16(vr) != got.x16[m * n + k];
-          if (gated) bad += f32_to_f16(x[m * 2 * n + k]) != got.gu16[m * 2 * n + k] || f32_to_f16(x[m * 2 * n + n + k]) != got.gu16[m * 2 * n + n + k];
+          if (gated) {
+            const size_t at = m * 2 * n + k;
+            bad += f32_to_f16(x[at]) != got.gu16[at] || f32_to_f16(x[at + n]) != got.gu16[at + n];
+          }
         }
         EXPECT_EQ(bad, 0) << "rs / x16 / gu16 n=" << n << " gated " << gated;
         std::vector<int8_t> q(n);
@@ -758,50 +761,50 @@ TEST(CudaKernels, LoraDyPassMatchesCpu) {
       return 1.0f;
     };
     auto check_dy_pass = [&](const ct::DyPassResult& got, const std::string& what) {
-    for (size_t p = 0; p < parts.size(); ++p) {
-      const ct::DyPassPart& q = parts[p];
-      if (q.B.empty()) continue;
-      const int w = q.end - q.beg;
-      // Rows scaled by 1e20 dominate a plain L2: compare row by row (du) and on rows of one scale (dB).
-      std::vector<double> du(static_cast<size_t>(M) * r), db(static_cast<size_t>(w) * r);
-      for (int m = 0; m < M; ++m) {
-        for (int j = 0; j < r; ++j) {
-          double acc = 0;
-          for (int i = 0; i < w; ++i) acc += static_cast<double>(dy[static_cast<size_t>(m) * N + q.beg + i]) * q.B[static_cast<size_t>(i) * r + j];
-          du[static_cast<size_t>(m) * r + j] = scaling * acc;
-        }
-      }
-      for (int m = 0; m < M; ++m) {
-        std::vector<float> gw(r), ww(r);
-        for (int j = 0; j < r; ++j) gw[j] = got.du[p][static_cast<size_t>(m) * r + j], ww[j] = static_cast<float>(du[static_cast<size_t>(m) * r + j]);
-        ASSERT_LT(test::rel_l2(gw.data(), ww.data(), r), 5e-3) << what << " part " << p << " du row " << m;
-      }
-      // dB: with extreme rows only their share is resolvable in float next to 1e20 ones, so
-      // then against float64 with an absolute bound relative to the terms' magnitudes.
-      double big = 0;
-      for (int i = 0; i < w; ++i) {
-        for (int j = 0; j < r; ++j) {
-          double acc = 0, mag = 0;
-          for (int m = 0; m < M; ++m) {
-            const double t = static_cast<double>(dy[static_cast<size_t>(m) * N + q.beg + i]) * q.u[static_cast<size_t>(m) * r + j];
-            acc += t, mag += std::fabs(t);
+      for (size_t p = 0; p < parts.size(); ++p) {
+        const ct::DyPassPart& q = parts[p];
+        if (q.B.empty()) continue;
+        const int w = q.end - q.beg;
+        // Rows scaled by 1e20 dominate a plain L2: compare row by row (du) and on rows of one scale (dB).
+        std::vector<double> du(static_cast<size_t>(M) * r), db(static_cast<size_t>(w) * r);
+        for (int m = 0; m < M; ++m) {
+          for (int j = 0; j < r; ++j) {
+            double acc = 0;
+            for (int i = 0; i < w; ++i) acc += static_cast<double>(dy[static_cast<size_t>(m) * N + q.beg + i]) * q.B[static_cast<size_t>(i) * r + j];
+            du[static_cast<size_t>(m) * r + j] = scaling * acc;
           }
-          db[static_cast<size_t>(i) * r + j] = scaling * acc;
-          big = std::max(big, scaling * mag);
+        }
+        for (int m = 0; m < M; ++m) {
+          std::vector<float> gw(r), ww(r);
+          for (int j = 0; j < r; ++j) gw[j] = got.du[p][static_cast<size_t>(m) * r + j], ww[j] = static_cast<float>(du[static_cast<size_t>(m) * r + j]);
+          ASSERT_LT(test::rel_l2(gw.data(), ww.data(), r), 5e-3) << what << " part " << p << " du row " << m;
+        }
+        // dB: with extreme rows only their share is resolvable in float next to 1e20 ones, so
+        // then against float64 with an absolute bound relative to the terms' magnitudes.
+        double big = 0;
+        for (int i = 0; i < w; ++i) {
+          for (int j = 0; j < r; ++j) {
+            double acc = 0, mag = 0;
+            for (int m = 0; m < M; ++m) {
+              const double t = static_cast<double>(dy[static_cast<size_t>(m) * N + q.beg + i]) * q.u[static_cast<size_t>(m) * r + j];
+              acc += t, mag += std::fabs(t);
+            }
+            db[static_cast<size_t>(i) * r + j] = scaling * acc;
+            big = std::max(big, scaling * mag);
+          }
+        }
+        double err = 0, e2 = 0, w2 = 0;
+        for (size_t k = 0; k < db.size(); ++k) {
+          const double d = static_cast<double>(got.dB[p][k]) - q.dB_in[k] - db[k];
+          ASSERT_FALSE(std::isnan(d)) << what << " part " << p << " dB " << k;
+          err = std::max(err, std::fabs(d)), e2 += d * d, w2 += db[k] * db[k];
+        }
+        if (c.extreme) {
+          EXPECT_LT(err, 2e-3 * big) << what << " part " << p << " dB";
+        } else {
+          EXPECT_LT(std::sqrt(e2 / w2), 5e-3) << what << " part " << p << " dB";
         }
       }
-      double err = 0, e2 = 0, w2 = 0;
-      for (size_t k = 0; k < db.size(); ++k) {
-        const double d = static_cast<double>(got.dB[p][k]) - q.dB_in[k] - db[k];
-        ASSERT_FALSE(std::isnan(d)) << what << " part " << p << " dB " << k;
-        err = std::max(err, std::fabs(d)), e2 += d * d, w2 += db[k] * db[k];
-      }
-      if (c.extreme) {
-        EXPECT_LT(err, 2e-3 * big) << what << " part " << p << " dB";
-      } else {
-        EXPECT_LT(std::sqrt(e2 / w2), 5e-3) << what << " part " << p << " dB";
-      }
-    }
     };
     std::vector<float> rs;
     if (!c.seg_end.empty()) {

@@ -14,6 +14,10 @@
 //        consecutive columns of one rank.
 // Masks as lora_skinny.cu (hashed per 4 columns, or read from / written to d.bits). The
 // partials are summed in split order by launch_partials_sum (deterministic).
+// Folded RMSNorm (DropoutSpec::norm_rs / norm_w, the training step with tf32): X is the
+// norm's input; rows: the weight scales A's columns, the row scales the partials' sum;
+// cols: the row scales U's rows, the weight the partials' sum. F16 X (x_f16) is read as
+// such (exact in TF32).
 // Measured (H100, 2b-4t step, session 3): forward A x 16.7 -> 10.7 ms, dA 15.5 -> 12.5 ms.
 // The unmasked du = dy B through the rows kernel was slower than cuBLAS (13.8 vs 12.6 ms:
 // for the narrow k/v projections the grid is too small to hide the latency); with tf32 the
@@ -199,7 +203,8 @@ __global__ void __launch_bounds__(kWarps * 32) lora_cols_mma_kernel(const float*
       const bool ok = r0 + rr < m_end && cb0 + c < K;
       const int64_t at = static_cast<int64_t>(r0 + rr) * ldx + cb0 + c;
       if constexpr (X16) {
-        cp_async16(reinterpret_cast<__half*>(st) + rr * kColsXLdH + c, ok ? static_cast<const void*>(reinterpret_cast<const __half*>(X) + at) : X, ok ? 16 : 0);
+        const void* src = reinterpret_cast<const __half*>(X) + at;
+        cp_async16(reinterpret_cast<__half*>(st) + rr * kColsXLdH + c, ok ? src : X, ok ? 16 : 0);
       } else {
         cp_async16(st + rr * kColsXLd + c, ok ? X + at : X, ok ? 16 : 0);
       }

@@ -7,16 +7,19 @@
 // as an int8 tensor-core GEMM (cuBLAS, int32 sums: exact) against the layer's ternary
 // weights stored as int8 {-1, 0, 1}, one epilogue for the scale, the LoRA branch
 // (B . u, u = A dropout(x) from lora_skinny.cu) and the residual add, attention with RoPE
-// (train_attention.cu: flash-style F16 kernels with tf32, else cuBLAS). Kept for the backward: each layer's input
-// (gradient checkpointing) and, while they fit kKeepBytes, the attention block's outputs
-// and every LoRA u and dropout mask, and the last layers' gate/up outputs while they fit
-// kGuKeepBytes; the loss runs on the rows that have a label.
+// (train_attention.cu: flash-style F16 kernels with tf32, else cuBLAS). Kept for the
+// backward: each layer's input (gradient checkpointing) and, while they fit kKeepBytes, the
+// attention block's outputs and every LoRA u and dropout mask, and the last layers' gate/up
+// outputs while they fit kGuKeepBytes; the loss runs on the rows that have a label. With
+// --precision tf32 (fold_) the LoRA products fold the RMSNorms in (no normalized copies)
+// and every layer's gate/up and down input are kept as F16, so nothing is recomputed.
 // Backward, layer by layer from the top: recompute what was not kept (norms, the gate/up
 // block), then walk back through the layer: the ternary linears by the straight-through
 // estimator (dx = m dy Wq on split F16 terms against an F16 copy of the linear's weights
 // made for the call, TrainBlas::split_gemm / terms_gemm), RMSNorm, relu^2 gating, attention
 // with RoPE, and the LoRA gradients accumulated on the device (with tf32, du, dB and the
-// F16 split from one pass over dy: lora_dy.cu).
+// F16 split from one pass over dy: lora_dy.cu; for gate/up the gating backward writes the
+// split itself).
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -716,8 +719,9 @@ class CudaGradEngine final : public train::GradEngine {
   // Keeping every layer's attention-block activations (instead of recomputing them) is
   // worth ~15 % of a step; above this many bytes the backward recomputes everything.
   static constexpr size_t kKeepBytes = size_t{6} << 30;
-  // Gate/up outputs kept for the last layers (226 MB a layer for the 2b-4t shape at 8 x 512
-  // rows: 26 of 30 layers, ~0.4 ms of recompute each; the whole step then stays under 17 GiB).
+  // Without fold_: float gate/up outputs kept for the last layers (226 MB a layer for the
+  // 2b-4t shape at 8 x 512 rows: 26 of 30 layers, ~0.4 ms of recompute each; the whole step
+  // then stays under 17 GiB). With fold_ the F16 copies of every layer take this budget.
   static constexpr size_t kGuKeepBytes = size_t{11} << 29;
 
   ModelConfig c_;
