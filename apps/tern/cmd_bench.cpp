@@ -5,7 +5,11 @@
 // tgN@B = N decode steps of B sequences at once from empty caches, aggregate tokens/s.
 // Decode figures carry the memory-bandwidth roofline: the bytes a step must read
 // (every weight once, plus each sequence's KV cache) at the measured bandwidth (GPU:
-// device-to-device copy, read + write; CPU: streaming read). Mean +- sample std dev.
+// device-to-device copy, read + write; CPU: streaming read, best of five at the start).
+// CPU decode also measures the read bandwidth right before and after each timed run and
+// reports the median of each run's tok/s against the mean of its two: a VM's bandwidth
+// moves by +-25 % within seconds, which the one probe at the start cannot follow.
+// Mean +- sample std dev.
 // --train [--train-batch 8] [--rank 16] [--targets all]: LoRA training steps of
 // batch x (first -p) tokens instead (bench_train.h).
 #include <fmt/core.h>
@@ -13,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -34,6 +39,13 @@ struct Result {
   int64_t n_prompt = 0, n_gen = 0, n_batch = 1;
   std::vector<double> tps;
   double roofline = 0;  // tok/s at the bandwidth limit; 0 = none (prefill)
+  std::vector<double> pct_around = {};  // CPU decode: each run's % of the bandwidth read just before and after it
+  double median_around() const {
+    std::vector<double> v = pct_around;
+    std::sort(v.begin(), v.end());
+    const size_t k = v.size() / 2;
+    return v.size() % 2 ? v[k] : (v[k - 1] + v[k]) / 2;
+  }
   double mean() const {
     double s = 0;
     for (double x : tps) s += x;
@@ -126,12 +138,16 @@ Action add_bench(CLI::App& app) {
     Engine& e1 = *engine;
 
     double bw = o->bw * 1e9;
+    const int cpu_threads = o->threads > 0 ? o->threads : static_cast<int>(std::thread::hardware_concurrency());
     if (bw <= 0) {
 #ifdef TERN_HAVE_CUDA
       if (on_gpu) bw = cuda_copy_bandwidth();
 #endif
-      if (bw <= 0) bw = cpu_read_bandwidth(o->threads > 0 ? o->threads : static_cast<int>(std::thread::hardware_concurrency()));
+      if (bw <= 0) bw = cpu_read_bandwidth(cpu_threads);
     }
+    // CPU decode: the probe around each timed run (see the top of this file).
+    std::unique_ptr<ReadProbe> probe;
+    if (!on_gpu && o->bw <= 0 && std::any_of(tgs.begin(), tgs.end(), [](int64_t n) { return n > 0; })) probe = std::make_unique<ReadProbe>(256);
     const double wbytes = weight_bytes(m, eo.lm_head);
     const double kv_bytes = eo.kv_type == KvType::F16 ? 2.0 : 4.0;
     const double kv_per_pos = 2.0 * kv_bytes * m.config.n_layers * m.config.kv_dim();  // K and V
@@ -171,11 +187,20 @@ Action add_bench(CLI::App& app) {
     std::vector<Result> results;
     auto measure = [&](Result r, auto fn, int64_t tokens) {
       fn();  // warm-up: page in weights, capture graphs, spin up threads
-      for (int i = 0; i < o->reps; ++i) r.tps.push_back(tokens / fn());
+      const bool around = probe != nullptr && r.roofline > 0;
+      // (best of three passes: a pass's fresh threads now and then share a core)
+      auto probe_bw = [&] { return std::max({probe->pass(cpu_threads), probe->pass(cpu_threads), probe->pass(cpu_threads)}); };
+      for (int i = 0; i < o->reps; ++i) {
+        const double b0 = around ? probe_bw() : 0;
+        r.tps.push_back(tokens / fn());
+        if (around) r.pct_around.push_back(100 * r.tps.back() / (r.roofline * ((b0 + probe_bw()) / 2) / bw));  // (the roofline scales with it)
+      }
       if (!o->json) {
-        fmt::print(stderr, "  {}: {:.2f} tok/s{}\n", r.test, r.mean(),
-                   r.roofline > 0 ? fmt::format(" ({:.1f}% of the {:.0f} tok/s roofline)", 100 * r.mean() / r.roofline, r.roofline)
-                                  : "");
+        std::string how;
+        if (r.roofline > 0) how = fmt::format(" ({:.1f}% of the {:.0f} tok/s roofline", 100 * r.mean() / r.roofline, r.roofline);
+        if (!r.pct_around.empty()) how += fmt::format("; {:.1f}% of the bandwidth read around each run, median", r.median_around());
+        if (r.roofline > 0) how += ")";
+        fmt::print(stderr, "  {}: {:.2f} tok/s{}\n", r.test, r.mean(), how);
       }
       results.push_back(r);
     };
@@ -203,6 +228,10 @@ Action add_bench(CLI::App& app) {
           j["roofline_ts"] = r.roofline;
           j["pct_roofline"] = 100 * r.mean() / r.roofline;
           j["bandwidth_gbs"] = bw / 1e9;
+        }
+        if (!r.pct_around.empty()) {
+          j["pct_bw_around"] = r.median_around();
+          j["pct_bw_around_samples"] = r.pct_around;
         }
         out.push_back(j);
       }

@@ -44,8 +44,8 @@ grep -q '"avg_ts"' "$WORK/out" && grep -q '"pp8"' "$WORK/out" && ok || bad "benc
 expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B 1,3 -r 1 -t 2 --bw 10
 grep -q "tg4@B3" "$WORK/out" && grep -q "roofline: .* at 10 GB/s (--bw)" "$WORK/out" && ok || bad "bench -B table: $(cat "$WORK/out")"
 expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B 3 -r 1 -t 2 --json --lm-head int8
-grep -q '"n_batch": 3' "$WORK/out" && grep -q '"pct_roofline"' "$WORK/out" && grep -q '"lm_head": "int8"' "$WORK/out" && ok ||
-  bad "bench -B --json lacks n_batch/pct_roofline/lm_head"
+grep -q '"n_batch": 3' "$WORK/out" && grep -q '"pct_roofline"' "$WORK/out" && grep -q '"lm_head": "int8"' "$WORK/out" &&
+  grep -q '"pct_bw_around"' "$WORK/out" && ok || bad "bench -B --json lacks n_batch/pct_roofline/lm_head/pct_bw_around"
 expect_fail "--batch" "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B x
 expect_fail "unknown backend 'gpu'" "$TERN" bench -m "$WORK/t.gguf" -p 8 -n 0 --backend gpu
 
