@@ -49,6 +49,12 @@ struct MaxOp {
 };
 
 __device__ __forceinline__ float4 load_float4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+// Four consecutive F16 values (8-byte aligned) as floats.
+__device__ __forceinline__ float4 load_half4(const __half* p) {
+  const uint2 h = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&h.x)), b = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
 
 // Weights are read once per token and the model is far larger than L2: stream them.
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) { return __ldcs(p); }

@@ -55,9 +55,7 @@ constexpr int smem_bytes() {  // 41.2 KB (float dy): 5 blocks per SM
 template <bool IN16>
 __device__ __forceinline__ float4 staged4(const float* xs, int row, int col) {
   if constexpr (IN16) {
-    const uint2 h = *reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(xs) + row * kXLdH + col);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&h.x)), b = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
-    return make_float4(a.x, a.y, b.x, b.y);
+    return load_half4(reinterpret_cast<const __half*>(xs) + row * kXLdH + col);
   } else {
     return *reinterpret_cast<const float4*>(xs + row * kXLd + col);
   }
@@ -97,7 +95,7 @@ __global__ void __launch_bounds__(kWarps * 32, 5) lora_dy_kernel(const float* __
   const float inv_cs = IN16 ? 1.0f / a.cs.at(cb0) : 1.0f;
   const int r = a.r, s = blockIdx.y, m_begin = s * chunk, m_end = min(M, m_begin + chunk);
   const int steps = (m_end - m_begin + kStep - 1) / kStep;
-  // A warp copies whole rows (512 or 256 bytes): the thread's rows rr0 + RS i, its 16 bytes at column xc.
+  // A warp copies whole rows (512 or 256 bytes): the thread's rows rr0 + kRowStep i, its 16 bytes at column xc.
   constexpr int kPer = IN16 ? 8 : 4, kRowStep = kWarps * 32 / (kWidth / kPer);
   const int rr0 = threadIdx.x / (kWidth / kPer), xc = threadIdx.x % (kWidth / kPer) * kPer;
   const bool x_in = cb0 + xc < N;

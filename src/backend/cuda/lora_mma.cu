@@ -68,13 +68,11 @@ struct MaskArgs {
   float keep;
 };
 
-// Four consecutive inputs at element offset c of a row: floats, or F16 values (DropoutSpec::x_f16).
+// Four consecutive inputs at element offset `at`: floats, or F16 values (DropoutSpec::x_f16).
 template <bool X16>
 __device__ __forceinline__ float4 load_x4(const float* x, int64_t at) {
   if constexpr (X16) {
-    const uint2 h = *reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(x) + at);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&h.x)), b = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
-    return make_float4(a.x, a.y, b.x, b.y);
+    return load_half4(reinterpret_cast<const __half*>(x) + at);
   } else {
     return load_float4(x + at);
   }
