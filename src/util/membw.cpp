@@ -6,15 +6,16 @@
 
 namespace tern {
 
-ReadProbe::ReadProbe(size_t mib) : buf_(mib * (size_t{1} << 20) / sizeof(uint64_t)) {
-  for (size_t i = 0; i < buf_.size(); ++i) buf_[i] = i * 0x9e3779b97f4a7c15ull;  // touch every page
+ReadProbe::ReadProbe(size_t mib) : n_(mib * (size_t{1} << 20) / sizeof(uint64_t)) {
+  buf_.reset(new uint64_t[n_]);
+  for (size_t i = 0; i < n_; ++i) buf_[i] = i * 0x9e3779b97f4a7c15ull;  // touch every page
 }
 
 double ReadProbe::pass(int threads) {
   threads = std::max(1, threads);
   sums_.assign(static_cast<size_t>(threads) * 8, 0);
-  const size_t n = buf_.size();
-  const uint64_t* buf = buf_.data();
+  const size_t n = n_;
+  const uint64_t* buf = buf_.get();
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; ++t) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace tern {
@@ -15,7 +16,8 @@ class ReadProbe {
   double pass(int threads);
 
  private:
-  std::vector<uint64_t> buf_;
+  std::unique_ptr<uint64_t[]> buf_;  // (not a vector: no zero-fill before the touch)
+  size_t n_ = 0;
   std::vector<uint64_t> sums_;  // one per thread, a cache line apart (keeps the loads alive)
 };
 

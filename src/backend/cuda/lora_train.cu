@@ -88,6 +88,9 @@ class CudaGradEngine final : public train::GradEngine {
     // or with fold_ nothing.
     const size_t keep_floats = M * (ldq_ + QD_ + H_ + c_.n_heads + kProjCount * std::max(rank_, 1) + (fold_ ? 3 * F_ / 2 : 0));
     keep_ = keep_floats * sizeof(float) * c_.n_layers <= (fold_ ? kKeepBytes + kGuKeepBytes : kKeepBytes);
+    // TERN_TRAIN_KEEP=0: the recompute-everything path even when the activations fit (tests
+    // check it against the kept one).
+    if (const char* e = std::getenv("TERN_TRAIN_KEEP"); e != nullptr && std::string(e) == "0") keep_ = false;
     const size_t nl = keep_ ? c_.n_layers : 1;
     qkv_ = fbuf(nl * M * ldq_), att_ = fbuf(nl * M * QD_), xmid_ = fbuf(nl * M * H_);
     if (fold_) {
@@ -600,9 +603,8 @@ class CudaGradEngine final : public train::GradEngine {
     lora_u(l, {Proj::Gate, Proj::Up}, fold_ ? xmid : xn2);
     mark("f.lora");
     ternary(l, w.gu8, H_, 2 * F_, gu, scales_gu(w), {Proj::Gate, Proj::Up});
-    // h = act(gate) * up is not kept: the backward recomputes it (launch_gated_rmsnorm_bwd),
-    // with fold_ from the F16 gate/up.
-    // (fold_: hn as F16 h * rs, and F16 gate/up for the gating backward, both kept)
+    // h = act(gate) * up is not kept: the gating backward recomputes it (with fold_ from the
+    // F16 gate/up this kernel writes; hn is then F16 h * rs).
     launch_train_norm_quant(gu, 2 * F_, true, act_kind(c_.act), w.ffn_sub_norm.as<float>(), F_, eps, M_, nullptr, fold_ ? nullptr : hn,
                             xout != nullptr ? q8_.as<int8_t>() : nullptr, kpad(F_), s_.as<float>(), st_, nullptr, fold_ ? hn : nullptr,
                             fold_ ? gu16(l) : nullptr);
