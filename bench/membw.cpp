@@ -1,4 +1,5 @@
-// Multi-threaded streaming read bandwidth: the roofline for CPU decode, which must
+// Multi-threaded streaming read bandwidth of an anonymous buffer (util/membw.h; `tern
+// bench` reads the model's own weights instead): the roofline for CPU decode, which must
 // read every weight (1.18 GB for the 2b-4t shape) once per token.
 // Usage: membw [threads] [MiB]
 #include <fmt/core.h>

@@ -5,10 +5,12 @@
 // tgN@B = N decode steps of B sequences at once from empty caches, aggregate tokens/s.
 // Decode figures carry the memory-bandwidth roofline: the bytes a step must read
 // (every weight once, plus each sequence's KV cache) at the measured bandwidth (GPU:
-// device-to-device copy, read + write; CPU: streaming read, best of five at the start).
-// CPU decode also measures the read bandwidth right before and after each timed run and
-// reports the median of each run's tok/s against the mean of its two: a VM's bandwidth
-// moves by +-25 % within seconds, which the one probe at the start cannot follow.
+// device-to-device copy, read + write; CPU: a streaming read of the model's weights,
+// the pages decode reads, by as many threads as the engine has, best of five at the
+// start: util/membw.h). CPU decode also measures that read right before and after each
+// timed run and reports the median of each run's tok/s against the mean of its two: a
+// VM's bandwidth moves by +-25 % within seconds, which the one probe at the start cannot
+// follow.
 // Mean +- sample std dev.
 // --train [--train-batch 8] [--rank 16] [--targets all]: LoRA training steps of
 // batch x (first -p) tokens instead (bench_train.h).
@@ -70,6 +72,17 @@ double weight_bytes(const Model& m, LmHead head) {
   const double cells = static_cast<double>(m.embedding.rows) * m.embedding.cols;
   b += head == LmHead::Int8 ? cells + 4.0 * m.embedding.rows : static_cast<double>(m.embedding.nbytes());
   return b;
+}
+
+// A read of the bytes a CPU decode step reads from the model: its ternary weights and
+// its 16/32-bit head (an int8 head is the engine's copy, read at the same rate).
+std::unique_ptr<ReadProbe> weights_probe(const Model& m, int threads) {
+  std::vector<std::span<const uint8_t>> ranges;
+  for (const Layer& L : m.layers) {
+    for (const TernaryMatrix* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) ranges.emplace_back(t->data, t->rows * t->row_bytes);
+  }
+  ranges.emplace_back(static_cast<const uint8_t*>(m.embedding.data), m.embedding.nbytes());
+  return std::make_unique<ReadProbe>(std::move(ranges), threads);
 }
 
 }  // namespace
@@ -143,11 +156,11 @@ Action add_bench(CLI::App& app) {
 #ifdef TERN_HAVE_CUDA
       if (on_gpu) bw = cuda_copy_bandwidth();
 #endif
-      if (bw <= 0) bw = cpu_read_bandwidth(cpu_threads);
+      if (bw <= 0) bw = weights_probe(m, cpu_threads)->best(5);
     }
     // CPU decode: the probe around each timed run (see the top of this file).
     std::unique_ptr<ReadProbe> probe;
-    if (!on_gpu && o->bw <= 0 && std::any_of(tgs.begin(), tgs.end(), [](int64_t n) { return n > 0; })) probe = std::make_unique<ReadProbe>(256);
+    if (!on_gpu && o->bw <= 0 && std::any_of(tgs.begin(), tgs.end(), [](int64_t n) { return n > 0; })) probe = weights_probe(m, cpu_threads);
     const double wbytes = weight_bytes(m, eo.lm_head);
     const double kv_bytes = eo.kv_type == KvType::F16 ? 2.0 : 4.0;
     const double kv_per_pos = 2.0 * kv_bytes * m.config.n_layers * m.config.kv_dim();  // K and V
@@ -189,7 +202,7 @@ Action add_bench(CLI::App& app) {
       fn();  // warm-up: page in weights, capture graphs, spin up threads
       const bool around = probe != nullptr && r.roofline > 0;
       // (best of three passes: a pass's fresh threads now and then share a core)
-      auto probe_bw = [&] { return std::max({probe->pass(cpu_threads), probe->pass(cpu_threads), probe->pass(cpu_threads)}); };
+      auto probe_bw = [&] { return probe->best(3); };
       for (int i = 0; i < o->reps; ++i) {
         const double b0 = around ? probe_bw() : 0;
         r.tps.push_back(tokens / fn());
@@ -245,7 +258,7 @@ Action add_bench(CLI::App& app) {
                    r.roofline > 0 ? fmt::format("{:.1f}%", 100 * r.mean() / r.roofline) : "");
       }
       fmt::print("roofline: {:.3f} GB per step + KV cache, at {:.0f} GB/s ({})\n", wbytes / 1e9, bw / 1e9,
-                 o->bw > 0 ? "--bw" : on_gpu ? "measured device copy, read + write" : "measured streaming read");
+                 o->bw > 0 ? "--bw" : on_gpu ? "measured device copy, read + write" : "measured streaming read of the weights");
     }
     return 0;
   };

@@ -1,27 +1,39 @@
-// Streaming read bandwidth of this machine's memory (bytes/s), the roofline for CPU
-// decode: every weight is read once per token.
+// Streaming read bandwidth (bytes/s): the roofline for CPU decode, which reads every
+// weight once per token. The probe reads with a pool of persistent threads in the
+// engine's guided pieces (util/thread_pool.h), as decode's loops do: passes with fresh
+// threads per pass measured ~10 % lower (their start is in the timing, and now and then
+// two land on one core), so decode could read "faster than the bandwidth".
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
+
+#include "util/thread_pool.h"
 
 namespace tern {
 
-// A buffer of `mib` MiB, touched once, read by `threads` threads per pass().
 class ReadProbe {
  public:
-  explicit ReadProbe(size_t mib);
-  // One timed pass over the whole buffer: bytes/s.
-  double pass(int threads);
+  // Reads these ranges (tern bench: the model's weights, the very pages decode reads;
+  // on a VM a fresh anonymous buffer's pages streamed anywhere from 5 to 70 GB/s).
+  ReadProbe(std::vector<std::span<const uint8_t>> ranges, int threads);
+  // Reads an anonymous buffer of `mib` MiB, written once here.
+  ReadProbe(size_t mib, int threads);
+  double pass();            // one timed pass over every range: bytes/s
+  double best(int passes);  // the best of `passes` passes
 
  private:
-  std::unique_ptr<uint64_t[]> buf_;  // (not a vector: no zero-fill before the touch)
-  size_t n_ = 0;
+  std::unique_ptr<uint64_t[]> own_;  // (not a vector: no zero-fill before the touch)
+  std::vector<std::span<const uint8_t>> ranges_;
+  std::vector<size_t> first_word_;  // where each range starts in the 8-byte words of all of them
+  size_t words_ = 0;
+  ThreadPool pool_;
   std::vector<uint64_t> sums_;  // one per thread, a cache line apart (keeps the loads alive)
 };
 
-// Best of `reps` passes over `mib` MiB split across `threads` threads.
+// The best of `reps` passes over an anonymous buffer of `mib` MiB with `threads` threads.
 double cpu_read_bandwidth(int threads, size_t mib = 512, int reps = 5);
 
 }  // namespace tern

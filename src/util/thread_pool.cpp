@@ -11,15 +11,6 @@
 namespace tern {
 
 namespace {
-// Chunk `i` of `parts` over [0, n), aligned to `grain`.
-std::pair<int64_t, int64_t> chunk(int64_t n, int64_t grain, int parts, int i) {
-  int64_t units = (n + grain - 1) / grain;
-  int64_t per = units / parts, extra = units % parts;
-  int64_t begin_u = i * per + std::min<int64_t>(i, extra);
-  int64_t end_u = begin_u + per + (i < extra ? 1 : 0);
-  return {std::min(n, begin_u * grain), std::min(n, end_u * grain)};
-}
-
 void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -79,11 +70,11 @@ void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
     job_n_ = n;
     job_grain_ = grain;
     pending_.store(n_threads_ - 1);
-    next_part_.store(0, std::memory_order_relaxed);
+    next_unit_.store(0, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);  // spinning workers see the job here
   }
   cv_start_.notify_all();  // and sleeping ones here
-  run_parts(fn, ctx, n, grain);
+  run_pieces(fn, ctx, n, grain);
   if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_done_.wait(lk, [this] { return pending_.load() == 0; });
@@ -92,11 +83,15 @@ void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
   job_ctx_ = nullptr;
 }
 
-void ThreadPool::run_parts(Job job, void* ctx, int64_t n, int64_t grain) {
-  const int parts = static_cast<int>(std::min<int64_t>((n + grain - 1) / grain, int64_t{n_threads_} * kPartsPerThread));
-  for (int i; (i = next_part_.fetch_add(1, std::memory_order_relaxed)) < parts;) {
-    auto [b, e] = chunk(n, grain, parts, i);
-    if (b < e) job(ctx, b, e);
+void ThreadPool::run_pieces(Job job, void* ctx, int64_t n, int64_t grain) {
+  const int64_t units = (n + grain - 1) / grain;
+  int64_t first = next_unit_.load(std::memory_order_relaxed);
+  while (first < units) {
+    const int64_t take = std::max<int64_t>(1, (units - first) / (2 * int64_t{n_threads_}));
+    if (next_unit_.compare_exchange_weak(first, first + take, std::memory_order_relaxed)) {
+      job(ctx, first * grain, std::min(n, (first + take) * grain));
+      first = next_unit_.load(std::memory_order_relaxed);
+    }  // else first now holds the counter's value: try again from there
   }
 }
 
@@ -124,7 +119,7 @@ void ThreadPool::worker(int index) {
       n = job_n_;
       grain = job_grain_;
     }
-    run_parts(job, ctx, n, grain);
+    run_pieces(job, ctx, n, grain);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lk(mu_);  // a waiter that checked before the decrement is now asleep or will see 0
       cv_done_.notify_one();

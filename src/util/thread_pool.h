@@ -1,11 +1,11 @@
-// A fixed pool of worker threads for data-parallel loops. parallel_for splits [0, n)
-// into kPartsPerThread contiguous parts per thread, which the threads (the caller
-// among them) take in turn from a shared counter, and blocks until all are done; a pool
-// of 1 thread runs everything inline. Threads spin briefly for the next loop (or for the
-// others to finish) before they sleep.
+// A fixed pool of worker threads for data-parallel loops. parallel_for hands out [0, n)
+// in shrinking pieces (guided self-scheduling: each take is a 1 / (2 x threads) share of
+// what is left, at least one grain) from a shared counter to the threads, the caller among
+// them, and blocks until all are done; a pool of 1 thread runs everything inline. Threads
+// spin briefly for the next loop (or for the others to finish) before they sleep.
 // No allocation per loop: the callable is passed by reference as a (context, function
 // pointer) pair, not wrapped in a std::function (a lambda capturing more than two
-// references would be copied to the heap; a decode step runs ~500 loops).
+// references would be copied to the heap; a decode step runs ~150 loops).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -43,13 +43,11 @@ class ThreadPool {
   using Job = void (*)(void*, int64_t, int64_t);
   void run(int64_t n, int64_t grain, Job job, void* ctx);
   void worker(int index);
-  void run_parts(Job job, void* ctx, int64_t n, int64_t grain);
-  // Parts per thread and loop. With one half per thread, decode on 2 vCPUs lost ~7 % of
-  // each loop to the half that finished later (per-loop timers: loop wall time against
-  // each thread's busy time; 16 parts a thread left ~3.5 %). Decode is bandwidth-bound,
-  // so the tail cost about half that: 1 vs 4 parts alternated on one binary gave a median
-  // tg64 ratio of 1.13 (means +4 %, a noisy VM); prefill unchanged; 3 and 16 parts alike.
-  static constexpr int kPartsPerThread = 4;
+  void run_pieces(Job job, void* ctx, int64_t n, int64_t grain);
+  // Why shrinking pieces: decode is ~150 short bandwidth-bound loops a token, and a thread
+  // that finishes first idles its share of the bandwidth until the other is done. Halves
+  // lost ~7 % a loop to that (per-loop timers), four fixed parts a thread ~3.5 %; guided
+  // pieces end within about one grain of each other for ~2 log(n) takes a loop.
   int n_threads_;
   std::vector<std::thread> threads_;
   std::mutex mu_;
@@ -59,7 +57,7 @@ class ThreadPool {
   int64_t job_n_ = 0, job_grain_ = 1;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
-  std::atomic<int> next_part_{0};
+  std::atomic<int64_t> next_unit_{0};  // grains of the current loop handed out
   std::atomic<bool> stop_{false};
 };
 

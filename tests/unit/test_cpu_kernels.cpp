@@ -84,8 +84,8 @@ TEST(CpuKernels, TernaryDotIsExact) {
 // case), for widths of one block up to 6912 and odd multiples of 128.
 TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
   auto rng = rng_for_test();
-  std::printf("[info] SIMD level: %s (avx2 %s, avx-vnni %s, avx512-vnni %s)\n", cpu::simd_level(), cpu::has_avx2() ? "yes" : "no",
-              cpu::has_avxvnni() ? "yes" : "no", cpu::has_avx512vnni() ? "yes" : "no");
+  std::printf("[info] SIMD level: %s (avx2 %s, avx-vnni %s, avx512-vnni %s, avx512 %s)\n", cpu::simd_level(), cpu::has_avx2() ? "yes" : "no",
+              cpu::has_avxvnni() ? "yes" : "no", cpu::has_avx512vnni() ? "yes" : "no", cpu::has_avx512() ? "yes" : "no");
   if (!cpu::has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path runs";
   for (int64_t cols : {128, 384, 2560, 6912, 128 * 37}) {
     for (int fill : {0, 1, 2}) {  // random, all -128, all 127
@@ -109,6 +109,41 @@ TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
       if (cpu::has_avx512vnni()) {
         EXPECT_EQ(cpu::ternary_dot_vnni512(row.data(), x.data(), cols, sum), want) << "vnni512 " << cols << " fill " << fill;
       }
+      std::vector<int8_t> pairs(cols), scratch(cols);
+      cpu::interleave_block_pairs(x.data(), cols, pairs.data());
+      if (cpu::has_avx512()) {
+        EXPECT_EQ(cpu::ternary_dot_decode_avx512(row.data(), pairs.data(), cols, sum), want) << "avx512 " << cols << " fill " << fill;
+      }
+      // The dispatched single-token pair, whatever order this CPU's level reads, and the
+      // two-row form (the second row: the first reversed).
+      const int8_t* acts = cpu::decode_acts(x.data(), cols, scratch.data());
+      EXPECT_EQ(cpu::ternary_dot_decode(row.data(), acts, cols, sum), want) << "decode " << cols << " fill " << fill;
+      std::vector<uint8_t> row_b(row.rbegin(), row.rend());
+      const int32_t want_b = cpu::ternary_dot_scalar(row_b.data(), x.data(), cols, sum);
+      int32_t two[2];
+      cpu::ternary_dot2_decode(row.data(), row_b.data(), acts, cols, sum, two);
+      EXPECT_EQ(two[0], want) << "decode2 " << cols << " fill " << fill;
+      EXPECT_EQ(two[1], want_b) << "decode2 " << cols << " fill " << fill;
+      if (cpu::has_avx512()) {
+        cpu::ternary_dot2_decode_avx512(row.data(), row_b.data(), pairs.data(), cols, sum, two);
+        EXPECT_EQ(two[0], want) << "avx512 decode2 " << cols << " fill " << fill;
+        EXPECT_EQ(two[1], want_b) << "avx512 decode2 " << cols << " fill " << fill;
+      }
+    }
+  }
+}
+
+// The 512-bit decode dot's activation order: group g of both blocks of each 256 columns
+// side by side, a last odd block left in place, nothing lost or repeated.
+TEST(CpuKernels, BlockPairInterleaving) {
+  for (int64_t cols : {128, 256, 384, 2560}) {
+    std::vector<int8_t> x(cols), out(cols, 0);
+    for (int64_t i = 0; i < cols; ++i) x[i] = static_cast<int8_t>(i % 251 - 125);
+    cpu::interleave_block_pairs(x.data(), cols, out.data());
+    for (int64_t i = 0; i < cols; ++i) {
+      const int64_t k = i / 256, g = i % 256 / 64, h = i % 64 / 32, j = i % 32;
+      const int64_t src = k < cols / 256 ? 256 * k + 128 * h + 32 * g + j : i;
+      ASSERT_EQ(out[i], x[src]) << "cols " << cols << " at " << i;
     }
   }
 }
@@ -196,7 +231,7 @@ TEST(CpuKernels, FloatDotsSameOnEveryPath) {
   std::normal_distribution<float> nd(0, 1);
   auto same = [](float a, float b) { return std::memcmp(&a, &b, 4) == 0; };
   for (bool bf16 : {false, true}) {
-    for (int64_t n : {1, 15, 16, 17, 2560, 2567}) {
+    for (int64_t n : {1, 15, 16, 17, 31, 32, 33, 64, 2560, 2567}) {
       std::vector<uint16_t> w(n);
       std::vector<float> wf(n), x(n);
       double want = 0, mag = 0;
@@ -215,6 +250,10 @@ TEST(CpuKernels, FloatDotsSameOnEveryPath) {
       if (cpu::has_avx2()) {
         EXPECT_TRUE(same(cpu::dot_half_f32_avx2(w.data(), bf16, x.data(), n), s)) << what;
         EXPECT_TRUE(same(cpu::dot_f32_avx2(wf.data(), x.data(), n), s)) << what;
+      }
+      if (cpu::has_avx512()) {
+        EXPECT_TRUE(same(cpu::dot_half_f32_avx512(w.data(), bf16, x.data(), n), s)) << what;
+        EXPECT_TRUE(same(cpu::dot_f32_avx512(wf.data(), x.data(), n), s)) << what;
       }
     }
   }

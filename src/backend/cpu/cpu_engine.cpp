@@ -31,6 +31,12 @@ struct QuantizedActs {
   AlignedVector<int8_t> q;  // (64-byte aligned: util/aligned.h says why)
   std::vector<float> scale;
   std::vector<int32_t> sum;
+  // The tokens the prefill tiles leave over (decode's one token; rows % 4 of a prefill)
+  // go through the single-token dot: single[i] is token first_single + i's row in the
+  // order cpu::ternary_dot_decode reads (q's own row, or one in single_q).
+  int64_t first_single = 0;
+  const int8_t* single[4] = {};
+  AlignedVector<int8_t> single_q;
 
   void quantize(const float* x, int64_t m, int64_t n, ThreadPool& pool) {
     rows = m;
@@ -41,6 +47,11 @@ struct QuantizedActs {
     pool.parallel_for(m, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) scale[i] = cpu::quantize_row_i8(x + i * n, n, padded, q.data() + i * padded, &sum[i]);
     });
+    first_single = m / 4 * 4;
+    single_q.resize(3 * padded);  // no allocation once the widest input has been seen
+    for (int64_t i = first_single; i < m; ++i) {
+      single[i - first_single] = cpu::decode_acts(q.data() + i * padded, padded, single_q.data() + (i - first_single) * padded);
+    }
   }
 };
 
@@ -52,6 +63,7 @@ struct QuantizedActs {
 // than once per row.
 void ternary_rows(const TernaryMatrix& w, const QuantizedActs& a, float* out, bool accumulate, int64_t r0, int64_t r1) {
   constexpr int64_t kL2Budget = 384 * 1024, kL1Rows = 16 * 1024;
+  // A multiple of 8, so the tokens no tile takes are the last rows % 4 (a.first_single on).
   const int64_t block = std::max<int64_t>(8, kL2Budget / a.padded / 8 * 8);
   const int64_t row_group = std::clamp<int64_t>(kL1Rows / w.row_bytes, 4, 32);
   auto put = [&](int64_t m, int64_t r, int32_t d) {
@@ -59,6 +71,18 @@ void ternary_rows(const TernaryMatrix& w, const QuantizedActs& a, float* out, bo
     float& o = out[m * w.rows + r];
     o = accumulate ? o + y : y;
   };
+  if (a.rows == 1) {  // decode: rows in pairs from the two halves of [r0, r1), two streams
+    const int8_t* x = a.single[0];
+    const int64_t half = (r1 - r0) / 2;
+    for (int64_t i = r0; i < r0 + half; ++i) {
+      int32_t d[2];
+      cpu::ternary_dot2_decode(w.data + i * w.row_bytes, w.data + (i + half) * w.row_bytes, x, w.padded_cols(), a.sum[0], d);
+      put(0, i, d[0]);
+      put(0, i + half, d[1]);
+    }
+    if ((r1 - r0) % 2 != 0) put(0, r1 - 1, cpu::ternary_dot_decode(w.data + (r1 - 1) * w.row_bytes, x, w.padded_cols(), a.sum[0]));
+    return;
+  }
   // Tokens [mb, me) (a multiple of T) against rows [g0, g1), T tokens at a time.
   auto tiles = [&](auto tile, int64_t mb, int64_t me, int64_t g0, int64_t g1) {
     constexpr int T = decltype(tile)::value;
@@ -78,7 +102,9 @@ void ternary_rows(const TernaryMatrix& w, const QuantizedActs& a, float* out, bo
       tiles(std::integral_constant<int, 8>{}, m0, m8, g0, g1);
       tiles(std::integral_constant<int, 4>{}, m8, m4, g0, g1);
       for (int64_t r = g0; r < g1; ++r) {  // the tokens left over (decode: the one token)
-        for (int64_t m = m4; m < m1; ++m) put(m, r, cpu::ternary_dot(w.data + r * w.row_bytes, a.q.data() + m * a.padded, w.padded_cols(), a.sum[m]));
+        for (int64_t m = m4; m < m1; ++m) {
+          put(m, r, cpu::ternary_dot_decode(w.data + r * w.row_bytes, a.single[m - a.first_single], w.padded_cols(), a.sum[m]));
+        }
       }
     }
   }

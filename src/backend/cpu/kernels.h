@@ -21,6 +21,16 @@ float quantize_row_i8(const float* x, int64_t n, int64_t padded, int8_t* q, int3
 // variant the CPU has (simd.h).
 int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
 
+// The single-token dot (decode: every weight read once per token) may want the token's
+// int8 row in another order: decode_acts returns q itself, or `scratch` (padded_cols bytes)
+// holding the row as ternary_dot_decode reads it (the 512-bit kernel's pair-interleaved
+// order, simd.h). ternary_dot_decode(row, decode_acts(q, ...), ...) == ternary_dot(row, q, ...).
+const int8_t* decode_acts(const int8_t* q, int64_t padded_cols, int8_t* scratch);
+int32_t ternary_dot_decode(const uint8_t* row, const int8_t* acts, int64_t padded_cols, int32_t qsum);
+// ternary_dot_decode of two rows (out[0], out[1]) with the same activations: decode's
+// loops give it rows from far apart (two streams; simd_avx512.cpp says why).
+void ternary_dot2_decode(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out);
+
 // HF rotate_half RoPE on n_heads heads of head_dim, pairs (i, i + head_dim/2).
 void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq);
 // inv_freq[i] = 1 / theta^(2i/head_dim), computed in float32 as transformers does.
@@ -43,8 +53,9 @@ void attention_head(const float* q, const float* k, const float* v, int64_t stri
 void attention_head(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n_ctx, int64_t head_dim,
                     float* scores, float* out);
 
-// Float dot product in a fixed order whatever the build or CPU: 16 lanes of fused
-// multiply-adds (lane j takes elements i = j mod 16), a fixed reduction, then the tail.
+// Float dot product in a fixed order whatever the build or CPU: 32 lanes of fused
+// multiply-adds (lane j takes elements i = j mod 32), a fixed reduction, then the tail
+// (simd.h kDotLanes says why 32).
 // Dispatched (simd.h); every variant gives the same float.
 float dot_f32(const float* a, const float* b, int64_t n);
 // The same dot with w F16 (or BF16 when bf16) converted as it is read: equal, bit for bit,

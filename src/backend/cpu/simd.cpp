@@ -41,40 +41,27 @@ void ternary_dot8_scalar(const uint8_t* row, const int8_t* q, int64_t ldq, int64
 
 namespace {
 
-// The float dots' fixed order (every variant): 16 lanes, lane j accumulating the
-// elements i = j mod 16 with fused multiply-adds, then this reduction, then the tail.
-float reduce16(const float* acc, float tail) {
-  float a[8];
-  for (int j = 0; j < 8; ++j) a[j] = acc[j] + acc[j + 8];
-  for (int j = 0; j < 4; ++j) a[j] += a[j + 4];
-  return (a[0] + a[2]) + (a[1] + a[3]) + tail;
-}
-
-// Element i of a float (kind 0), F16 (1) or BF16 (2) vector.
-template <int KIND>
-float elem(const void* w, int64_t i) {
-  if constexpr (KIND == 0) {
-    return static_cast<const float*>(w)[i];
-  } else if constexpr (KIND == 1) {
-    return f16_to_f32(static_cast<const uint16_t*>(w)[i]);
-  } else {
-    return bf16_to_f32(static_cast<const uint16_t*>(w)[i]);
-  }
-}
-
 template <int KIND>
 float dot_lanes_scalar(const void* w, const float* x, int64_t n) {
-  float acc[16] = {};
+  float acc[kDotLanes] = {};
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) acc[j] = std::fma(elem<KIND>(w, i + j), x[i + j], acc[j]);
+  for (; i + kDotLanes <= n; i += kDotLanes) {
+    for (int j = 0; j < kDotLanes; ++j) acc[j] = std::fma(dot_elem<KIND>(w, i + j), x[i + j], acc[j]);
   }
   float tail = 0.0f;
-  for (; i < n; ++i) tail = std::fma(elem<KIND>(w, i), x[i], tail);
-  return reduce16(acc, tail);
+  for (; i < n; ++i) tail = std::fma(dot_elem<KIND>(w, i), x[i], tail);
+  return reduce_dot_lanes(acc, tail);
 }
 
 }  // namespace
+
+float reduce_dot_lanes(const float* acc, float tail) {
+  float a[16];
+  for (int j = 0; j < 16; ++j) a[j] = acc[j] + acc[j + 16];
+  for (int j = 0; j < 8; ++j) a[j] += a[j + 8];
+  for (int j = 0; j < 4; ++j) a[j] += a[j + 4];
+  return (a[0] + a[2]) + (a[1] + a[3]) + tail;
+}
 
 float dot_f32_scalar(const float* a, const float* b, int64_t n) { return dot_lanes_scalar<0>(a, b, n); }
 float dot_half_f32_scalar(const uint16_t* w, bool bf16, const float* x, int64_t n) {
@@ -230,35 +217,36 @@ bool has_avx512vnni() {
 #undef TERN_VNNI_NAME
 #undef TERN_DPBUSD
 
-// The float dots of dot_lanes_scalar in two 8-lane registers (lanes 0-7, 8-15): the same
-// fused multiply-adds in the same order, so the same float. KIND as elem().
+// Eight float elements of a float (KIND 0), F16 (1) or BF16 (2) vector from element i.
+template <int KIND>
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 load8_ps(const void* w, int64_t i) {
+  if constexpr (KIND == 0) {
+    return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
+    if constexpr (KIND == 1) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));  // BF16: the high half of a float
+  }
+}
+
+// The float dots of dot_lanes_scalar in four 8-lane registers (lanes 0-7, ..., 24-31): the
+// same fused multiply-adds in the same order, so the same float. KIND as elem().
 template <int KIND>
 __attribute__((target("avx2,fma,f16c"))) float dot_lanes_avx2(const void* w, const float* x, int64_t n) {
-  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  __m256 a[4];
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) a[k] = _mm256_setzero_ps();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m256 wa, wb;
-    if constexpr (KIND == 0) {
-      wa = _mm256_loadu_ps(static_cast<const float*>(w) + i), wb = _mm256_loadu_ps(static_cast<const float*>(w) + i + 8);
-    } else {
-      const uint16_t* h = static_cast<const uint16_t*>(w) + i;
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h)), b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 8));
-      if constexpr (KIND == 1) {
-        wa = _mm256_cvtph_ps(a), wb = _mm256_cvtph_ps(b);
-      } else {
-        wa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(a), 16));
-        wb = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
-      }
-    }
-    lo = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x + i), lo);
-    hi = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x + i + 8), hi);
+  for (; i + kDotLanes <= n; i += kDotLanes) {
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) a[k] = _mm256_fmadd_ps(load8_ps<KIND>(w, i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), a[k]);
   }
-  alignas(32) float acc[16];
-  _mm256_store_ps(acc, lo);
-  _mm256_store_ps(acc + 8, hi);
+  alignas(32) float acc[kDotLanes];
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) _mm256_store_ps(acc + 8 * k, a[k]);
   float tail = 0.0f;
-  for (; i < n; ++i) tail = std::fma(elem<KIND>(w, i), x[i], tail);
-  return reduce16(acc, tail);
+  for (; i < n; ++i) tail = std::fma(dot_elem<KIND>(w, i), x[i], tail);
+  return reduce_dot_lanes(acc, tail);
 }
 
 float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_lanes_avx2<0>(a, b, n); }
@@ -290,11 +278,14 @@ TERN_SCALAR_TERNARY(vnni512)
 
 namespace {
 
-// TERN_CPU_SIMD=scalar or avx2 caps the level (tests and measurements of each path).
+// TERN_CPU_SIMD caps the level: scalar 0, avx2 1, avx-vnni or avx512-vnni 2 (tests and
+// measurements of each path); anything else (or unset) leaves the widest the CPU has.
 int forced_cap() {
   const char* v = std::getenv("TERN_CPU_SIMD");
-  if (v == nullptr) return 2;
-  return std::strcmp(v, "scalar") == 0 ? 0 : std::strcmp(v, "avx2") == 0 ? 1 : 2;
+  if (v == nullptr) return 3;
+  if (std::strcmp(v, "scalar") == 0) return 0;
+  if (std::strcmp(v, "avx2") == 0) return 1;
+  return std::strcmp(v, "avx-vnni") == 0 || std::strcmp(v, "avx512-vnni") == 0 ? 2 : 3;
 }
 
 // TERN_CPU_SIMD=avx512-vnni: the EVEX kernels even where the VEX ones exist (to compare them).
@@ -304,30 +295,54 @@ bool forced_evex() {
 }
 
 // 0 scalar, 1 AVX2 (with FMA and F16C: every AVX2 CPU has them), 2 AVX2 + vpdpbusd on
-// 256-bit registers, VEX (AVX-VNNI) where the CPU has it, else EVEX (AVX512-VNNI + VL).
-const int kLevel = std::min(forced_cap(), has_avxvnni() || has_avx512vnni() ? 2 : has_avx2() ? 1 : 0);
+// 256-bit registers, VEX (AVX-VNNI) where the CPU has it, else EVEX (AVX512-VNNI + VL),
+// 3 the same prefill tiles plus the 512-bit decode dot and float dots (has_avx512()).
+const int kLevel = std::min(forced_cap(), has_avx512()                        ? 3
+                                          : has_avxvnni() || has_avx512vnni() ? 2
+                                          : has_avx2()                        ? 1
+                                                                              : 0);
 const bool kVex = has_avxvnni() && !(forced_evex() && has_avx512vnni());
 using DotF32 = float (*)(const float*, const float*, int64_t);
-const DotF32 kDotF32 = kLevel >= 1 ? dot_f32_avx2 : dot_f32_scalar;
+const DotF32 kDotF32 = kLevel >= 3 ? dot_f32_avx512 : kLevel >= 1 ? dot_f32_avx2 : dot_f32_scalar;
 using DotHalf = float (*)(const uint16_t*, bool, const float*, int64_t);
-const DotHalf kDotHalf = kLevel >= 1 ? dot_half_f32_avx2 : dot_half_f32_scalar;
+const DotHalf kDotHalf = kLevel >= 3 ? dot_half_f32_avx512 : kLevel >= 1 ? dot_half_f32_avx2 : dot_half_f32_scalar;
 using TernaryDot = int32_t (*)(const uint8_t*, const int8_t*, int64_t, int32_t);
-const TernaryDot kTernaryDot = kLevel == 2   ? (kVex ? ternary_dot_vnni : ternary_dot_vnni512)
+const TernaryDot kTernaryDot = kLevel >= 2   ? (kVex ? ternary_dot_vnni : ternary_dot_vnni512)
                                : kLevel == 1 ? ternary_dot_avx2
                                              : ternary_dot_scalar;
+const TernaryDot kTernaryDotDecode = kLevel >= 3 ? ternary_dot_decode_avx512 : kTernaryDot;
 using TernaryDot4 = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const int32_t*, int32_t*);
-const TernaryDot4 kTernaryDot4 = kLevel == 2   ? (kVex ? ternary_dot4_vnni : ternary_dot4_vnni512)
+const TernaryDot4 kTernaryDot4 = kLevel >= 2   ? (kVex ? ternary_dot4_vnni : ternary_dot4_vnni512)
                                  : kLevel == 1 ? ternary_dot4_avx2
                                                : ternary_dot4_scalar;
-const TernaryDot4 kTernaryDot8 = kLevel == 2   ? (kVex ? ternary_dot8_vnni : ternary_dot8_vnni512)
+const TernaryDot4 kTernaryDot8 = kLevel >= 2   ? (kVex ? ternary_dot8_vnni : ternary_dot8_vnni512)
                                  : kLevel == 1 ? ternary_dot8_avx2
                                                : ternary_dot8_scalar;
 
 }  // namespace
 
-const char* simd_level() { return kLevel == 2 ? (kVex ? "avx-vnni" : "avx512-vnni") : kLevel == 1 ? "avx2" : "scalar"; }
+const char* simd_level() { return kLevel == 3 ? "avx512" : kLevel == 2 ? (kVex ? "avx-vnni" : "avx512-vnni") : kLevel == 1 ? "avx2" : "scalar"; }
 
 int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum) { return kTernaryDot(row, q, padded_cols, qsum); }
+
+const int8_t* decode_acts(const int8_t* q, int64_t padded_cols, int8_t* scratch) {
+  if (kLevel < 3) return q;
+  interleave_block_pairs(q, padded_cols, scratch);
+  return scratch;
+}
+
+int32_t ternary_dot_decode(const uint8_t* row, const int8_t* acts, int64_t padded_cols, int32_t qsum) {
+  return kTernaryDotDecode(row, acts, padded_cols, qsum);
+}
+
+void ternary_dot2_decode(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out) {
+  if (kLevel >= 3) {
+    ternary_dot2_decode_avx512(row_a, row_b, acts, padded_cols, qsum, out);
+  } else {  // (untried on the narrower kernels: there each row is its own call, as before)
+    out[0] = kTernaryDotDecode(row_a, acts, padded_cols, qsum);
+    out[1] = kTernaryDotDecode(row_b, acts, padded_cols, qsum);
+  }
+}
 
 float dot_f32(const float* a, const float* b, int64_t n) { return kDotF32(a, b, n); }
 

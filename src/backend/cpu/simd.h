@@ -5,11 +5,15 @@
 #pragma once
 #include <cstdint>
 
+#include "util/half.h"
+
 namespace tern::cpu {
 
-// "avx-vnni", "avx512-vnni", "avx2" or "scalar": what the dispatching kernels
-// (cpu::ternary_dot, ...) run. TERN_CPU_SIMD=avx2 or =scalar caps it; =avx512-vnni picks
-// the EVEX kernels where both encodings exist.
+// "avx512", "avx-vnni", "avx512-vnni", "avx2" or "scalar": what the dispatching kernels
+// (cpu::ternary_dot, ...) run. "avx512": 512-bit decode and float dots (AVX-512 F, BW, VL
+// and VNNI), the prefill tiles as "avx-vnni" (or "avx512-vnni" without AVX-VNNI).
+// TERN_CPU_SIMD=avx-vnni, =avx2 or =scalar caps it; =avx512-vnni caps it at the 256-bit
+// VNNI kernels in their EVEX form where both encodings exist.
 const char* simd_level();
 
 // The variants of the dispatching kernels (kernels.h), for tests. The _avx2 ones may only
@@ -35,5 +39,35 @@ bool has_avx512vnni();
 int32_t ternary_dot_vnni512(const uint8_t* row, const int8_t* q, int64_t padded_cols, int32_t qsum);
 void ternary_dot4_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 void ternary_dot8_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+// AVX-512 with 512-bit registers (simd_avx512.cpp; has_avx512(): F, BW, VL and VNNI): the
+// decode dot over the pair-interleaved activations of interleave_block_pairs, and the float
+// dots (two 16-lane registers: kDotLanes in one step).
+bool has_avx512();
+void interleave_block_pairs(const int8_t* q, int64_t padded_cols, int8_t* out);
+int32_t ternary_dot_decode_avx512(const uint8_t* row, const int8_t* acts, int64_t padded_cols, int32_t qsum);
+void ternary_dot2_decode_avx512(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols, int32_t qsum,
+                                int32_t* out);
+float dot_f32_avx512(const float* a, const float* b, int64_t n);
+float dot_half_f32_avx512(const uint16_t* w, bool bf16, const float* x, int64_t n);
+
+// The float dots' fixed order, shared by every variant (kernels.h dot_f32): kDotLanes
+// lanes, lane j accumulating the elements i = j mod kDotLanes with fused multiply-adds,
+// then reduce_dot_lanes (a fixed tree), then the tail's own fused chain added last. 32
+// lanes: four 8-lane AVX2 chains or two 16-lane AVX-512 ones, enough independent chains
+// that the LM head's dot runs faster than memory delivers its rows (16 lanes, two chains,
+// read ~28 GB/s per core from L2: about one core's share of the bandwidth).
+constexpr int kDotLanes = 32;
+float reduce_dot_lanes(const float* acc, float tail);
+// Element i of a float (KIND 0), F16 (1) or BF16 (2) vector.
+template <int KIND>
+inline float dot_elem(const void* w, int64_t i) {
+  if constexpr (KIND == 0) {
+    return static_cast<const float*>(w)[i];
+  } else if constexpr (KIND == 1) {
+    return f16_to_f32(static_cast<const uint16_t*>(w)[i]);
+  } else {
+    return bf16_to_f32(static_cast<const uint16_t*>(w)[i]);
+  }
+}
 
 }  // namespace tern::cpu
