@@ -41,9 +41,12 @@ bool spin_until(Pred pred) {
 }
 }  // namespace
 
+thread_local int tl_thread_index = 0;
+
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
+  ranges_.reset(new Range[n_threads_]);
   for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -63,6 +66,8 @@ void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
     fn(ctx, 0, n);
     return;
   }
+  // Ranges count units in 32 bits: coarser units for a loop of more than 2^31 of them.
+  grain *= (n / grain) / (int64_t{1} << 31) + 1;
   {
     std::lock_guard<std::mutex> lk(mu_);
     job_ = fn;
@@ -70,11 +75,14 @@ void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
     job_n_ = n;
     job_grain_ = grain;
     pending_.store(n_threads_ - 1);
-    next_unit_.store(0, std::memory_order_relaxed);
+    const uint64_t units = static_cast<uint64_t>((n + grain - 1) / grain);
+    for (int t = 0; t < n_threads_; ++t) {
+      ranges_[t].units.store(pack(units * t / n_threads_, units * (t + 1) / n_threads_), std::memory_order_relaxed);
+    }
     generation_.fetch_add(1, std::memory_order_release);  // spinning workers see the job here
   }
   cv_start_.notify_all();  // and sleeping ones here
-  run_pieces(fn, ctx, n, grain);
+  run_pieces(0, fn, ctx, n, grain);
   if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_done_.wait(lk, [this] { return pending_.load() == 0; });
@@ -83,19 +91,32 @@ void ThreadPool::run(int64_t n, int64_t grain, Job fn, void* ctx) {
   job_ctx_ = nullptr;
 }
 
-void ThreadPool::run_pieces(Job job, void* ctx, int64_t n, int64_t grain) {
-  const int64_t units = (n + grain - 1) / grain;
-  int64_t first = next_unit_.load(std::memory_order_relaxed);
-  while (first < units) {
-    const int64_t take = std::max<int64_t>(1, (units - first) / (2 * int64_t{n_threads_}));
-    if (next_unit_.compare_exchange_weak(first, first + take, std::memory_order_relaxed)) {
-      job(ctx, first * grain, std::min(n, (first + take) * grain));
-      first = next_unit_.load(std::memory_order_relaxed);
-    }  // else first now holds the counter's value: try again from there
+bool ThreadPool::claim(int t, bool front, uint64_t& b, uint64_t& e) {
+  std::atomic<uint64_t>& r = ranges_[t].units;
+  uint64_t v = r.load(std::memory_order_relaxed);
+  for (;;) {
+    const uint64_t lo = v & 0xffffffffu, hi = v >> 32;
+    if (lo >= hi) return false;
+    // The owner takes a quarter of what is left (shrinking, so the last piece it holds,
+    // which no one else can take, is short); a thief takes half from the back.
+    const uint64_t take = std::max<uint64_t>(1, (hi - lo) / (front ? 4 : 2));
+    const uint64_t next = front ? pack(lo + take, hi) : pack(lo, hi - take);
+    if (r.compare_exchange_weak(v, next, std::memory_order_relaxed)) {
+      b = front ? lo : hi - take;
+      e = front ? lo + take : hi;
+      return true;
+    }
   }
 }
 
-thread_local int tl_thread_index = 0;
+void ThreadPool::run_pieces(int me, Job job, void* ctx, int64_t n, int64_t grain) {
+  auto run_units = [&](uint64_t b, uint64_t e) { job(ctx, static_cast<int64_t>(b) * grain, std::min<int64_t>(n, static_cast<int64_t>(e) * grain)); };
+  uint64_t b, e;
+  while (claim(me, true, b, e)) run_units(b, e);
+  for (int k = 1; k < n_threads_; ++k) {
+    while (claim((me + k) % n_threads_, false, b, e)) run_units(b, e);
+  }
+}
 
 int ThreadPool::thread_index() { return tl_thread_index; }
 
@@ -119,7 +140,7 @@ void ThreadPool::worker(int index) {
       n = job_n_;
       grain = job_grain_;
     }
-    run_pieces(job, ctx, n, grain);
+    run_pieces(index, job, ctx, n, grain);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lk(mu_);  // a waiter that checked before the decrement is now asleep or will see 0
       cv_done_.notify_one();

@@ -1,6 +1,7 @@
 // CPU reference kernels against straightforward re-derivations on fresh random inputs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -115,19 +116,20 @@ TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
         EXPECT_EQ(cpu::ternary_dot_decode_avx512(row.data(), pairs.data(), cols, sum), want) << "avx512 " << cols << " fill " << fill;
       }
       // The dispatched single-token pair, whatever order this CPU's level reads, and the
-      // two-row form (the second row: the first reversed).
+      // four-row form (the other rows: the first reversed, rotated, and reversed again).
       const int8_t* acts = cpu::decode_acts(x.data(), cols, scratch.data());
       EXPECT_EQ(cpu::ternary_dot_decode(row.data(), acts, cols, sum), want) << "decode " << cols << " fill " << fill;
-      std::vector<uint8_t> row_b(row.rbegin(), row.rend());
-      const int32_t want_b = cpu::ternary_dot_scalar(row_b.data(), x.data(), cols, sum);
-      int32_t two[2];
-      cpu::ternary_dot2_decode(row.data(), row_b.data(), acts, cols, sum, two);
-      EXPECT_EQ(two[0], want) << "decode2 " << cols << " fill " << fill;
-      EXPECT_EQ(two[1], want_b) << "decode2 " << cols << " fill " << fill;
+      std::vector<std::vector<uint8_t>> four = {row, {row.rbegin(), row.rend()}, row, row};
+      std::rotate(four[2].begin(), four[2].begin() + cols / 8, four[2].end());
+      four[3].assign(four[2].rbegin(), four[2].rend());
+      const uint8_t* rows[4];
+      int32_t want4[4], got4[4];
+      for (int r = 0; r < 4; ++r) rows[r] = four[r].data(), want4[r] = cpu::ternary_dot_scalar(rows[r], x.data(), cols, sum);
+      cpu::ternary_dot4_decode(rows, acts, cols, sum, got4);
+      for (int r = 0; r < 4; ++r) EXPECT_EQ(got4[r], want4[r]) << "decode4 row " << r << " cols " << cols << " fill " << fill;
       if (cpu::has_avx512()) {
-        cpu::ternary_dot2_decode_avx512(row.data(), row_b.data(), pairs.data(), cols, sum, two);
-        EXPECT_EQ(two[0], want) << "avx512 decode2 " << cols << " fill " << fill;
-        EXPECT_EQ(two[1], want_b) << "avx512 decode2 " << cols << " fill " << fill;
+        cpu::ternary_dot4_decode_avx512(rows, pairs.data(), cols, sum, got4);
+        for (int r = 0; r < 4; ++r) EXPECT_EQ(got4[r], want4[r]) << "avx512 decode4 row " << r << " cols " << cols << " fill " << fill;
       }
     }
   }
@@ -254,6 +256,17 @@ TEST(CpuKernels, FloatDotsSameOnEveryPath) {
       if (cpu::has_avx512()) {
         EXPECT_TRUE(same(cpu::dot_half_f32_avx512(w.data(), bf16, x.data(), n), s)) << what;
         EXPECT_TRUE(same(cpu::dot_f32_avx512(wf.data(), x.data(), n), s)) << what;
+      }
+      // The four-row head dot: each row the single dot's float (rows: w, w reversed, w, w reversed).
+      std::vector<uint16_t> wr(w.rbegin(), w.rend());
+      const uint16_t* rows[4] = {w.data(), wr.data(), w.data(), wr.data()};
+      const float sr = cpu::dot_half_f32_scalar(wr.data(), bf16, x.data(), n);
+      float four[4];
+      cpu::dot_half4_f32(rows, bf16, x.data(), n, four);
+      for (int r = 0; r < 4; ++r) EXPECT_TRUE(same(four[r], r % 2 ? sr : s)) << what << " four-row " << r;
+      if (cpu::has_avx512()) {
+        cpu::dot_half4_f32_avx512(rows, bf16, x.data(), n, four);
+        for (int r = 0; r < 4; ++r) EXPECT_TRUE(same(four[r], r % 2 ? sr : s)) << what << " avx512 four-row " << r;
       }
     }
   }

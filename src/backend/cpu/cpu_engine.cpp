@@ -71,18 +71,6 @@ void ternary_rows(const TernaryMatrix& w, const QuantizedActs& a, float* out, bo
     float& o = out[m * w.rows + r];
     o = accumulate ? o + y : y;
   };
-  if (a.rows == 1) {  // decode: rows in pairs from the two halves of [r0, r1), two streams
-    const int8_t* x = a.single[0];
-    const int64_t half = (r1 - r0) / 2;
-    for (int64_t i = r0; i < r0 + half; ++i) {
-      int32_t d[2];
-      cpu::ternary_dot2_decode(w.data + i * w.row_bytes, w.data + (i + half) * w.row_bytes, x, w.padded_cols(), a.sum[0], d);
-      put(0, i, d[0]);
-      put(0, i + half, d[1]);
-    }
-    if ((r1 - r0) % 2 != 0) put(0, r1 - 1, cpu::ternary_dot_decode(w.data + (r1 - 1) * w.row_bytes, x, w.padded_cols(), a.sum[0]));
-    return;
-  }
   // Tokens [mb, me) (a multiple of T) against rows [g0, g1), T tokens at a time.
   auto tiles = [&](auto tile, int64_t mb, int64_t me, int64_t g0, int64_t g1) {
     constexpr int T = decltype(tile)::value;
@@ -117,7 +105,66 @@ struct LinearOut {
   const TernaryMatrix* w;
   float* out;
 };
+// Decode (one token): the rows of all parts in fours (row i + j q for j < 4, q a quarter
+// of the rows), each four one cpu::ternary_dot4_decode, so every thread reads its share as
+// four sequential streams (from the four quarters of the rows) and loads the activations
+// once for all of them.
+void ternary_linears_decode(std::initializer_list<LinearOut> parts, const QuantizedActs& a, bool accumulate, ThreadPool& pool) {
+  int64_t total = 0;
+  for (const LinearOut& p : parts) {
+    if (p.w->row_bytes != parts.begin()->w->row_bytes) fail("ternary_linears: parts of different widths share one input");
+    total += p.w->rows;
+  }
+  const int8_t* x = a.single[0];
+  const int64_t quarter = total / 4, padded = parts.begin()->w->padded_cols();
+  auto put = [&](const LinearOut& p, int64_t r, int32_t d) {
+    const float y = static_cast<float>(d) / a.scale[0] * p.w->scale;
+    p.out[r] = accumulate ? p.out[r] + y : y;
+  };
+  // Global row g as (part, row in it, rows left in that part from there).
+  auto locate = [&](int64_t g, const LinearOut*& part, int64_t& left) {
+    for (const LinearOut& p : parts) {
+      if (g < p.w->rows) {
+        part = &p;
+        left = p.w->rows - g;
+        return g;
+      }
+      g -= p.w->rows;
+    }
+    return int64_t{-1};  // (never: g < total)
+  };
+  pool.parallel_for(quarter, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e;) {
+      const LinearOut* part[4];
+      int64_t row[4], m = e - i;
+      for (int j = 0; j < 4; ++j) {
+        int64_t left = 0;
+        row[j] = locate(i + j * quarter, part[j], left);
+        m = std::min(m, left);
+      }
+      for (int64_t k = 0; k < m; ++k) {
+        const uint8_t* rows[4];
+        int32_t d[4];
+        for (int j = 0; j < 4; ++j) rows[j] = part[j]->w->data + (row[j] + k) * part[j]->w->row_bytes;
+        cpu::ternary_dot4_decode(rows, x, padded, a.sum[0], d);
+        for (int j = 0; j < 4; ++j) put(*part[j], row[j] + k, d[j]);
+      }
+      i += m;
+    }
+  }, 8);
+  for (int64_t g = 4 * quarter; g < total; ++g) {  // the last total % 4 rows, alone
+    const LinearOut* p = nullptr;
+    int64_t left = 0;
+    const int64_t r = locate(g, p, left);
+    put(*p, r, cpu::ternary_dot_decode(p->w->data + r * p->w->row_bytes, x, padded, a.sum[0]));
+  }
+}
+
 void ternary_linears(std::initializer_list<LinearOut> parts, const QuantizedActs& a, bool accumulate, ThreadPool& pool) {
+  if (a.rows == 1) {
+    ternary_linears_decode(parts, a, accumulate, pool);
+    return;
+  }
   int64_t total = 0;
   for (const LinearOut& p : parts) total += p.w->rows;
   pool.parallel_for(total, [&](int64_t b, int64_t e) {
@@ -350,10 +397,22 @@ class CpuEngine final : public Engine {
       // Decode: a 16-bit head (657 MB of the 2B model's 1.18 GB read per token) is converted
       // as it is read, inside the dot, the same floats as dot_f32 of the converted row. With
       // several rows (prefill logits) each head row is converted once, below, and reused.
+      // 16-bit rows go four at a time from the four quarters of the vocabulary (four
+      // streams per thread: cpu::dot_half4_f32).
       const bool half = E.type == FloatType::F16 || E.type == FloatType::BF16, bf16 = E.type == FloatType::BF16;
-      pool_.parallel_for(c_.vocab, [&](int64_t b, int64_t e) {
+      const uint16_t* E16 = static_cast<const uint16_t*>(E.data);
+      const int64_t V = c_.vocab, quarter = half ? V / 4 : 0;
+      pool_.parallel_for(quarter, [&](int64_t b, int64_t e) {
         for (int64_t v = b; v < e; ++v) {
-          logits[v] = half ? cpu::dot_half_f32(static_cast<const uint16_t*>(E.data) + v * H, bf16, norm_.data(), H)
+          const uint16_t* rows[4] = {E16 + v * H, E16 + (v + quarter) * H, E16 + (v + 2 * quarter) * H, E16 + (v + 3 * quarter) * H};
+          float d[4];
+          cpu::dot_half4_f32(rows, bf16, norm_.data(), H, d);
+          for (int j = 0; j < 4; ++j) logits[v + j * quarter] = d[j];
+        }
+      }, 16);
+      pool_.parallel_for(V - 4 * quarter, [&](int64_t b, int64_t e) {  // F32 heads, and the last V % 4 rows
+        for (int64_t v = 4 * quarter + b; v < 4 * quarter + e; ++v) {
+          logits[v] = half ? cpu::dot_half_f32(E16 + v * H, bf16, norm_.data(), H)
                            : cpu::dot_f32(static_cast<const float*>(E.data) + v * H, norm_.data(), H);
         }
       }, 64);

@@ -27,9 +27,9 @@ int32_t ternary_dot(const uint8_t* row, const int8_t* q, int64_t padded_cols, in
 // order, simd.h). ternary_dot_decode(row, decode_acts(q, ...), ...) == ternary_dot(row, q, ...).
 const int8_t* decode_acts(const int8_t* q, int64_t padded_cols, int8_t* scratch);
 int32_t ternary_dot_decode(const uint8_t* row, const int8_t* acts, int64_t padded_cols, int32_t qsum);
-// ternary_dot_decode of two rows (out[0], out[1]) with the same activations: decode's
-// loops give it rows from far apart (two streams; simd_avx512.cpp says why).
-void ternary_dot2_decode(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out);
+// ternary_dot_decode of four rows (out[0..3]) with the same activations: decode's loops
+// give it rows from far apart (four streams; simd_avx512.cpp says why).
+void ternary_dot4_decode(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out);
 
 // HF rotate_half RoPE on n_heads heads of head_dim, pairs (i, i + head_dim/2).
 void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq);
@@ -61,6 +61,9 @@ float dot_f32(const float* a, const float* b, int64_t n);
 // The same dot with w F16 (or BF16 when bf16) converted as it is read: equal, bit for bit,
 // to dot_f32 of the converted row (the conversion is exact). The LM head's kernel.
 float dot_half_f32(const uint16_t* w, bool bf16, const float* x, int64_t n);
+// dot_half_f32 of four rows (out[0..3]) with one x, each the same float as alone: decode's
+// LM head gives it rows from far apart (four streams, as ternary_dot4_decode).
+void dot_half4_f32(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out);
 
 // Exact int32 dot of two int8 vectors (the int8 LM head: model/head_i8.h). Exact for
 // n < 2^17 (127 * 128 * n fits int32), far above any hidden size.

@@ -229,6 +229,15 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8_ps(const voi
   }
 }
 
+// reduce_dot_lanes from its second step on, on lanes 0-7 (s0) and 8-15 (s1) of a[]: the
+// same additions in the same order.
+__attribute__((target("avx2"))) float reduce_halves_avx2(__m256 s0, __m256 s1, float tail) {
+  const __m256 b = _mm256_add_ps(s0, s1);                                              // a[j] += a[j + 8]
+  const __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));  // a[j] += a[j + 4]
+  const __m128 d = _mm_add_ps(c, _mm_movehl_ps(c, c));                                  // a0 + a2, a1 + a3
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d))) + tail;
+}
+
 // The float dots of dot_lanes_scalar in four 8-lane registers (lanes 0-7, ..., 24-31): the
 // same fused multiply-adds in the same order, so the same float. KIND as elem().
 template <int KIND>
@@ -241,12 +250,11 @@ __attribute__((target("avx2,fma,f16c"))) float dot_lanes_avx2(const void* w, con
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) a[k] = _mm256_fmadd_ps(load8_ps<KIND>(w, i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), a[k]);
   }
-  alignas(32) float acc[kDotLanes];
-#pragma GCC unroll 4
-  for (int k = 0; k < 4; ++k) _mm256_store_ps(acc + 8 * k, a[k]);
   float tail = 0.0f;
   for (; i < n; ++i) tail = std::fma(dot_elem<KIND>(w, i), x[i], tail);
-  return reduce_dot_lanes(acc, tail);
+  // reduce_dot_lanes in registers (a store and 31 scalar adds per LM-head row were ~2 % of
+  // decode): lane j + 16 onto lane j, then the halves as there.
+  return reduce_halves_avx2(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]), tail);
 }
 
 float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_lanes_avx2<0>(a, b, n); }
@@ -335,18 +343,25 @@ int32_t ternary_dot_decode(const uint8_t* row, const int8_t* acts, int64_t padde
   return kTernaryDotDecode(row, acts, padded_cols, qsum);
 }
 
-void ternary_dot2_decode(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out) {
+void ternary_dot4_decode(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out) {
   if (kLevel >= 3) {
-    ternary_dot2_decode_avx512(row_a, row_b, acts, padded_cols, qsum, out);
+    ternary_dot4_decode_avx512(rows, acts, padded_cols, qsum, out);
   } else {  // (untried on the narrower kernels: there each row is its own call, as before)
-    out[0] = kTernaryDotDecode(row_a, acts, padded_cols, qsum);
-    out[1] = kTernaryDotDecode(row_b, acts, padded_cols, qsum);
+    for (int r = 0; r < 4; ++r) out[r] = kTernaryDotDecode(rows[r], acts, padded_cols, qsum);
   }
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) { return kDotF32(a, b, n); }
 
 float dot_half_f32(const uint16_t* w, bool bf16, const float* x, int64_t n) { return kDotHalf(w, bf16, x, n); }
+
+void dot_half4_f32(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out) {
+  if (kLevel >= 3) {
+    dot_half4_f32_avx512(w, bf16, x, n, out);
+  } else {
+    for (int r = 0; r < 4; ++r) out[r] = kDotHalf(w[r], bf16, x, n);
+  }
+}
 
 void ternary_dot4(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) {
   kTernaryDot4(row, q, ldq, padded_cols, qsum, out);

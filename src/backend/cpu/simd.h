@@ -7,6 +7,10 @@
 
 #include "util/half.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace tern::cpu {
 
 // "avx512", "avx-vnni", "avx512-vnni", "avx2" or "scalar": what the dispatching kernels
@@ -45,10 +49,10 @@ void ternary_dot8_vnni512(const uint8_t* row, const int8_t* q, int64_t ldq, int6
 bool has_avx512();
 void interleave_block_pairs(const int8_t* q, int64_t padded_cols, int8_t* out);
 int32_t ternary_dot_decode_avx512(const uint8_t* row, const int8_t* acts, int64_t padded_cols, int32_t qsum);
-void ternary_dot2_decode_avx512(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols, int32_t qsum,
-                                int32_t* out);
+void ternary_dot4_decode_avx512(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out);
 float dot_f32_avx512(const float* a, const float* b, int64_t n);
 float dot_half_f32_avx512(const uint16_t* w, bool bf16, const float* x, int64_t n);
+void dot_half4_f32_avx512(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out);
 
 // The float dots' fixed order, shared by every variant (kernels.h dot_f32): kDotLanes
 // lanes, lane j accumulating the elements i = j mod kDotLanes with fused multiply-adds,
@@ -58,6 +62,10 @@ float dot_half_f32_avx512(const uint16_t* w, bool bf16, const float* x, int64_t 
 // read ~28 GB/s per core from L2: about one core's share of the bandwidth).
 constexpr int kDotLanes = 32;
 float reduce_dot_lanes(const float* acc, float tail);
+#if defined(__x86_64__) || defined(__i386__)
+// Its steps after the first, in registers (simd.cpp; AVX2): s0 / s1 hold a[0..7] / a[8..15].
+float reduce_halves_avx2(__m256 s0, __m256 s1, float tail);
+#endif
 // Element i of a float (KIND 0), F16 (1) or BF16 (2) vector.
 template <int KIND>
 inline float dot_elem(const void* w, int64_t i) {

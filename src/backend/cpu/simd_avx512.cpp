@@ -105,22 +105,27 @@ TERN_AVX512 int32_t ternary_dot_decode_avx512(const uint8_t* row, const int8_t* 
   return finish(a, row, acts, padded_cols) - qsum;
 }
 
-// Two rows at once, each its own stream: the activations are loaded once for both, and
-// a core keeps two sequential streams going (two rows from the two halves of a thread's
-// rows, not neighbours: neighbours interleaved 640 bytes apart streamed at a third of the
-// rate). Per row the same sums as the single dot.
-TERN_AVX512 void ternary_dot2_decode_avx512(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols,
-                                            int32_t qsum, int32_t* out) {
-  Acc4 a{_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()}, b = a;
+// Four rows at once, each its own stream: the activations are loaded once for all four,
+// and a core keeps four sequential streams going (rows from the four quarters of a
+// thread's rows, not neighbours: neighbours interleaved 640 bytes apart streamed at a third
+// of the rate). More streams in flight is what a core's share of the bandwidth needs: a
+// plain sum over the model's rows read ~45 GB/s on 2 threads, this dot over one / two /
+// four streams ~41 / ~46 / ~49 (Zen 5 VM, each thread one half of every matrix). Per row
+// the same sums as the single dot.
+TERN_AVX512 void ternary_dot4_decode_avx512(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum,
+                                            int32_t* out) {
+  Acc4 a[4];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) a[r] = Acc4{_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
   for (int64_t k = 0; k < padded_cols / 256; ++k) {
     const int8_t* x = acts + 256 * k;
     const __m512i x0 = _mm512_loadu_si512(x), x1 = _mm512_loadu_si512(x + 64), x2 = _mm512_loadu_si512(x + 128),
                   x3 = _mm512_loadu_si512(x + 192);
-    dot_step(a, load_codes(row_a + 64 * k), x0, x1, x2, x3);
-    dot_step(b, load_codes(row_b + 64 * k), x0, x1, x2, x3);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) dot_step(a[r], load_codes(rows[r] + 64 * k), x0, x1, x2, x3);
   }
-  out[0] = finish(a, row_a, acts, padded_cols) - qsum;
-  out[1] = finish(b, row_b, acts, padded_cols) - qsum;
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) out[r] = finish(a[r], rows[r], acts, padded_cols) - qsum;
 }
 
 // Sixteen float elements of a float (KIND 0), F16 (1) or BF16 (2) vector from element i.
@@ -144,12 +149,40 @@ TERN_AVX512 static float dot_lanes_avx512(const void* w, const float* x, int64_t
     lo = _mm512_fmadd_ps(load16_ps<KIND>(w, i), _mm512_loadu_ps(x + i), lo);
     hi = _mm512_fmadd_ps(load16_ps<KIND>(w, i + 16), _mm512_loadu_ps(x + i + 16), hi);
   }
-  alignas(64) float acc[kDotLanes];
-  _mm512_store_ps(acc, lo);
-  _mm512_store_ps(acc + 16, hi);
   float tail = 0.0f;
   for (; i < n; ++i) tail = std::fma(dot_elem<KIND>(w, i), x[i], tail);
-  return reduce_dot_lanes(acc, tail);
+  const __m512 a = _mm512_add_ps(lo, hi);  // reduce_dot_lanes' first step, then the rest as simd.cpp does it
+  return reduce_halves_avx2(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)), tail);
+}
+
+// dot_lanes_avx512 of four rows against one x, rows from far apart (four streams, x loaded
+// once for all: the LM head on 2 threads, each half of the rows in quarters, read ~56 GB/s
+// against ~51 one row at a time; Zen 5 VM). Each row's float is the single dot's.
+template <int KIND>
+TERN_AVX512 static void dot4_lanes_avx512(const void* const* w, const float* x, int64_t n, float* out) {
+  __m512 lo[4], hi[4];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) lo[r] = hi[r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + kDotLanes <= n; i += kDotLanes) {
+    const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      lo[r] = _mm512_fmadd_ps(load16_ps<KIND>(w[r], i), x0, lo[r]);
+      hi[r] = _mm512_fmadd_ps(load16_ps<KIND>(w[r], i + 16), x1, hi[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    float tail = 0.0f;
+    for (int64_t j = i; j < n; ++j) tail = std::fma(dot_elem<KIND>(w[r], j), x[j], tail);
+    const __m512 a = _mm512_add_ps(lo[r], hi[r]);
+    out[r] = reduce_halves_avx2(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)), tail);
+  }
+}
+
+void dot_half4_f32_avx512(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out) {
+  const void* rows[4] = {w[0], w[1], w[2], w[3]};
+  bf16 ? dot4_lanes_avx512<2>(rows, x, n, out) : dot4_lanes_avx512<1>(rows, x, n, out);
 }
 
 float dot_f32_avx512(const float* a, const float* b, int64_t n) { return dot_lanes_avx512<0>(a, b, n); }
@@ -171,10 +204,11 @@ int32_t ternary_dot_decode_avx512(const uint8_t* row, const int8_t* acts, int64_
   }
   return acc - qsum;
 }
-void ternary_dot2_decode_avx512(const uint8_t* row_a, const uint8_t* row_b, const int8_t* acts, int64_t padded_cols, int32_t qsum,
-                                int32_t* out) {
-  out[0] = ternary_dot_decode_avx512(row_a, acts, padded_cols, qsum);
-  out[1] = ternary_dot_decode_avx512(row_b, acts, padded_cols, qsum);
+void ternary_dot4_decode_avx512(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out) {
+  for (int r = 0; r < 4; ++r) out[r] = ternary_dot_decode_avx512(rows[r], acts, padded_cols, qsum);
+}
+void dot_half4_f32_avx512(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out) {
+  for (int r = 0; r < 4; ++r) out[r] = dot_half_f32_scalar(w[r], bf16, x, n);
 }
 float dot_f32_avx512(const float* a, const float* b, int64_t n) { return dot_f32_scalar(a, b, n); }
 float dot_half_f32_avx512(const uint16_t* w, bool bf16, const float* x, int64_t n) { return dot_half_f32_scalar(w, bf16, x, n); }
