@@ -105,10 +105,11 @@ struct LinearOut {
   const TernaryMatrix* w;
   float* out;
 };
-// Decode (one token): the rows of all parts in fours (row i + j q for j < 4, q a quarter
-// of the rows), each four one cpu::ternary_dot4_decode, so every thread reads its share as
-// four sequential streams (from the four quarters of the rows) and loads the activations
-// once for all of them.
+// Decode (one token) with the 512-bit kernels: the rows of all parts in fours (row i + j q
+// for j < 4, q a quarter of the rows), each four one cpu::ternary_dot4_decode, so every
+// thread reads its share as four sequential streams (from the four quarters of the rows)
+// and loads the activations once for all of them. Elsewhere (cpu::decode_streams() == 1)
+// row by row, in order.
 void ternary_linears_decode(std::initializer_list<LinearOut> parts, const QuantizedActs& a, bool accumulate, ThreadPool& pool) {
   int64_t total = 0;
   for (const LinearOut& p : parts) {
@@ -116,7 +117,8 @@ void ternary_linears_decode(std::initializer_list<LinearOut> parts, const Quanti
     total += p.w->rows;
   }
   const int8_t* x = a.single[0];
-  const int64_t quarter = total / 4, padded = parts.begin()->w->padded_cols();
+  const int streams = cpu::decode_streams();
+  const int64_t share = total / streams, padded = parts.begin()->w->padded_cols();
   auto put = [&](const LinearOut& p, int64_t r, int32_t d) {
     const float y = static_cast<float>(d) / a.scale[0] * p.w->scale;
     p.out[r] = accumulate ? p.out[r] + y : y;
@@ -133,16 +135,20 @@ void ternary_linears_decode(std::initializer_list<LinearOut> parts, const Quanti
     }
     return int64_t{-1};  // (never: g < total)
   };
-  pool.parallel_for(quarter, [&](int64_t b, int64_t e) {
+  pool.parallel_for(share, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e;) {
       const LinearOut* part[4];
       int64_t row[4], m = e - i;
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < streams; ++j) {
         int64_t left = 0;
-        row[j] = locate(i + j * quarter, part[j], left);
+        row[j] = locate(i + j * share, part[j], left);
         m = std::min(m, left);
       }
       for (int64_t k = 0; k < m; ++k) {
+        if (streams == 1) {
+          put(*part[0], row[0] + k, cpu::ternary_dot_decode(part[0]->w->data + (row[0] + k) * part[0]->w->row_bytes, x, padded, a.sum[0]));
+          continue;
+        }
         const uint8_t* rows[4];
         int32_t d[4];
         for (int j = 0; j < 4; ++j) rows[j] = part[j]->w->data + (row[j] + k) * part[j]->w->row_bytes;
@@ -152,7 +158,7 @@ void ternary_linears_decode(std::initializer_list<LinearOut> parts, const Quanti
       i += m;
     }
   }, 8);
-  for (int64_t g = 4 * quarter; g < total; ++g) {  // the last total % 4 rows, alone
+  for (int64_t g = streams * share; g < total; ++g) {  // the last total % 4 rows, alone
     const LinearOut* p = nullptr;
     int64_t left = 0;
     const int64_t r = locate(g, p, left);
@@ -397,11 +403,11 @@ class CpuEngine final : public Engine {
       // Decode: a 16-bit head (657 MB of the 2B model's 1.18 GB read per token) is converted
       // as it is read, inside the dot, the same floats as dot_f32 of the converted row. With
       // several rows (prefill logits) each head row is converted once, below, and reused.
-      // 16-bit rows go four at a time from the four quarters of the vocabulary (four
-      // streams per thread: cpu::dot_half4_f32).
+      // 16-bit rows go four at a time from the four quarters of the vocabulary where the
+      // four-row dot runs them together (four streams per thread: cpu::dot_half4_f32).
       const bool half = E.type == FloatType::F16 || E.type == FloatType::BF16, bf16 = E.type == FloatType::BF16;
       const uint16_t* E16 = static_cast<const uint16_t*>(E.data);
-      const int64_t V = c_.vocab, quarter = half ? V / 4 : 0;
+      const int64_t V = c_.vocab, quarter = half && cpu::decode_streams() == 4 ? V / 4 : 0;
       pool_.parallel_for(quarter, [&](int64_t b, int64_t e) {
         for (int64_t v = b; v < e; ++v) {
           const uint16_t* rows[4] = {E16 + v * H, E16 + (v + quarter) * H, E16 + (v + 2 * quarter) * H, E16 + (v + 3 * quarter) * H};
@@ -410,7 +416,7 @@ class CpuEngine final : public Engine {
           for (int j = 0; j < 4; ++j) logits[v + j * quarter] = d[j];
         }
       }, 16);
-      pool_.parallel_for(V - 4 * quarter, [&](int64_t b, int64_t e) {  // F32 heads, and the last V % 4 rows
+      pool_.parallel_for(V - 4 * quarter, [&](int64_t b, int64_t e) {  // the rest, one row at a time
         for (int64_t v = 4 * quarter + b; v < 4 * quarter + e; ++v) {
           logits[v] = half ? cpu::dot_half_f32(E16 + v * H, bf16, norm_.data(), H)
                            : cpu::dot_f32(static_cast<const float*>(E.data) + v * H, norm_.data(), H);

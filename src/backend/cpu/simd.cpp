@@ -343,6 +343,8 @@ int32_t ternary_dot_decode(const uint8_t* row, const int8_t* acts, int64_t padde
   return kTernaryDotDecode(row, acts, padded_cols, qsum);
 }
 
+int decode_streams() { return kLevel >= 3 ? 4 : 1; }
+
 void ternary_dot4_decode(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out) {
   if (kLevel >= 3) {
     ternary_dot4_decode_avx512(rows, acts, padded_cols, qsum, out);
