@@ -239,7 +239,7 @@ __attribute__((target("avx2"))) float reduce_halves_avx2(__m256 s0, __m256 s1, f
 }
 
 // The float dots of dot_lanes_scalar in four 8-lane registers (lanes 0-7, ..., 24-31): the
-// same fused multiply-adds in the same order, so the same float. KIND as elem().
+// same fused multiply-adds in the same order, so the same float. KIND as dot_elem().
 template <int KIND>
 __attribute__((target("avx2,fma,f16c"))) float dot_lanes_avx2(const void* w, const float* x, int64_t n) {
   __m256 a[4];
