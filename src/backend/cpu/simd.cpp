@@ -229,15 +229,6 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8_ps(const voi
   }
 }
 
-// reduce_dot_lanes from its second step on, on lanes 0-7 (s0) and 8-15 (s1) of a[]: the
-// same additions in the same order.
-__attribute__((target("avx2"))) float reduce_halves_avx2(__m256 s0, __m256 s1, float tail) {
-  const __m256 b = _mm256_add_ps(s0, s1);                                              // a[j] += a[j + 8]
-  const __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));  // a[j] += a[j + 4]
-  const __m128 d = _mm_add_ps(c, _mm_movehl_ps(c, c));                                  // a0 + a2, a1 + a3
-  return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d))) + tail;
-}
-
 // The float dots of dot_lanes_scalar in four 8-lane registers (lanes 0-7, ..., 24-31): the
 // same fused multiply-adds in the same order, so the same float. KIND as dot_elem().
 template <int KIND>

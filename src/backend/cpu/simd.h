@@ -63,8 +63,15 @@ void dot_half4_f32_avx512(const uint16_t* const* w, bool bf16, const float* x, i
 constexpr int kDotLanes = 32;
 float reduce_dot_lanes(const float* acc, float tail);
 #if defined(__x86_64__) || defined(__i386__)
-// Its steps after the first, in registers (simd.cpp; AVX2): s0 / s1 hold a[0..7] / a[8..15].
-float reduce_halves_avx2(__m256 s0, __m256 s1, float tail);
+// Its steps after the first, in registers, on a[0..7] (s0) and a[8..15] (s1): the same
+// additions in the same order. Inline: clang rejects 256-bit arguments to a function
+// declared without AVX.
+__attribute__((target("avx2"))) static inline float reduce_halves_avx2(__m256 s0, __m256 s1, float tail) {
+  const __m256 b = _mm256_add_ps(s0, s1);                                              // a[j] += a[j + 8]
+  const __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));  // a[j] += a[j + 4]
+  const __m128 d = _mm_add_ps(c, _mm_movehl_ps(c, c));                                  // a0 + a2, a1 + a3
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d))) + tail;
+}
 #endif
 // Element i of a float (KIND 0), F16 (1) or BF16 (2) vector.
 template <int KIND>

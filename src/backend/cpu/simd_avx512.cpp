@@ -15,8 +15,10 @@
 
 // GCC 12's avx512fintrin.h makes its "undefined" vectors by initialising them from
 // themselves, which -Wuninitialized reports at every inlined use (not in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace tern::cpu {
 
