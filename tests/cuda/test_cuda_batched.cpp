@@ -114,7 +114,12 @@ TEST(CudaBatched, EachSequenceMatchesRunningAlone) {
     check_batched(tamed("256,512,2,4,2,300", 3), B, 6, LmHead::Exact, 1e-4, 2e-3, "tamed 256");
   }
   check_batched(bf16, 4, 5, LmHead::Exact, 1e-4, 2e-3, "tiny hf_bf16 (BF16 head)");
-  check_batched(tamed("2560,6912,1,20,5,128256", 4), 3, 3, LmHead::Exact, 1e-4, 2e-3, "2b-4t widths, 1 layer");
+  // Against the CPU only loosely here: on this trace the CPU engine's own logits for sequence
+  // 1, step 0 moved by 2.2 % (relative L2) when its float dots went from 16 to 32 lanes
+  // (rounding-level changes, every other row ~3e-7): one element of down's ReLU^2 input, most
+  // of which quantizes to 0 or +-1, crossed a rounding boundary. The batched-vs-alone check
+  // (1e-4) is what this case is for.
+  check_batched(tamed("2560,6912,1,20,5,128256", 4), 3, 3, LmHead::Exact, 1e-4, 5e-2, "2b-4t widths, 1 layer");
 }
 
 TEST(CudaBatched, Int8HeadMatchesCpuInt8Head) {
