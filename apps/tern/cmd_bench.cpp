@@ -157,6 +157,7 @@ Action add_bench(CLI::App& app) {
       if (on_gpu) bw = cuda_copy_bandwidth();
 #endif
       if (bw <= 0) bw = weights_probe(m, cpu_threads)->best(5);
+      if (bw <= 0) bw = cpu_read_bandwidth(cpu_threads);  // (a model with nothing to read)
     }
     // CPU decode: the probe around each timed run (see the top of this file).
     std::unique_ptr<ReadProbe> probe;
@@ -201,7 +202,7 @@ Action add_bench(CLI::App& app) {
     auto measure = [&](Result r, auto fn, int64_t tokens) {
       fn();  // warm-up: page in weights, capture graphs, spin up threads
       const bool around = probe != nullptr && r.roofline > 0;
-      // (best of three passes: a pass's fresh threads now and then share a core)
+      // (best of three passes: one pass is ~20 ms, and the VM's bandwidth dips for that long)
       auto probe_bw = [&] { return probe->best(3); };
       for (int i = 0; i < o->reps; ++i) {
         const double b0 = around ? probe_bw() : 0;

@@ -25,6 +25,7 @@ ReadProbe::ReadProbe(size_t mib, int threads) : ReadProbe(std::vector<std::span<
 
 double ReadProbe::pass() {
   if (words_ == 0) return 0;
+  std::fill(sums_.begin(), sums_.end(), 0);
   // 32-byte vectors, two lines an iteration (a GCC vector type: the build's widest loads):
   // ~7 % more than one 8-byte word at a time, and at least what the engine's head dot reads.
   typedef uint64_t v4 __attribute__((vector_size(32)));
@@ -54,6 +55,12 @@ double ReadProbe::pass() {
   }, 8192);  // 64 KB pieces at least
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return static_cast<double>(words_ * sizeof(uint64_t)) / s;
+}
+
+uint64_t ReadProbe::last_sum() const {
+  uint64_t s = 0;
+  for (uint64_t v : sums_) s += v;
+  return s;
 }
 
 double ReadProbe::best(int passes) {

@@ -1,6 +1,6 @@
 // Streaming read bandwidth (bytes/s): the roofline for CPU decode, which reads every
 // weight once per token. The probe reads with a pool of persistent threads in the
-// engine's guided pieces (util/thread_pool.h), as decode's loops do: passes with fresh
+// engine's loop shape (util/thread_pool.h), as decode's loops do: passes with fresh
 // threads per pass measured ~10 % lower (their start is in the timing, and now and then
 // two land on one core), so decode could read "faster than the bandwidth".
 #pragma once
@@ -23,6 +23,9 @@ class ReadProbe {
   ReadProbe(size_t mib, int threads);
   double pass();            // one timed pass over every range: bytes/s
   double best(int passes);  // the best of `passes` passes
+  // The wrapping sum of every 8-byte word the last pass read (a test checks the pieces
+  // covered each range once; it also keeps the loads from being optimised away).
+  uint64_t last_sum() const;
 
  private:
   std::unique_ptr<uint64_t[]> own_;  // (not a vector: no zero-fill before the touch)

@@ -18,7 +18,7 @@ void cpu_relax() {
 }
 
 // How long a thread spins for the next event before it sleeps on a condition variable.
-// A decode step is ~500 short parallel loops back to back (about 50 us apart): a worker
+// A decode step is ~150 short parallel loops back to back (tens of us apart): a worker
 // that slept after each paid a futex wake-up per loop, and on a VM that showed up as 14 %
 // of the time in the kernel. Spinning this briefly costs nothing when work is dense and
 // ends in sleep when it is not. TERN_SPIN_US overrides it (0: sleep at once).

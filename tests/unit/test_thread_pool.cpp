@@ -62,6 +62,29 @@ TEST(ThreadPool, ThreadIndexNamesOneThreadEach) {
   EXPECT_TRUE(ok.load());
 }
 
+// A thread that is done with its own share takes work from the others' back ends: here
+// the caller's share (the first half) is slow, so the worker, done with the second half,
+// must run some of the first.
+TEST(ThreadPool, IdleThreadsTakeFromTheOthersShares) {
+  ThreadPool pool(2);
+  const int64_t n = 64;
+  std::vector<std::atomic<int>> hits(n), who(n);
+  pool.parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (i < n / 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      hits[i].fetch_add(1);
+      who[i] = ThreadPool::thread_index();
+    }
+  });
+  int stolen = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(hits[i].load(), 1) << "index " << i;
+    if (i < n / 2 && who[i].load() == 1) ++stolen;
+  }
+  EXPECT_GT(stolen, 0) << "the worker took none of the caller's slow share";
+  EXPECT_EQ(who[n / 2].load(), 1) << "the worker starts at its own share's front";
+}
+
 TEST(ThreadPool, DestroyedWhileWorkersSpinOrSleep) {
   for (int pause_us : {0, 2000}) {
     ThreadPool pool(4);

@@ -55,6 +55,13 @@ struct QuantizedActs {
   }
 };
 
+// One output of a ternary linear from its exact integer dot (BITNET_FACTS: / s * scale),
+// stored or added to what is there (o_proj and down add into the residual).
+inline void store_dot(float& o, int32_t d, float act_scale, float w_scale, bool accumulate) {
+  const float y = static_cast<float>(d) / act_scale * w_scale;
+  o = accumulate ? o + y : y;
+}
+
 // Rows [r0, r1) of out[m, r] = (sum_k W[r,k] q[m,k]) / s[m] * W.scale, optionally added to out.
 // Prefill is a blocked matrix product (cpu::ternary_dot8 / dot4 = 1 weight row x 8 / 4
 // tokens): tokens in blocks whose int8 rows fit in L2 (512 tokens of the 6912-wide down
@@ -66,11 +73,7 @@ void ternary_rows(const TernaryMatrix& w, const QuantizedActs& a, float* out, bo
   // A multiple of 8, so the tokens no tile takes are the last rows % 4 (a.first_single on).
   const int64_t block = std::max<int64_t>(8, kL2Budget / a.padded / 8 * 8);
   const int64_t row_group = std::clamp<int64_t>(kL1Rows / w.row_bytes, 4, 32);
-  auto put = [&](int64_t m, int64_t r, int32_t d) {
-    const float y = static_cast<float>(d) / a.scale[m] * w.scale;
-    float& o = out[m * w.rows + r];
-    o = accumulate ? o + y : y;
-  };
+  auto put = [&](int64_t m, int64_t r, int32_t d) { store_dot(out[m * w.rows + r], d, a.scale[m], w.scale, accumulate); };
   // Tokens [mb, me) (a multiple of T) against rows [g0, g1), T tokens at a time.
   auto tiles = [&](auto tile, int64_t mb, int64_t me, int64_t g0, int64_t g1) {
     constexpr int T = decltype(tile)::value;
@@ -119,10 +122,7 @@ void ternary_linears_decode(std::initializer_list<LinearOut> parts, const Quanti
   const int8_t* x = a.single[0];
   const int streams = cpu::decode_streams();
   const int64_t share = total / streams, padded = parts.begin()->w->padded_cols();
-  auto put = [&](const LinearOut& p, int64_t r, int32_t d) {
-    const float y = static_cast<float>(d) / a.scale[0] * p.w->scale;
-    p.out[r] = accumulate ? p.out[r] + y : y;
-  };
+  auto put = [&](const LinearOut& p, int64_t r, int32_t d) { store_dot(p.out[r], d, a.scale[0], p.w->scale, accumulate); };
   // Global row g as (part, row in it, rows left in that part from there).
   auto locate = [&](int64_t g, const LinearOut*& part, int64_t& left) {
     for (const LinearOut& p : parts) {
