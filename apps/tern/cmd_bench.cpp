@@ -10,7 +10,11 @@
 // start: util/membw.h). CPU decode also measures that read right before and after each
 // timed run and reports the median of each run's tok/s against the mean of its two: a
 // VM's bandwidth moves by +-25 % within seconds, which the one probe at the start cannot
-// follow.
+// follow. And against one pass of the same read after every 4th step (not timed as the
+// run's): the bytes of all those passes over their time. A VM can also stall memory for
+// ~0.1 s every ~0.5 s (docs/PERFORMANCE.md); a run of 128 steps sits through them, while
+// the best of three passes around it skips them; the passes between its steps meet them
+// as often as the steps do.
 // Mean +- sample std dev.
 // --train [--train-batch 8] [--rank 16] [--targets all]: LoRA training steps of
 // batch x (first -p) tokens instead (bench_train.h).
@@ -42,12 +46,14 @@ struct Result {
   std::vector<double> tps;
   double roofline = 0;  // tok/s at the bandwidth limit; 0 = none (prefill)
   std::vector<double> pct_around = {};  // CPU decode: each run's % of the bandwidth read just before and after it
-  double median_around() const {
-    std::vector<double> v = pct_around;
+  std::vector<double> pct_between = {};  // ... and of the bandwidth read between its steps (see the top)
+  static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     const size_t k = v.size() / 2;
     return v.size() % 2 ? v[k] : (v[k - 1] + v[k]) / 2;
   }
+  double median_around() const { return median(pct_around); }
+  double median_between() const { return median(pct_between); }
   double mean() const {
     double s = 0;
     for (double x : tps) s += x;
@@ -183,7 +189,10 @@ Action add_bench(CLI::App& app) {
       e1.forward(std::span<const int32_t>(toks.data(), n), logits.data(), Logits::Last);
       return std::chrono::duration<double>(clock::now() - t0).count();
     };
-    // n steps of B sequences 0..B-1, each fed its own greedy output.
+    // CPU decode: one probe pass after every kProbeEvery steps, outside the timing.
+    constexpr int64_t kProbeEvery = 4;
+    double between_secs = 0, between_bytes = 0;  // the probe passes of the last run_tg
+    // n steps of B sequences 0..B-1, each fed its own greedy output; seconds spent stepping.
     auto run_tg = [&](int64_t n, int64_t B) {
       std::vector<int> seqs(B);
       std::vector<int32_t> cur(toks.begin(), toks.begin() + B), next(B);
@@ -191,12 +200,19 @@ Action add_bench(CLI::App& app) {
         seqs[b] = static_cast<int>(b);
         e1.reset(static_cast<int>(b));
       }
+      between_secs = between_bytes = 0;
       auto t0 = clock::now();
       for (int64_t i = 0; i < n; ++i) {
         e1.decode(seqs, cur, nullptr, next.data());
         std::swap(cur, next);
+        if (probe && (i + 1) % kProbeEvery == 0 && i + 1 < n) {
+          const auto p0 = clock::now();
+          const double rate = probe->pass();
+          const double s = std::chrono::duration<double>(clock::now() - p0).count();
+          between_secs += s, between_bytes += rate * s;
+        }
       }
-      return std::chrono::duration<double>(clock::now() - t0).count();
+      return std::chrono::duration<double>(clock::now() - t0).count() - between_secs;
     };
     std::vector<Result> results;
     auto measure = [&](Result r, auto fn, int64_t tokens) {
@@ -206,13 +222,16 @@ Action add_bench(CLI::App& app) {
       auto probe_bw = [&] { return probe->best(3); };
       for (int i = 0; i < o->reps; ++i) {
         const double b0 = around ? probe_bw() : 0;
+        between_bytes = 0;
         r.tps.push_back(tokens / fn());
         if (around) r.pct_around.push_back(100 * r.tps.back() / (r.roofline * ((b0 + probe_bw()) / 2) / bw));  // (the roofline scales with it)
+        if (around && between_bytes > 0) r.pct_between.push_back(100 * r.tps.back() / (r.roofline * (between_bytes / between_secs) / bw));
       }
       if (!o->json) {
         std::string how;
         if (r.roofline > 0) how = fmt::format(" ({:.1f}% of the {:.0f} tok/s roofline", 100 * r.mean() / r.roofline, r.roofline);
         if (!r.pct_around.empty()) how += fmt::format("; {:.1f}% of the bandwidth read around each run, median", r.median_around());
+        if (!r.pct_between.empty()) how += fmt::format("; {:.1f}% of that read between its steps", r.median_between());
         if (r.roofline > 0) how += ")";
         fmt::print(stderr, "  {}: {:.2f} tok/s{}\n", r.test, r.mean(), how);
       }
@@ -246,6 +265,10 @@ Action add_bench(CLI::App& app) {
         if (!r.pct_around.empty()) {
           j["pct_bw_around"] = r.median_around();
           j["pct_bw_around_samples"] = r.pct_around;
+        }
+        if (!r.pct_between.empty()) {
+          j["pct_bw_between"] = r.median_between();
+          j["pct_bw_between_samples"] = r.pct_between;
         }
         out.push_back(j);
       }

@@ -452,8 +452,8 @@ uint64_t TensorInfo::n_elements() const {
 // ---------------------------------------------------------------------------------------
 // Reader
 
-Reader Reader::open(const std::string& path) {
-  auto map = MappedFile::open(path);
+Reader Reader::open(const std::string& path, FileAccess how) {
+  auto map = MappedFile::open(path, how);
   Reader r = parse(map->data(), map->size(), path);
   r.map_ = std::move(map);  // tensors point into the mapping; keep it alive with them
   return r;

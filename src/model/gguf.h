@@ -79,8 +79,9 @@ struct TensorInfo {
 
 class Reader {
  public:
-  // Opens, maps and validates the whole file. Throws tern::Error on any problem.
-  static Reader open(const std::string& path);
+  // Opens, maps (or reads: FileAccess::Read) and validates the whole file. Throws
+  // tern::Error on any problem.
+  static Reader open(const std::string& path, FileAccess how = FileAccess::Map);
   // Same over bytes already in memory (used by the fuzzer); `name` is used in errors.
   static Reader parse(const uint8_t* data, size_t size, const std::string& name);
 

@@ -151,7 +151,7 @@ TokenizerData read_gguf_tokenizer(const gguf::Reader& r) {
 
 
 Model load_gguf(const std::string& path, const LoadOptions& opts) {
-  gguf::Reader r = gguf::Reader::open(path);
+  gguf::Reader r = gguf::Reader::open(path, opts.mmap ? FileAccess::Map : FileAccess::Read);
   GgufLoader L{r, path};
   Model m;
   m.path = path;

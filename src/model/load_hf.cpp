@@ -170,7 +170,7 @@ Model load_hf(const std::string& dir, const LoadOptions& opts) {
   ModelConfig& c = hc.model;
   if (opts.activation) c.act = *opts.activation;
   c.validate(dir + "/config.json");
-  auto reader = std::make_shared<st::Reader>(st::Reader::open_dir(dir));
+  auto reader = std::make_shared<st::Reader>(st::Reader::open_dir(dir, opts.mmap ? FileAccess::Map : FileAccess::Read));
   const st::Reader& r = *reader;
 
   Model m;

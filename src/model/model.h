@@ -100,6 +100,9 @@ struct Model {
 
 struct LoadOptions {
   std::optional<Activation> activation;  // overrides the file (--activation)
+  // false (--no-mmap): weights read into anonymous memory instead of mapped from the file
+  // (util/mapped_file.h FileAccess says when that is faster).
+  bool mmap = true;
 };
 
 // A GGUF file or an HF model directory (config.json + safetensors). Throws tern::Error.

@@ -231,21 +231,21 @@ Reader Reader::parse(const uint8_t* data, size_t size, const std::string& name) 
   return r;
 }
 
-Reader Reader::open_file(const std::string& path) {
+Reader Reader::open_file(const std::string& path, FileAccess how) {
   Reader r;
-  auto map = MappedFile::open(path);
+  auto map = MappedFile::open(path, how);
   r.add_file(map->data(), map->size(), path, nullptr);
   r.maps_.push_back(std::move(map));  // tensors point into it
   return r;
 }
 
-Reader Reader::open_dir(const std::string& dir) {
+Reader Reader::open_dir(const std::string& dir, FileAccess how) {
   fs::path d(dir);
   fs::path index = d / kIndexFile;
   std::error_code ec;
   if (!fs::exists(index, ec)) {
     fs::path single = d / kSingleFile;
-    if (fs::exists(single, ec)) return open_file(single.string());
+    if (fs::exists(single, ec)) return open_file(single.string(), how);
     fail("{}: no {} or {}", dir, kSingleFile, kIndexFile);
   }
 
@@ -269,7 +269,7 @@ Reader Reader::open_dir(const std::string& dir) {
 
   Reader r;
   for (const auto& [shard, names] : by_shard) {
-    auto map = MappedFile::open((d / shard).string());
+    auto map = MappedFile::open((d / shard).string(), how);
     r.add_file(map->data(), map->size(), map->path(), &names);
     r.maps_.push_back(std::move(map));
   }

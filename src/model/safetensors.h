@@ -32,9 +32,9 @@ struct TensorInfo {
 class Reader {
  public:
   // A single .safetensors file.
-  static Reader open_file(const std::string& path);
+  static Reader open_file(const std::string& path, FileAccess how = FileAccess::Map);
   // A model directory: model.safetensors, or model.safetensors.index.json naming shards.
-  static Reader open_dir(const std::string& dir);
+  static Reader open_dir(const std::string& dir, FileAccess how = FileAccess::Map);
   // Bytes in memory (fuzzer); `name` is used in errors.
   static Reader parse(const uint8_t* data, size_t size, const std::string& name);
 

@@ -49,8 +49,7 @@ void rmsnorm_fwd(const T* x, const float* w, int64_t M, int64_t n, float eps, T*
   for (int64_t m = 0; m < M; ++m) {  // parallel over rows
     const T* xr = x + m * n;
     T* yr = y + m * n;
-    double ss = 0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const double ss = cpu::sum_squares(xr, n);
     // The engine's order: r in T from the double mean; out = w * (x * r).
     const T r = T(1) / std::sqrt(static_cast<T>(ss / n) + static_cast<T>(eps));
     for (int64_t i = 0; i < n; ++i) yr[i] = static_cast<T>(w[i]) * (xr[i] * r);
@@ -63,11 +62,9 @@ void rmsnorm_bwd(const T* x, const float* w, const T* dy, int64_t M, int64_t n, 
     const T* xr = x + m * n;
     const T* dyr = dy + m * n;
     T* dxr = dx + m * n;
-    double ss = 0, dot = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      ss += static_cast<double>(xr[i]) * xr[i];
-      dot += static_cast<double>(w[i]) * dyr[i] * xr[i];
-    }
+    const double ss = cpu::sum_squares(xr, n);  // (the forward's r, bit for bit)
+    double dot = 0;
+    for (int64_t i = 0; i < n; ++i) dot += static_cast<double>(w[i]) * dyr[i] * xr[i];
     const T r = T(1) / std::sqrt(static_cast<T>(ss / n) + static_cast<T>(eps));
     const double rd = static_cast<double>(r);
     const T coef = static_cast<T>(rd * rd * rd / static_cast<double>(n) * dot);

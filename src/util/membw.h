@@ -2,7 +2,8 @@
 // weight once per token. The probe reads with a pool of persistent threads in the
 // engine's loop shape (util/thread_pool.h), as decode's loops do: passes with fresh
 // threads per pass measured ~10 % lower (their start is in the timing, and now and then
-// two land on one core), so decode could read "faster than the bandwidth".
+// two land on one core), so decode could read "faster than the bandwidth". Each thread
+// reads four streams at once (membw.cpp says why), as the decode kernels do.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -30,7 +31,6 @@ class ReadProbe {
  private:
   std::unique_ptr<uint64_t[]> own_;  // (not a vector: no zero-fill before the touch)
   std::vector<std::span<const uint8_t>> ranges_;
-  std::vector<size_t> first_word_;  // where each range starts in the 8-byte words of all of them
   size_t words_ = 0;
   ThreadPool pool_;
   std::vector<uint64_t> sums_;  // one per thread, a cache line apart (keeps the loads alive)

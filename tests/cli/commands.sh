@@ -13,6 +13,9 @@ expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/b.npy"
 expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/c.npy" --batch 2
 same_file "$WORK/a.npy" "$WORK/b.npy"
 same_file "$WORK/a.npy" "$WORK/c.npy"
+# --no-mmap: the weights read into memory, the same logits.
+expect_ok "$TERN" logits -m "$WORK/t.gguf" --tokens 1,2,3,300,7 -o "$WORK/d.npy" --no-mmap
+same_file "$WORK/a.npy" "$WORK/d.npy"
 size=$(stat -c %s "$WORK/a.npy")
 [ "$size" -eq $((128 + 5 * 512 * 4)) ] && ok || bad "logits .npy has $size bytes"
 head -c 128 "$WORK/a.npy" | grep -q "'shape': (5, 512)" && ok || bad ".npy header lacks shape (5, 512)"
@@ -46,6 +49,9 @@ grep -q "tg4@B3" "$WORK/out" && grep -q "roofline: .* at 10 GB/s (--bw)" "$WORK/
 expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B 3 -r 1 -t 2 --json --lm-head int8
 grep -q '"n_batch": 3' "$WORK/out" && grep -q '"pct_roofline"' "$WORK/out" && grep -q '"lm_head": "int8"' "$WORK/out" &&
   grep -q '"pct_bw_around"' "$WORK/out" && ok || bad "bench -B --json lacks n_batch/pct_roofline/lm_head/pct_bw_around"
+# Long enough for read passes between the steps (one after every 4th).
+expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 9 -r 1 -t 2 --json --no-mmap
+grep -q '"pct_bw_between"' "$WORK/out" && ok || bad "bench --json lacks pct_bw_between: $(cat "$WORK/out")"
 expect_fail "--batch" "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B x
 expect_fail "unknown backend 'gpu'" "$TERN" bench -m "$WORK/t.gguf" -p 8 -n 0 --backend gpu
 

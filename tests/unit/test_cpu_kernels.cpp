@@ -59,6 +59,48 @@ TEST(CpuKernels, QuantizeRoundsHalfToEvenAndHandlesZeros) {
   EXPECT_EQ(sum, 0);
 }
 
+// quantize_row_i8 runs in 16-float vectors (a rounding trick, lanes of max): it must give
+// exactly clamp(nearbyint(x * s), -128, 127) and the sequential amax on every input,
+// including ties, values past the clamp, NaN and infinity, at lengths around 16 and 64.
+TEST(CpuKernels, QuantizeEqualsNearbyintOnEdgeCases) {
+  auto rng = rng_for_test();
+  std::normal_distribution<float> nd(0, 40);
+  auto reference = [](const std::vector<float>& x, std::vector<int8_t>& q, int32_t& sum) {
+    float amax = 0;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    const float s = 127.0f / std::max(amax, 1e-5f);
+    sum = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, std::nearbyint(x[i] * s))));
+      sum += q[i];
+    }
+    return s;
+  };
+  for (int64_t n : {1, 15, 16, 17, 63, 64, 65, 130, 2560, 6912}) {
+    for (int kind = 0; kind < 4; ++kind) {
+      std::vector<float> x(n);
+      for (int64_t i = 0; i < n; ++i) {
+        // kind 0: random; 1: amax 127 (s == 1) and exact halves, the ties; 2: with NaNs;
+        // 3: an infinity (s == 0: every product is 0 or NaN).
+        x[i] = kind == 1 ? static_cast<float>((i % 520) - 260) / 2.0f : nd(rng);
+      }
+      if (kind == 1) x[0] = 127.0f, x[n / 2] = -127.0f;
+      if (kind == 2) x[n / 3] = NAN, x[n - 1] = -NAN;
+      if (kind == 3) x[n / 2] = INFINITY;
+      const int64_t padded = (n + 127) / 128 * 128;
+      std::vector<int8_t> q(padded, 99), want(n);
+      int32_t sum = 0, want_sum = 0;
+      const float s = cpu::quantize_row_i8(x.data(), n, padded, q.data(), &sum);
+      const float want_s = reference(x, want, want_sum);
+      SCOPED_TRACE("n " + std::to_string(n) + " kind " + std::to_string(kind));
+      EXPECT_EQ(std::memcmp(&s, &want_s, sizeof s), 0) << s << " vs " << want_s;
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(q[i], want[i]) << "at " << i << ", x " << x[i];
+      for (int64_t i = n; i < padded; ++i) EXPECT_EQ(q[i], 0);
+      EXPECT_EQ(sum, want_sum);
+    }
+  }
+}
+
 TEST(CpuKernels, TernaryDotIsExact) {
   auto rng = rng_for_test();
   for (int64_t cols : {128, 200, 256, 2560, 6912}) {

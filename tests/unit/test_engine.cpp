@@ -114,6 +114,8 @@ TEST(Engine, EveryFormatRoundTripsExactly) {
   Model m = synth_model(small_shape(), 11);
   auto toks = some_tokens(8, m.config.vocab, 4);
   auto want = run(m, toks, toks.size());
+  LoadOptions read;  // --no-mmap: the same model from a copy in memory
+  read.mmap = false;
   for (auto [name, type] : {std::pair{"i2_s", SaveType::I2_S}, {"tq2_0", SaveType::TQ2_0}, {"tq1_0", SaveType::TQ1_0}}) {
     std::string path = dir.file(std::string(name) + ".gguf");
     save_gguf(m, path, type);
@@ -122,10 +124,12 @@ TEST(Engine, EveryFormatRoundTripsExactly) {
     EXPECT_EQ(r.tokenizer.tokens, m.tokenizer.tokens);
     EXPECT_EQ(r.tokenizer.merges, m.tokenizer.merges);
     EXPECT_EQ(run(r, toks, toks.size()), want) << name;
+    EXPECT_EQ(run(load_model(path, read), toks, toks.size()), want) << name << ", --no-mmap";
   }
   save_hf_packed(m, dir.file("hf"));
   Model h = load_model(dir.file("hf"));
   EXPECT_EQ(run(h, toks, toks.size()), want) << "hf packed";
+  EXPECT_EQ(run(load_model(dir.file("hf"), read), toks, toks.size()), want) << "hf packed, --no-mmap";
   // And GGUF -> HF -> GGUF again.
   save_gguf(h, dir.file("again.gguf"), SaveType::I2_S);
   EXPECT_EQ(run(load_model(dir.file("again.gguf")), toks, toks.size()), want) << "hf -> i2_s";

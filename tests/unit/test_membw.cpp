@@ -1,5 +1,6 @@
-// util/membw: the probe reads every 8-byte word of every range once per pass (its
-// pieces cut across range boundaries), whatever the thread count, and reports a rate.
+// util/membw: the probe reads every 8-byte word of every range once per pass (each range
+// in four quarters read together, and the words past them), whatever the thread count,
+// and reports a rate.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -13,7 +14,7 @@ namespace {
 
 TEST(ReadProbe, ReadsEveryWordOfEveryRangeOnce) {
   // Ranges of odd sizes (tails under 8 bytes are not read), some far wider than one
-  // 64 KB piece, at odd offsets, from one buffer.
+  // 64 KB piece, some narrower than four lines, at odd offsets, from one buffer.
   std::vector<uint8_t> buf(3 << 20);
   for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<uint8_t>(i * 131 + (i >> 9));
   const std::vector<std::pair<size_t, size_t>> spans = {{3, 17}, {100, 1 << 20}, {(1 << 20) + 200, 5}, {(1 << 20) + 300, 1500001}, {2900000, 64}};

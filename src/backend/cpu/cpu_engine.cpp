@@ -257,7 +257,11 @@ class CpuEngine final : public Engine {
 
  private:
   struct Seq {
-    std::unique_ptr<float[]> k, v;        // [layer][ctx][kv_dim]
+    // [layer][kv head][ctx][head_dim]: each head's keys (and values) one after another,
+    // so attention streams them (rows of all heads, [ctx][kv_dim], put a head's 512 bytes
+    // of each position 2.5 KB apart: read cold once per token, they cost more than
+    // attention's arithmetic).
+    std::unique_ptr<float[]> k, v;
     std::unique_ptr<uint16_t[]> k16, v16;  // the same as F16 bits (KvType::F16)
     int64_t pos = 0;
   };
@@ -334,12 +338,14 @@ class CpuEngine final : public Engine {
     for (int64_t i = 0; i < n; ++i) {
       cpu::rope_neox(q_.data() + i * QD, c_.n_heads, hd, pos + i, inv_freq_.data());
       cpu::rope_neox(k_.data() + i * KV, c_.n_kv_heads, hd, pos + i, inv_freq_.data());
-      const int64_t row = at + (pos + i) * KV;
-      if (f16_cache_) {
-        for (int64_t c = 0; c < KV; ++c) s.k16[row + c] = f32_to_f16(k_[i * KV + c]), s.v16[row + c] = f32_to_f16(v_[i * KV + c]);
-      } else {
-        std::copy_n(k_.data() + i * KV, KV, s.k.get() + row);
-        std::copy_n(v_.data() + i * KV, KV, s.v.get() + row);
+      for (int64_t g = 0; g < c_.n_kv_heads; ++g) {
+        const int64_t row = at + g * ctx_ * hd + (pos + i) * hd, from = i * KV + g * hd;
+        if (f16_cache_) {
+          for (int64_t c = 0; c < hd; ++c) s.k16[row + c] = f32_to_f16(k_[from + c]), s.v16[row + c] = f32_to_f16(v_[from + c]);
+        } else {
+          std::copy_n(k_.data() + from, hd, s.k.get() + row);
+          std::copy_n(v_.data() + from, hd, s.v.get() + row);
+        }
       }
     }
     const int64_t group = c_.n_heads / c_.n_kv_heads;
@@ -349,10 +355,11 @@ class CpuEngine final : public Engine {
         const int64_t i = j / c_.n_heads, h = j % c_.n_heads, g = h / group;
         float* out = att_.data() + i * QD + h * hd;
         const float* q = q_.data() + i * QD + h * hd;
+        const int64_t head = at + g * ctx_ * hd;
         if (f16_cache_) {
-          cpu::attention_head(q, s.k16.get() + at + g * hd, s.v16.get() + at + g * hd, KV, pos + i + 1, hd, scores, out);
+          cpu::attention_head(q, s.k16.get() + head, s.v16.get() + head, hd, pos + i + 1, hd, scores, out);
         } else {
-          cpu::attention_head(q, s.k.get() + at + g * hd, s.v.get() + at + g * hd, KV, pos + i + 1, hd, scores, out);
+          cpu::attention_head(q, s.k.get() + head, s.v.get() + head, hd, pos + i + 1, hd, scores, out);
         }
       }
     });
