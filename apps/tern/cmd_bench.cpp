@@ -33,6 +33,7 @@
 #include "model_flags.h"
 #include "runtime/engine.h"
 #include "tern/error.h"
+#include "util/mapped_file.h"
 #include "util/membw.h"
 #include "util/parse.h"
 
@@ -168,6 +169,9 @@ Action add_bench(CLI::App& app) {
     // CPU decode: the probe around each timed run (see the top of this file).
     std::unique_ptr<ReadProbe> probe;
     if (!on_gpu && o->bw <= 0 && std::any_of(tgs.begin(), tgs.end(), [](int64_t n) { return n > 0; })) probe = weights_probe(m, cpu_threads);
+    // CPU decode streams every weight each step: how much of them sits in 2 MB pages (the
+    // probe above has touched them all; util/mapped_file.h says why it matters).
+    const double huge_share = on_gpu ? -1 : huge_page_share(m.embedding.data);
     const double wbytes = weight_bytes(m, eo.lm_head);
     const double kv_bytes = eo.kv_type == KvType::F16 ? 2.0 : 4.0;
     const double kv_per_pos = 2.0 * kv_bytes * m.config.n_layers * m.config.kv_dim();  // K and V
@@ -270,6 +274,7 @@ Action add_bench(CLI::App& app) {
           j["pct_bw_between"] = r.median_between();
           j["pct_bw_between_samples"] = r.pct_between;
         }
+        if (huge_share >= 0) j["weights_in_2mb_pages"] = huge_share;
         out.push_back(j);
       }
       fmt::print("{}\n", out.dump(2));
@@ -283,6 +288,10 @@ Action add_bench(CLI::App& app) {
       }
       fmt::print("roofline: {:.3f} GB per step + KV cache, at {:.0f} GB/s ({})\n", wbytes / 1e9, bw / 1e9,
                  o->bw > 0 ? "--bw" : on_gpu ? "measured device copy, read + write" : "measured streaming read of the weights");
+      if (huge_share >= 0) {
+        fmt::print("LM head resident in 2 MB pages: {:.0f} %{}\n", 100 * huge_share,
+                   huge_share < 0.8 ? " (the page cache holds the file in smaller pieces: --no-mmap reads it into 2 MB pages)" : "");
+      }
     }
     return 0;
   };

@@ -7,7 +7,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 #include "tern/error.h"
 
@@ -91,6 +95,29 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, FileAccess
   }
   ::close(fd);
   return f;
+}
+
+double huge_page_share(const void* addr) {
+  std::ifstream smaps("/proc/self/smaps");
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  bool inside = false;
+  double rss = -1, huge = 0;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      if (inside) break;  // past the mapping's fields
+      inside = a >= lo && a < hi;
+      continue;
+    }
+    if (!inside) continue;
+    std::istringstream in(line);
+    std::string key;
+    double kb = 0;
+    in >> key >> kb;
+    if (key == "Rss:") rss = kb;
+    if (key == "FilePmdMapped:" || key == "AnonHugePages:") huge += kb;
+  }
+  return rss > 0 ? huge / rss : -1;
 }
 
 MappedFile::~MappedFile() {

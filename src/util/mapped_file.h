@@ -41,4 +41,9 @@ class MappedFile {
   std::string path_;
 };
 
+// The share of the resident bytes of the mapping that contains `addr` held in 2 MB pages
+// (FilePmdMapped + AnonHugePages over Rss in /proc/self/smaps), or -1 where that cannot be
+// read (not Linux, no such mapping, nothing resident). tern bench notes a low share.
+double huge_page_share(const void* addr);
+
 }  // namespace tern

@@ -57,6 +57,19 @@ TEST(MappedFile, LeavesNoAddressSpaceBehind) {
   }
 }
 
+// The share of a mapping in 2 MB pages depends on the kernel and file system; what holds
+// everywhere: a fraction for a resident mapping, -1 for an address in none.
+TEST(MappedFile, HugePageShareIsAFractionOrUnknown) {
+  test::TempDir dir;
+  auto f = MappedFile::open(write_file(dir, "mapped", size_t{6} << 20), FileAccess::Read);
+  const double share = huge_page_share(f->data());
+#ifdef __linux__
+  EXPECT_GE(share, 0.0);
+#endif
+  EXPECT_LE(share, 1.0);
+  EXPECT_EQ(huge_page_share(reinterpret_cast<const void*>(uintptr_t{16})), -1.0);
+}
+
 TEST(MappedFile, ErrorsNameThePath) {
   for (FileAccess how : {FileAccess::Map, FileAccess::Read}) {
     for (const char* path : {"/nonexistent/tern/model.gguf", "/tmp"}) {  // missing; not a regular file
