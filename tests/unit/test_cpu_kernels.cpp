@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/simd.h"
@@ -173,6 +174,14 @@ TEST(CpuKernels, TernaryDotSimdMatchesScalar) {
         cpu::ternary_dot4_decode_avx512(rows, pairs.data(), cols, sum, got4);
         for (int r = 0; r < 4; ++r) EXPECT_EQ(got4[r], want4[r]) << "avx512 decode4 row " << r << " cols " << cols << " fill " << fill;
       }
+      using Decode4 = void (*)(const uint8_t* const*, const int8_t*, int64_t, int32_t, int32_t*);
+      for (auto [name, has, kernel] : {std::tuple<const char*, bool, Decode4>{"avx2", cpu::has_avx2(), cpu::ternary_dot4_decode_avx2},
+                                       {"vnni", cpu::has_avxvnni(), cpu::ternary_dot4_decode_vnni},
+                                       {"vnni512", cpu::has_avx512vnni(), cpu::ternary_dot4_decode_vnni512}}) {
+        if (!has) continue;
+        kernel(rows, x.data(), cols, sum, got4);
+        for (int r = 0; r < 4; ++r) EXPECT_EQ(got4[r], want4[r]) << name << " decode4 row " << r << " cols " << cols << " fill " << fill;
+      }
     }
   }
 }
@@ -309,6 +318,10 @@ TEST(CpuKernels, FloatDotsSameOnEveryPath) {
       if (cpu::has_avx512()) {
         cpu::dot_half4_f32_avx512(rows, bf16, x.data(), n, four);
         for (int r = 0; r < 4; ++r) EXPECT_TRUE(same(four[r], r % 2 ? sr : s)) << what << " avx512 four-row " << r;
+      }
+      if (cpu::has_avx2()) {
+        cpu::dot_half4_f32_avx2(rows, bf16, x.data(), n, four);
+        for (int r = 0; r < 4; ++r) EXPECT_TRUE(same(four[r], r % 2 ? sr : s)) << what << " avx2 four-row " << r;
       }
     }
   }

@@ -54,9 +54,9 @@ int32_t ternary_dot_decode(const uint8_t* row, const int8_t* acts, int64_t padde
 // give it rows from far apart (four streams; simd_avx512.cpp says why).
 void ternary_dot4_decode(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out);
 // How many far-apart rows decode should hand the four-row dots (ternary_dot4_decode,
-// dot_half4_f32) at once: 4 where they run the rows together (the 512-bit kernels), else
-// 1 (there they are four single dots, and rows one after another stream best: four
-// quarters taken row by row ran the AVX2 path ~16 % slower).
+// dot_half4_f32) at once: 4 where they run the rows together (AVX2 and up), else 1 (the
+// scalar path: four single dots, and rows one after another stream best; four quarters
+// taken row by row through single dots ran the AVX2 path ~5-16 % slower).
 int decode_streams();
 
 // HF rotate_half RoPE on n_heads heads of head_dim, pairs (i, i + head_dim/2).

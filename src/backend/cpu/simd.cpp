@@ -112,6 +112,32 @@ __attribute__((target("avx2"))) int32_t ternary_dot_avx2(const uint8_t* row, con
   }
   return hsum_avx2(acc) - qsum;
 }
+// Decode: four rows from far apart (four streams a thread, as the 512-bit path) against one
+// token's activations, loaded once per block for all four; per row ternary_dot_avx2's sums.
+__attribute__((target("avx2"))) void ternary_dot4_decode_avx2(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols,
+                                                             int32_t qsum, int32_t* out) {
+  const __m256i mask = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+  __m256i acc[4];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_si256();
+  for (int64_t b = 0; b < padded_cols / 128; ++b) {
+    const int8_t* x = q + b * 128;
+    const __m256i x0 = ld(x), x1 = ld(x + 32), x2 = ld(x + 64), x3 = ld(x + 96);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      prefetch_ahead(rows[r] + b * 32);
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + b * 32));
+      const __m256i s = _mm256_add_epi16(
+          _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 6), mask), x0),
+                           _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), mask), x1)),
+          _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 2), mask), x2),
+                           _mm256_maddubs_epi16(_mm256_and_si256(w, mask), x3)));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s, ones));
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) out[r] = hsum_avx2(acc[r]) - qsum;
+}
 // 1 weight row x 4 token rows: each block's codes are unpacked once for four tokens
 // (the unpacking is a third of the single dot's instructions); the activations of the
 // four tokens, 128 bytes each per block, stay in L1 across the rows of a token block.
@@ -255,6 +281,37 @@ __attribute__((target("avx2,fma,f16c"))) float dot_lanes_avx2(const void* w, con
   return reduce_halves_avx2(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]), tail);
 }
 
+// dot_lanes_avx2 of two rows at once (eight chains: four rows' 32 lanes would need all 16
+// registers for the sums alone), each row the single dot's float.
+template <int KIND>
+__attribute__((target("avx2,fma,f16c"))) static void dot2_lanes_avx2(const void* w0, const void* w1, const float* x, int64_t n, float* out) {
+  __m256 a[4], b[4];
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) a[k] = b[k] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + kDotLanes <= n; i += kDotLanes) {
+    prefetch_ahead(static_cast<const char*>(w0) + (KIND == 0 ? 4 : 2) * i);
+    prefetch_ahead(static_cast<const char*>(w1) + (KIND == 0 ? 4 : 2) * i);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m256 xk = _mm256_loadu_ps(x + i + 8 * k);
+      a[k] = _mm256_fmadd_ps(load8_ps<KIND>(w0, i + 8 * k), xk, a[k]);
+      b[k] = _mm256_fmadd_ps(load8_ps<KIND>(w1, i + 8 * k), xk, b[k]);
+    }
+  }
+  float t0 = 0.0f, t1 = 0.0f;
+  for (int64_t j = i; j < n; ++j) t0 = std::fma(dot_elem<KIND>(w0, j), x[j], t0);
+  for (int64_t j = i; j < n; ++j) t1 = std::fma(dot_elem<KIND>(w1, j), x[j], t1);
+  out[0] = reduce_halves_avx2(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]), t0);
+  out[1] = reduce_halves_avx2(_mm256_add_ps(b[0], b[2]), _mm256_add_ps(b[1], b[3]), t1);
+}
+
+void dot_half4_f32_avx2(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out) {
+  for (int p = 0; p < 4; p += 2) {  // rows 0 and 1, then 2 and 3
+    bf16 ? dot2_lanes_avx2<2>(w[p], w[p + 1], x, n, out + p) : dot2_lanes_avx2<1>(w[p], w[p + 1], x, n, out + p);
+  }
+}
+
 float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_lanes_avx2<0>(a, b, n); }
 float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n) {
   return bf16 ? dot_lanes_avx2<2>(w, x, n) : dot_lanes_avx2<1>(w, x, n);
@@ -263,6 +320,9 @@ float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n)
 bool has_avx2() { return false; }
 float dot_f32_avx2(const float* a, const float* b, int64_t n) { return dot_f32_scalar(a, b, n); }
 float dot_half_f32_avx2(const uint16_t* w, bool bf16, const float* x, int64_t n) { return dot_half_f32_scalar(w, bf16, x, n); }
+void dot_half4_f32_avx2(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out) {
+  for (int r = 0; r < 4; ++r) out[r] = dot_half_f32_scalar(w[r], bf16, x, n);
+}
 bool has_avxvnni() { return false; }
 bool has_avx512vnni() { return false; }
 // Off x86 every SIMD name runs the scalar kernel (the dispatch never picks them there).
@@ -275,6 +335,9 @@ bool has_avx512vnni() { return false; }
   }                                                                                                                        \
   void ternary_dot8_##path(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out) { \
     ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);                                                              \
+  }                                                                                                                        \
+  void ternary_dot4_decode_##path(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out) { \
+    for (int r = 0; r < 4; ++r) out[r] = ternary_dot_scalar(rows[r], q, padded_cols, qsum);                                \
   }
 TERN_SCALAR_TERNARY(avx2)
 TERN_SCALAR_TERNARY(vnni)
@@ -317,6 +380,14 @@ const TernaryDot kTernaryDot = kLevel >= 2   ? (kVex ? ternary_dot_vnni : ternar
                                : kLevel == 1 ? ternary_dot_avx2
                                              : ternary_dot_scalar;
 const TernaryDot kTernaryDotDecode = kLevel >= 3 ? ternary_dot_decode_avx512 : kTernaryDot;
+using TernaryDot4Decode = void (*)(const uint8_t* const*, const int8_t*, int64_t, int32_t, int32_t*);
+void ternary_dot4_decode_scalar(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out) {
+  for (int r = 0; r < 4; ++r) out[r] = ternary_dot_scalar(rows[r], q, padded_cols, qsum);
+}
+const TernaryDot4Decode kTernaryDot4Decode = kLevel >= 3   ? ternary_dot4_decode_avx512
+                                             : kLevel == 2 ? (kVex ? ternary_dot4_decode_vnni : ternary_dot4_decode_vnni512)
+                                             : kLevel == 1 ? ternary_dot4_decode_avx2
+                                                           : ternary_dot4_decode_scalar;
 using TernaryDot4 = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const int32_t*, int32_t*);
 const TernaryDot4 kTernaryDot4 = kLevel >= 2   ? (kVex ? ternary_dot4_vnni : ternary_dot4_vnni512)
                                  : kLevel == 1 ? ternary_dot4_avx2
@@ -341,14 +412,10 @@ int32_t ternary_dot_decode(const uint8_t* row, const int8_t* acts, int64_t padde
   return kTernaryDotDecode(row, acts, padded_cols, qsum);
 }
 
-int decode_streams() { return kLevel >= 3 ? 4 : 1; }
+int decode_streams() { return kLevel >= 1 ? 4 : 1; }
 
 void ternary_dot4_decode(const uint8_t* const* rows, const int8_t* acts, int64_t padded_cols, int32_t qsum, int32_t* out) {
-  if (kLevel >= 3) {
-    ternary_dot4_decode_avx512(rows, acts, padded_cols, qsum, out);
-  } else {  // (untried on the narrower kernels: there each row is its own call, as before)
-    for (int r = 0; r < 4; ++r) out[r] = kTernaryDotDecode(rows[r], acts, padded_cols, qsum);
-  }
+  kTernaryDot4Decode(rows, acts, padded_cols, qsum, out);
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) { return kDotF32(a, b, n); }
@@ -358,6 +425,8 @@ float dot_half_f32(const uint16_t* w, bool bf16, const float* x, int64_t n) { re
 void dot_half4_f32(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out) {
   if (kLevel >= 3) {
     dot_half4_f32_avx512(w, bf16, x, n, out);
+  } else if (kLevel >= 1) {
+    dot_half4_f32_avx2(w, bf16, x, n, out);
   } else {
     for (int r = 0; r < 4; ++r) out[r] = kDotHalf(w[r], bf16, x, n);
   }

@@ -29,6 +29,12 @@ void ternary_dot4_scalar(const uint8_t* row, const int8_t* q, int64_t ldq, int64
 void ternary_dot4_avx2(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 void ternary_dot8_scalar(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
 void ternary_dot8_avx2(const uint8_t* row, const int8_t* q, int64_t ldq, int64_t padded_cols, const int32_t* qsum, int32_t* out);
+// Decode's four-row dots (rows from far apart, one token; activations in q's own order):
+// per row ternary_dot's sum. dot_half4_f32_avx2: per row dot_half_f32's float.
+void ternary_dot4_decode_avx2(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out);
+void ternary_dot4_decode_vnni(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out);
+void ternary_dot4_decode_vnni512(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out);
+void dot_half4_f32_avx2(const uint16_t* const* w, bool bf16, const float* x, int64_t n, float* out);
 float dot_f32_scalar(const float* a, const float* b, int64_t n);
 float dot_f32_avx2(const float* a, const float* b, int64_t n);
 float dot_half_f32_scalar(const uint16_t* w, bool bf16, const float* x, int64_t n);
