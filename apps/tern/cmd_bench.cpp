@@ -226,7 +226,6 @@ Action add_bench(CLI::App& app) {
       auto probe_bw = [&] { return probe->best(3); };
       for (int i = 0; i < o->reps; ++i) {
         const double b0 = around ? probe_bw() : 0;
-        between_bytes = 0;
         r.tps.push_back(tokens / fn());
         if (around) r.pct_around.push_back(100 * r.tps.back() / (r.roofline * ((b0 + probe_bw()) / 2) / bw));  // (the roofline scales with it)
         if (around && between_bytes > 0) r.pct_between.push_back(100 * r.tps.back() / (r.roofline * (between_bytes / between_secs) / bw));

@@ -21,11 +21,13 @@ namespace {
 
 constexpr size_t kHugePage = size_t{2} << 20;
 
-// Reserves size bytes of address space starting at a multiple of 2 MB (so a file mapped
-// there has offset and address equal modulo 2 MB, which a 2 MB page needs) and returns
-// that start, or nullptr. What is reserved around it is given back.
-uint8_t* reserve_aligned(size_t size) {
-  void* area = mmap(nullptr, size + kHugePage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+// Maps size bytes of anonymous memory starting at a multiple of 2 MB (so a file mapped
+// over it has offset and address equal modulo 2 MB, which a 2 MB page needs) and returns
+// that start, or nullptr. writable: memory to read the file into (accounted as such);
+// else address space only, for the file's mapping to replace. The rest is given back.
+uint8_t* reserve_aligned(size_t size, bool writable) {
+  const int prot = writable ? PROT_READ | PROT_WRITE : PROT_NONE;
+  void* area = mmap(nullptr, size + kHugePage, prot, MAP_PRIVATE | MAP_ANONYMOUS | (writable ? 0 : MAP_NORESERVE), -1, 0);
   if (area == MAP_FAILED) return nullptr;
   const uintptr_t a = reinterpret_cast<uintptr_t>(area), at = (a + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -37,20 +39,16 @@ uint8_t* reserve_aligned(size_t size) {
 
 // FileAccess::Read: the file's bytes in anonymous memory in 2 MB pages, read-only.
 uint8_t* read_into_memory(int fd, size_t size, const std::string& path) {
-  uint8_t* p = reserve_aligned(size);
-  if (p == nullptr || mprotect(p, size, PROT_READ | PROT_WRITE) != 0) {
-    const int e = errno;
-    if (p != nullptr) munmap(p, size);
-    fail("{}: cannot allocate {} bytes to read it into: {}", path, size, std::strerror(e));
-  }
+  uint8_t* p = reserve_aligned(size, true);
+  if (p == nullptr) fail("{}: cannot allocate {} bytes to read it into: {}", path, size, std::strerror(errno));
   madvise(p, size, MADV_HUGEPAGE);
   for (size_t done = 0; done < size;) {
     const ssize_t got = pread(fd, p + done, std::min<size_t>(size - done, size_t{64} << 20), static_cast<off_t>(done));
+    if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
       const int e = errno;
       munmap(p, size);
       if (got == 0) fail("{}: the file ended after {} of {} bytes (changed while reading?)", path, done, size);
-      if (e == EINTR) continue;
       fail("{}: read error at byte {}: {}", path, done, std::strerror(e));
     }
     done += static_cast<size_t>(got);
@@ -80,7 +78,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, FileAccess
       throw;
     }
   } else if (f->size_ > 0) {
-    uint8_t* at = reserve_aligned(f->size_);
+    uint8_t* at = reserve_aligned(f->size_, false);
     void* p = at != nullptr ? mmap(at, f->size_, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0)
                             : mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {

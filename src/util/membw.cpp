@@ -7,7 +7,8 @@
 namespace tern {
 
 namespace {
-// (A hint: past the end of a range it reads nothing and faults nothing.)
+// (A hint: past the end of a range it reads nothing and faults nothing. 2 KB ahead, as
+// the decode kernels prefetch: backend/cpu/simd.h.)
 inline void prefetch(const uint8_t* p) {
 #if defined(__GNUC__)
   __builtin_prefetch(p, 0, 3);
@@ -57,7 +58,7 @@ double ReadProbe::pass() {
       }
       const v4 a = a0 + a1;
       sums_[static_cast<size_t>(ThreadPool::thread_index()) * 8] += a[0] + a[1] + a[2] + a[3];
-    }, 1024);  // 64 KB pieces at least
+    }, 1024);  // pieces of 64 KB of each stream at least
     uint64_t tail = 0;  // the words past the four quarters
     for (size_t w = kStreams * quarter; w + 8 <= range.size(); w += 8) {
       uint64_t v;

@@ -12,6 +12,12 @@ for cut in 3 20 100 1000 50000; do
   head -c $cut "$WORK/t.gguf" >"$WORK/trunc$cut.gguf"
   expect_fail "trunc$cut.gguf" "$TERN" info -m "$WORK/trunc$cut.gguf"
 done
+# The same through --no-mmap (the file read into memory, then parsed).
+expect_fail "$WORK/none.gguf" "$TERN" logits -m "$WORK/none.gguf" --tokens 1 -o "$WORK/x.npy" --no-mmap
+expect_fail "$WORK" "$TERN" logits -m "$WORK" --tokens 1 -o "$WORK/x.npy" --no-mmap
+for cut in 20 1000 50000; do
+  expect_fail "trunc$cut.gguf" "$TERN" logits -m "$WORK/trunc$cut.gguf" --tokens 1 -o "$WORK/x.npy" --no-mmap
+done
 # Flip bytes inside the header: any error is fine, a crash is not.
 for off in 8 16 24 40 64; do
   cp "$WORK/t.gguf" "$WORK/flip.gguf"

@@ -108,11 +108,11 @@ struct LinearOut {
   const TernaryMatrix* w;
   float* out;
 };
-// Decode (one token) with the 512-bit kernels: the rows of all parts in fours (row i + j q
-// for j < 4, q a quarter of the rows), each four one cpu::ternary_dot4_decode, so every
-// thread reads its share as four sequential streams (from the four quarters of the rows)
-// and loads the activations once for all of them. Elsewhere (cpu::decode_streams() == 1)
-// row by row, in order.
+// Decode (one token) with SIMD kernels: the rows of all parts in fours (row i + j q for
+// j < 4, q a quarter of the rows), each four one cpu::ternary_dot4_decode, so every thread
+// reads its share as four sequential streams (from the four quarters of the rows) and
+// loads the activations once for all of them. On the scalar path (cpu::decode_streams()
+// == 1) row by row, in order.
 void ternary_linears_decode(std::initializer_list<LinearOut> parts, const QuantizedActs& a, bool accumulate, ThreadPool& pool) {
   int64_t total = 0;
   for (const LinearOut& p : parts) {

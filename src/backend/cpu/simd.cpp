@@ -39,6 +39,10 @@ void ternary_dot8_scalar(const uint8_t* row, const int8_t* q, int64_t ldq, int64
   for (int t = 0; t < 8; ++t) out[t] = ternary_dot_scalar(row, q + t * ldq, padded_cols, qsum[t]);
 }
 
+void ternary_dot4_decode_scalar(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out) {
+  for (int r = 0; r < 4; ++r) out[r] = ternary_dot_scalar(rows[r], q, padded_cols, qsum);
+}
+
 namespace {
 
 template <int KIND>
@@ -78,11 +82,6 @@ bool has_avx2() {
 // function's target attribute, and without -mavx2 the intrinsics would not inline.
 __attribute__((target("avx2"))) static inline __m256i ld(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// Decode reads each weight row once, rows one after another in each thread's share: the
-// single-row dots prefetch 2 KB ahead of where they read (the 512-bit four-row dots do the
-// same: simd_avx512.cpp says what it gained there).
-static inline void prefetch_ahead(const void* p) { _mm_prefetch(static_cast<const char*>(p) + 2048, _MM_HINT_T0); }
-
 __attribute__((target("avx2"))) static inline int32_t hsum_avx2(__m256i acc) {
   __m128i v = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
   v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4e));
@@ -90,8 +89,13 @@ __attribute__((target("avx2"))) static inline int32_t hsum_avx2(__m256i acc) {
   return _mm_cvtsi128_si32(v);
 }
 
-__attribute__((target("avx2"))) static inline __m256i avx2_group(__m256i w, int shift, const int8_t* x) {
-  return _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, shift), _mm256_set1_epi8(3)), ld(x));
+__attribute__((target("avx2"))) static inline __m256i avx2_group(__m256i w, int shift, __m256i x) {
+  return _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, shift), _mm256_set1_epi8(3)), x);
+}
+// One block's int16 pair sums over its four groups (x0..x3: the groups' activations).
+__attribute__((target("avx2"))) static inline __m256i avx2_block(__m256i w, __m256i x0, __m256i x1, __m256i x2, __m256i x3) {
+  return _mm256_add_epi16(_mm256_add_epi16(avx2_group(w, 6, x0), avx2_group(w, 4, x1)),
+                          _mm256_add_epi16(avx2_group(w, 2, x2), avx2_group(w, 0, x3)));
 }
 
 // Per 128-weight block: the 32 bytes hold the codes of columns j, j+32, j+64, j+96 in
@@ -106,8 +110,7 @@ __attribute__((target("avx2"))) int32_t ternary_dot_avx2(const uint8_t* row, con
     prefetch_ahead(row + b * 32);
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
     const int8_t* x = q + b * 128;
-    const __m256i s = _mm256_add_epi16(_mm256_add_epi16(avx2_group(w, 6, x), avx2_group(w, 4, x + 32)),
-                                       _mm256_add_epi16(avx2_group(w, 2, x + 64), avx2_group(w, 0, x + 96)));
+    const __m256i s = avx2_block(w, ld(x), ld(x + 32), ld(x + 64), ld(x + 96));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
   }
   return hsum_avx2(acc) - qsum;
@@ -116,7 +119,7 @@ __attribute__((target("avx2"))) int32_t ternary_dot_avx2(const uint8_t* row, con
 // token's activations, loaded once per block for all four; per row ternary_dot_avx2's sums.
 __attribute__((target("avx2"))) void ternary_dot4_decode_avx2(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols,
                                                              int32_t qsum, int32_t* out) {
-  const __m256i mask = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[4];
 #pragma GCC unroll 4
   for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_si256();
@@ -127,12 +130,7 @@ __attribute__((target("avx2"))) void ternary_dot4_decode_avx2(const uint8_t* con
     for (int r = 0; r < 4; ++r) {
       prefetch_ahead(rows[r] + b * 32);
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + b * 32));
-      const __m256i s = _mm256_add_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 6), mask), x0),
-                           _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), mask), x1)),
-          _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 2), mask), x2),
-                           _mm256_maddubs_epi16(_mm256_and_si256(w, mask), x3)));
-      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s, ones));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(avx2_block(w, x0, x1, x2, x3), ones));
     }
   }
 #pragma GCC unroll 4
@@ -337,7 +335,7 @@ bool has_avx512vnni() { return false; }
     ternary_dot8_scalar(row, q, ldq, padded_cols, qsum, out);                                                              \
   }                                                                                                                        \
   void ternary_dot4_decode_##path(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out) { \
-    for (int r = 0; r < 4; ++r) out[r] = ternary_dot_scalar(rows[r], q, padded_cols, qsum);                                \
+    ternary_dot4_decode_scalar(rows, q, padded_cols, qsum, out);                                                           \
   }
 TERN_SCALAR_TERNARY(avx2)
 TERN_SCALAR_TERNARY(vnni)
@@ -381,9 +379,6 @@ const TernaryDot kTernaryDot = kLevel >= 2   ? (kVex ? ternary_dot_vnni : ternar
                                              : ternary_dot_scalar;
 const TernaryDot kTernaryDotDecode = kLevel >= 3 ? ternary_dot_decode_avx512 : kTernaryDot;
 using TernaryDot4Decode = void (*)(const uint8_t* const*, const int8_t*, int64_t, int32_t, int32_t*);
-void ternary_dot4_decode_scalar(const uint8_t* const* rows, const int8_t* q, int64_t padded_cols, int32_t qsum, int32_t* out) {
-  for (int r = 0; r < 4; ++r) out[r] = ternary_dot_scalar(rows[r], q, padded_cols, qsum);
-}
 const TernaryDot4Decode kTernaryDot4Decode = kLevel >= 3   ? ternary_dot4_decode_avx512
                                              : kLevel == 2 ? (kVex ? ternary_dot4_decode_vnni : ternary_dot4_decode_vnni512)
                                              : kLevel == 1 ? ternary_dot4_decode_avx2

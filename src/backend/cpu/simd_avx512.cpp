@@ -107,13 +107,6 @@ TERN_AVX512 int32_t ternary_dot_decode_avx512(const uint8_t* row, const int8_t* 
   return finish(a, row, acts, padded_cols) - qsum;
 }
 
-// How far ahead of each stream the four-row decode dots prefetch (one line per line read).
-// Each core's hardware prefetchers alone kept fewer lines in flight than four streams can
-// take: the four-row F16 head dot read ~50-56 GB/s without and 57-69 with T0 prefetches
-// 1-2 KB ahead (512 B: no gain, 4 KB less; Zen 5 VM, 2 threads, 2026-11-27), the ternary
-// dot a few % more. The bandwidth probe prefetches the same way (util/membw.cpp).
-constexpr int kPrefetchAhead = 2048;
-
 // Four rows at once, each its own stream: the activations are loaded once for all four,
 // and a core keeps four sequential streams going (rows from the four quarters of a
 // thread's rows, not neighbours: neighbours interleaved 640 bytes apart streamed at a third
@@ -132,7 +125,7 @@ TERN_AVX512 void ternary_dot4_decode_avx512(const uint8_t* const* rows, const in
                   x3 = _mm512_loadu_si512(x + 192);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + 64 * k) + kPrefetchAhead, _MM_HINT_T0);
+      prefetch_ahead(rows[r] + 64 * k);  // (simd.h; one line per line read)
       dot_step(a[r], load_codes(rows[r] + 64 * k), x0, x1, x2, x3);
     }
   }
@@ -182,7 +175,7 @@ TERN_AVX512 static void dot4_lanes_avx512(const void* const* w, const float* x, 
     for (int r = 0; r < 4; ++r) {
       // One line a step for 16-bit rows (32 elements); a float row's second line is left to
       // the hardware (F32 heads are rare).
-      _mm_prefetch(static_cast<const char*>(w[r]) + (KIND == 0 ? 4 : 2) * i + kPrefetchAhead, _MM_HINT_T0);
+      prefetch_ahead(static_cast<const char*>(w[r]) + (KIND == 0 ? 4 : 2) * i);
       lo[r] = _mm512_fmadd_ps(load16_ps<KIND>(w[r], i), x0, lo[r]);
       hi[r] = _mm512_fmadd_ps(load16_ps<KIND>(w[r], i + 16), x1, hi[r]);
     }
