@@ -52,6 +52,7 @@ grep -q '"n_batch": 3' "$WORK/out" && grep -q '"pct_roofline"' "$WORK/out" && gr
 # Long enough for read passes between the steps (one after every 4th).
 expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 9 -r 1 -t 2 --json --no-mmap
 grep -q '"pct_bw_between"' "$WORK/out" && ok || bad "bench --json lacks pct_bw_between: $(cat "$WORK/out")"
+grep -q '"weights_in_2mb_pages"' "$WORK/out" && ok || bad "bench --json lacks weights_in_2mb_pages: $(cat "$WORK/out")"
 expect_fail "--batch" "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B x
 expect_fail "unknown backend 'gpu'" "$TERN" bench -m "$WORK/t.gguf" -p 8 -n 0 --backend gpu
 
