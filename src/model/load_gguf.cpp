@@ -156,6 +156,7 @@ Model load_gguf(const std::string& path, const LoadOptions& opts) {
   Model m;
   m.path = path;
   m.file_bytes = r.mapping() ? r.mapping()->size() : 0;
+  if (r.mapping()) m.files.push_back(r.mapping());
 
   const std::string arch = r.get_string("general.architecture");
   if (arch != "bitnet-b1.58" && arch != "bitnet-25" && arch != "bitnet") {

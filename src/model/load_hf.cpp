@@ -183,6 +183,7 @@ Model load_hf(const std::string& dir, const LoadOptions& opts) {
   m.embedding.cols = c.hidden;
   m.embedding.data = e.data;
   m.embedding.owner = reader;
+  m.files = r.files();
   m.output_norm = read_vector(r, "model.norm.weight", c.hidden, dir);
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";

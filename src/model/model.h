@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/ternary.h"
+#include "util/mapped_file.h"
 
 namespace tern {
 
@@ -96,6 +97,9 @@ struct Model {
   std::string weight_type;    // how the linears were stored: "i2_s", "tq2_0", "hf packed", "bf16", ...
   std::vector<TensorSummary> tensors;
   uint64_t file_bytes = 0;
+  // The files the weights were mapped or read from (the CPU engine settles mapped ones in
+  // 2 MB pages: MappedFile::settle_in_huge_pages).
+  std::vector<std::shared_ptr<MappedFile>> files;
 };
 
 struct LoadOptions {

@@ -43,6 +43,7 @@ class Reader {
   // Throws "FILE: tensor NAME: missing" when absent.
   const TensorInfo& get(const std::string& name, const std::string& where) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::vector<std::shared_ptr<MappedFile>>& files() const { return maps_; }
 
  private:
   void add_file(const uint8_t* data, size_t size, const std::string& name,

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -20,6 +21,8 @@ namespace tern {
 namespace {
 
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kTrial = size_t{8} << 20;   // settle_in_huge_pages' first piece
+constexpr size_t kPiece = size_t{64} << 20;  // and the rest in these
 
 // Maps size bytes of anonymous memory starting at a multiple of 2 MB (so a file mapped
 // over it has offset and address equal modulo 2 MB, which a 2 MB page needs) and returns
@@ -57,6 +60,35 @@ uint8_t* read_into_memory(int fd, size_t size, const std::string& path) {
   return p;
 }
 
+// Resident kB and kB in 2 MB pages (/proc/self/smaps: Rss; FilePmdMapped + AnonHugePages) of
+// the mappings overlapping [lo, hi), or with containing_only of the one that contains lo.
+// rss -1 where none is found or smaps cannot be read.
+struct Residency {
+  double rss = -1, huge = 0;
+};
+Residency residency(uintptr_t lo, uintptr_t hi, bool containing_only) {
+  std::ifstream smaps("/proc/self/smaps");
+  Residency r;
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long a = 0, b = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &a, &b) == 2 && line.find(':') > line.find(' ')) {
+      inside = containing_only ? lo >= a && lo < b : a < hi && b > lo;
+      continue;
+    }
+    if (!inside) continue;
+    std::istringstream in(line);
+    std::string key;
+    double kb = 0;
+    in >> key >> kb;
+    if (key == "Rss:") r.rss = std::max(r.rss, 0.0) + kb;
+    if (key == "FilePmdMapped:" || key == "AnonHugePages:") r.huge += kb;
+  }
+  return r;
+}
+
+double share(const Residency& r) { return r.rss > 0 ? r.huge / r.rss : -1; }
+
 }  // namespace
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, FileAccess how) {
@@ -90,36 +122,79 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, FileAccess
     f->data_ = static_cast<const uint8_t*>(p);
     // 2 MB pages where the kernel can (mapped_file.h says why); advice, so errors are ignored.
     madvise(p, f->size_, MADV_HUGEPAGE);
+    f->fd_ = fd;
+    return f;
   }
   ::close(fd);
   return f;
 }
 
 double huge_page_share(const void* addr) {
-  std::ifstream smaps("/proc/self/smaps");
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
-  bool inside = false;
-  double rss = -1, huge = 0;
-  for (std::string line; std::getline(smaps, line);) {
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
-      if (inside) break;  // past the mapping's fields
-      inside = a >= lo && a < hi;
-      continue;
-    }
-    if (!inside) continue;
-    std::istringstream in(line);
-    std::string key;
-    double kb = 0;
-    in >> key >> kb;
-    if (key == "Rss:") rss = kb;
-    if (key == "FilePmdMapped:" || key == "AnonHugePages:") huge += kb;
+  return share(residency(a, a + 1, true));
+}
+
+// Replaces [offset, offset + length) of the map by a fresh map of the same bytes (atomic:
+// readers see the file throughout) with nothing faulted in yet: the old page tables go,
+// and a 2 MB page can only be mapped where none is left. offset and length are multiples of
+// 2 MB. false if the kernel refused (the old map then stays, or is put back).
+bool MappedFile::remap(size_t offset, size_t length) {
+  uint8_t* at = const_cast<uint8_t*>(data_) + offset;
+  const auto map = [&] { return mmap(at, length, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd_, static_cast<off_t>(offset)) != MAP_FAILED; };
+  if (map()) {
+    madvise(at, length, MADV_HUGEPAGE);
+    return true;
   }
-  return rss > 0 ? huge / rss : -1;
+  // Linux before 6.12 may have unmapped the old range when MAP_FIXED failed: map it again
+  // (msync fails with ENOMEM on a range not wholly mapped).
+  if (msync(at, length, MS_ASYNC) != 0 && !map()) fail("{}: lost part of its mapping while re-mapping it: {}", path_, std::strerror(errno));
+  madvise(at, length, MADV_HUGEPAGE);
+  return false;
+}
+
+// Drops [offset, offset + length) from the page cache where no one maps it (remapped first,
+// so this process does not) and faults it in again through the MADV_HUGEPAGE map.
+void MappedFile::refill(size_t offset, size_t length) {
+  posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
+  madvise(const_cast<uint8_t*>(data_) + offset, length, MADV_POPULATE_READ);
+}
+
+HugePageSettle MappedFile::settle_in_huge_pages() {
+#ifdef MADV_POPULATE_READ
+  std::lock_guard<std::mutex> lock(settle_mu_);
+  if (settled_ || fd_ < 0 || size_ < 2 * kTrial) return settle_;
+  settled_ = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(data_), hi = lo + size_;
+  // Linux < 5.14 has no MADV_POPULATE_READ: leave the pages to fault in as they are read.
+  if (madvise(const_cast<uint8_t*>(data_), size_, MADV_POPULATE_READ) != 0) return settle_;
+  settle_.ran = true;
+  settle_.share_before = settle_.share_after = share(residency(lo, hi, false));
+  if (settle_.share_before >= 0 && settle_.share_before < 0.9 && reinterpret_cast<uintptr_t>(data_) % kHugePage == 0) {
+    // The trial piece, from the middle: its 2 MB pages after re-caching it, counted as
+    // the mapping's total after minus the total with the piece not yet faulted back.
+    const size_t off = (size_ / 2) & ~(kHugePage - 1);
+    if (remap(off, kTrial)) {
+      const double without = residency(lo, hi, false).huge;
+      refill(off, kTrial);
+      if (residency(lo, hi, false).huge - without >= kTrial / 2 / 1024.0) {
+        const size_t whole = size_ & ~(kHugePage - 1);
+        for (size_t o = 0; o < whole; o += kPiece) {
+          if (remap(o, std::min(kPiece, whole - o))) refill(o, std::min(kPiece, whole - o));
+        }
+        settle_.recached = true;
+      }
+      settle_.share_after = share(residency(lo, hi, false));
+    }
+  }
+  settle_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+#endif
+  return settle_;
 }
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) munmap(const_cast<uint8_t*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 }  // namespace tern

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace tern {
@@ -21,6 +22,15 @@ namespace tern {
 // pages cached in 4 KB pieces by an earlier reader stay so until evicted); peak RSS is
 // the file's size either way.
 enum class FileAccess { Map, Read };
+
+// What MappedFile::settle_in_huge_pages found and did.
+struct HugePageSettle {
+  bool ran = false;           // false: a read copy, a file under 16 MB, or no MADV_POPULATE_READ (Linux < 5.14)
+  double share_before = -1;   // resident bytes in 2 MB pages once populated, 0..1 (-1 unknown)
+  double share_after = -1;
+  bool recached = false;      // the file was dropped from the page cache and read again
+  double seconds = 0;
+};
 
 class MappedFile {
  public:
@@ -34,11 +44,33 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  // Map only, once per file (later calls return the first call's report): faults every page
+  // in (MADV_POPULATE_READ, which a decode step would do anyway) and, where under 90 % of
+  // them are then mapped in 2 MB pages, tries 8 MB: remaps it, drops it from the page
+  // cache (POSIX_FADV_DONTNEED; pages other processes map stay) and faults it in again
+  // through the MADV_HUGEPAGE map, which reads it back in 2 MB folios where the file
+  // system can. If that piece comes back in 2 MB pages, the whole file is re-cached so
+  // (0.5-1 s for 1.2 GB on the VM above, once: the page cache keeps the folios for the
+  // next run). The data stays readable throughout (the remap is atomic, the pages re-read
+  // are the file's): other threads may read it meanwhile (a page one of them faults in
+  // between is mapped as the page cache then holds it). The CPU engine calls it for its
+  // model's files. Why it is needed: a file just written (tern synth, cp, a download) is
+  // cached in the pieces it was written in, and on the VM the kernel's reclaim (DAMON)
+  // evicts parts of an idle file that later readers bring back in 4 KB pieces. Throws
+  // tern::Error only if the kernel took part of the map away and would not give it back.
+  HugePageSettle settle_in_huge_pages();
+
  private:
   MappedFile() = default;
+  bool remap(size_t offset, size_t length);
+  void refill(size_t offset, size_t length);
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   std::string path_;
+  int fd_ = -1;  // kept open by a map, for settle_in_huge_pages
+  std::mutex settle_mu_;
+  bool settled_ = false;
+  HugePageSettle settle_;
 };
 
 // The share of the resident bytes of the mapping that contains `addr` held in 2 MB pages

@@ -188,6 +188,9 @@ class CpuEngine final : public Engine {
   CpuEngine(const Model& model, const EngineOptions& opts)
       : m_(model), c_(model.config), pool_(opts.threads), ctx_(opts.ctx > 0 ? opts.ctx : model.config.ctx) {
     if (opts.n_seq < 1) fail("the engine needs at least one sequence (n_seq {})", opts.n_seq);
+    // Decode streams every weight each token: from 4 KB pages it lost 20-30 % of its time on
+    // the 2-core VM, so the mapped files are brought into 2 MB pages where the kernel can.
+    for (const auto& f : m_.files) f->settle_in_huge_pages();
     // Left uninitialised: pages are only touched as positions are filled, so sequences
     // (and context) that are never used cost address space, not memory.
     const size_t cache = static_cast<size_t>(c_.n_layers) * ctx_ * c_.kv_dim();
