@@ -172,8 +172,13 @@ Action add_bench(CLI::App& app) {
     // CPU decode streams every weight each step: how much of them sits in 2 MB pages (the
     // probe above has touched them all; util/mapped_file.h says why it matters).
     const double huge_share = on_gpu ? -1 : huge_page_share(m.embedding.data);
-    // What the CPU engine did to get there (a later call returns the first call's report).
-    const HugePageSettle settle = !on_gpu && !m.files.empty() ? m.files.front()->settle_in_huge_pages() : HugePageSettle{};
+    // What the CPU engine did to get there, for the file that holds the LM head (a later
+    // call returns the first call's report).
+    HugePageSettle settle;
+    for (const auto& f : m.files) {
+      const auto* e = static_cast<const uint8_t*>(m.embedding.data);
+      if (!on_gpu && e >= f->data() && e < f->data() + f->size()) settle = f->settle_in_huge_pages();
+    }
     const double wbytes = weight_bytes(m, eo.lm_head);
     const double kv_bytes = eo.kv_type == KvType::F16 ? 2.0 : 4.0;
     const double kv_per_pos = 2.0 * kv_bytes * m.config.n_layers * m.config.kv_dim();  // K and V

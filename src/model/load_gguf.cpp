@@ -53,6 +53,12 @@ struct GgufLoader {
     return to_f32(float_type(t), t.data, n);
   }
 
+  // A linear repacked into memory no longer needs its bytes in the map (mapped_file.h release).
+  TernaryMatrix repacked(const gguf::TensorInfo& t, TernaryMatrix m) const {
+    if (r.mapping()) r.mapping()->release(t.data, t.nbytes);
+    return m;
+  }
+
   TernaryMatrix linear(const std::string& name, int64_t rows, int64_t cols) const {
     const gguf::TensorInfo& t = tensor(name);
     expect_shape(t, rows, cols);
@@ -76,7 +82,7 @@ struct GgufLoader {
         }
         std::vector<int8_t> w = unpack_i2s(bytes, n, &scale);
         check_scale(name, scale);
-        return make_ternary(w, rows, cols, scale);
+        return repacked(t, make_ternary(w, rows, cols, scale));
       }
       case gguf::Type::TQ2_0:
       case gguf::Type::TQ1_0: {
@@ -86,7 +92,7 @@ struct GgufLoader {
                                     : unpack_tq1_0(bytes, rows, cols, &block_scales);
         float scale = common_block_scale(block_scales, w, 256, path + ": tensor " + name);
         check_scale(name, scale);
-        return make_ternary(w, rows, cols, scale);
+        return repacked(t, make_ternary(w, rows, cols, scale));
       }
       case gguf::Type::F32:
       case gguf::Type::F16:
@@ -94,7 +100,7 @@ struct GgufLoader {
         std::vector<float> f = to_f32(float_type(t), t.data, n);
         float scale = 0;
         std::vector<int8_t> w = ternarize_absmean(f, &scale);
-        return make_ternary(w, rows, cols, scale);
+        return repacked(t, make_ternary(w, rows, cols, scale));
       }
       default:
         fail("{}: tensor {}: unsupported type {} for a ternary linear (expected i2_s, tq2_0, tq1_0, f32, f16 or bf16)",

@@ -150,7 +150,9 @@ TernaryMatrix read_linear(const st::Reader& r, const HfConfig& c, const std::str
     if (!(scale > 0) || !std::isfinite(scale)) fail("{}: tensor {}: scale {} is not a positive finite number", s.file, s.name, scale);
     if (c.scale_divides) scale = 1.0f / scale;
     std::vector<int8_t> w = unpack_hf(std::span<const uint8_t>(t.data, t.nbytes), rows, cols);
-    return make_ternary(w, rows, cols, scale);
+    TernaryMatrix m = make_ternary(w, rows, cols, scale);
+    for (const auto& f : r.files()) f->release(t.data, t.nbytes);  // (repacked: mapped_file.h)
+    return m;
   }
   if (c.packed) {
     fail("{}: tensor {}: dtype {} but quantization_config says the weights are packed (expected U8)", t.file, t.name,
@@ -160,7 +162,9 @@ TernaryMatrix read_linear(const st::Reader& r, const HfConfig& c, const std::str
   std::vector<float> f = to_f32(float_type_of(t), t.data, rows * cols);
   float scale = 0;
   std::vector<int8_t> w = ternarize_absmean(f, &scale);
-  return make_ternary(w, rows, cols, scale);
+  TernaryMatrix m = make_ternary(w, rows, cols, scale);
+  for (const auto& file : r.files()) file->release(t.data, t.nbytes);
+  return m;
 }
 
 }  // namespace

@@ -159,28 +159,36 @@ void MappedFile::refill(size_t offset, size_t length) {
   madvise(const_cast<uint8_t*>(data_) + offset, length, MADV_POPULATE_READ);
 }
 
-HugePageSettle MappedFile::settle_in_huge_pages() {
+HugePageSettle MappedFile::settle_in_huge_pages(size_t offset, size_t length) {
 #ifdef MADV_POPULATE_READ
   std::lock_guard<std::mutex> lock(settle_mu_);
-  if (settled_ || fd_ < 0 || size_ < 2 * kTrial) return settle_;
+  if (settled_ || fd_ < 0 || reinterpret_cast<uintptr_t>(data_) % kHugePage != 0 || offset >= size_) return settle_;
   settled_ = true;
+  length = std::min(length, size_ - offset);
+  // The whole 2 MB pages that cover the range (a last partial one of the file stays as is).
+  const size_t a0 = offset & ~(kHugePage - 1), a1 = std::min((offset + length + kHugePage - 1) & ~(kHugePage - 1), size_ & ~(kHugePage - 1));
+  if (a1 < a0 + 2 * kTrial) return settle_;
   const auto t0 = std::chrono::steady_clock::now();
-  const uintptr_t lo = reinterpret_cast<uintptr_t>(data_), hi = lo + size_;
+  uint8_t* base = const_cast<uint8_t*>(data_);
+  // The rest of the file out of the range's mapping (smaps counts per mapping, and pages of
+  // it read once by a loader that repacked them would otherwise count against the range).
+  if (a0 > 0) madvise(base, a0, MADV_NOHUGEPAGE);
+  if (a1 < size_) madvise(base + a1, size_ - a1, MADV_NOHUGEPAGE);
   // Linux < 5.14 has no MADV_POPULATE_READ: leave the pages to fault in as they are read.
-  if (madvise(const_cast<uint8_t*>(data_), size_, MADV_POPULATE_READ) != 0) return settle_;
+  if (madvise(base + a0, a1 - a0, MADV_POPULATE_READ) != 0) return settle_;
   settle_.ran = true;
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(base + a0), hi = reinterpret_cast<uintptr_t>(base + a1);
   settle_.share_before = settle_.share_after = share(residency(lo, hi, false));
-  if (settle_.share_before >= 0 && settle_.share_before < 0.9 && reinterpret_cast<uintptr_t>(data_) % kHugePage == 0) {
+  if (settle_.share_before >= 0 && settle_.share_before < 0.9) {
     // The trial piece, from the middle: its 2 MB pages after re-caching it, counted as
-    // the mapping's total after minus the total with the piece not yet faulted back.
-    const size_t off = (size_ / 2) & ~(kHugePage - 1);
+    // the range's total after minus the total with the piece not yet faulted back.
+    const size_t off = (a0 + (a1 - a0) / 2) & ~(kHugePage - 1);
     if (remap(off, kTrial)) {
       const double without = residency(lo, hi, false).huge;
       refill(off, kTrial);
       if (residency(lo, hi, false).huge - without >= kTrial / 2 / 1024.0) {
-        const size_t whole = size_ & ~(kHugePage - 1);
-        for (size_t o = 0; o < whole; o += kPiece) {
-          if (remap(o, std::min(kPiece, whole - o))) refill(o, std::min(kPiece, whole - o));
+        for (size_t o = a0; o < a1; o += kPiece) {
+          if (remap(o, std::min(kPiece, a1 - o))) refill(o, std::min(kPiece, a1 - o));
         }
         settle_.recached = true;
       }
@@ -188,8 +196,18 @@ HugePageSettle MappedFile::settle_in_huge_pages() {
     }
   }
   settle_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+#else
+  (void)offset, (void)length;
 #endif
   return settle_;
+}
+
+void MappedFile::release(const void* p, size_t n) const {
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p), lo = reinterpret_cast<uintptr_t>(data_);
+  if (fd_ < 0 || b < lo || b >= lo + size_) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t from = (b + page - 1) & ~(page - 1), to = std::min(b + n, lo + size_) & ~(page - 1);
+  if (from < to) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -25,7 +25,7 @@ enum class FileAccess { Map, Read };
 
 // What MappedFile::settle_in_huge_pages found and did.
 struct HugePageSettle {
-  bool ran = false;           // false: a read copy, a file under 16 MB, or no MADV_POPULATE_READ (Linux < 5.14)
+  bool ran = false;           // false: a read copy, a range under 16 MB, or no MADV_POPULATE_READ (Linux < 5.14)
   double share_before = -1;   // resident bytes in 2 MB pages once populated, 0..1 (-1 unknown)
   double share_after = -1;
   bool recached = false;      // the file was dropped from the page cache and read again
@@ -44,12 +44,14 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
-  // Map only, once per file (later calls return the first call's report): faults every page
-  // in (MADV_POPULATE_READ, which a decode step would do anyway) and, where under 90 % of
+  // Map only, once per file (later calls return the first call's report), for the bytes
+  // [offset, offset + length) (the whole 2 MB pages around them; the rest of the file is
+  // advised MADV_NOHUGEPAGE, which keeps it a separate mapping): faults every page in
+  // (MADV_POPULATE_READ, which a decode step would do anyway) and, where under 90 % of
   // them are then mapped in 2 MB pages, tries 8 MB: remaps it, drops it from the page
   // cache (POSIX_FADV_DONTNEED; pages other processes map stay) and faults it in again
   // through the MADV_HUGEPAGE map, which reads it back in 2 MB folios where the file
-  // system can. If that piece comes back in 2 MB pages, the whole file is re-cached so
+  // system can. If that piece comes back in 2 MB pages, the whole range is re-cached so
   // (0.5-1 s for 1.2 GB on the VM above, once: the page cache keeps the folios for the
   // next run). The data stays readable throughout (the remap is atomic, the pages re-read
   // are the file's): other threads may read it meanwhile (a page one of them faults in
@@ -58,7 +60,13 @@ class MappedFile {
   // cached in the pieces it was written in, and on the VM the kernel's reclaim (DAMON)
   // evicts parts of an idle file that later readers bring back in 4 KB pieces. Throws
   // tern::Error only if the kernel took part of the map away and would not give it back.
-  HugePageSettle settle_in_huge_pages();
+  HugePageSettle settle_in_huge_pages(size_t offset = 0, size_t length = SIZE_MAX);
+
+  // Map only, and only for bytes inside this map (else nothing): gives back the pages wholly
+  // inside [p, p + n) (MADV_DONTNEED; they read the file's bytes again if touched). Loaders
+  // call it for a tensor they have repacked into memory, so its mapped pages do not add to
+  // the peak RSS (TQ2_0: the file plus the repacked copy, ~0.5 GB over the file for 2B).
+  void release(const void* p, size_t n) const;
 
  private:
   MappedFile() = default;

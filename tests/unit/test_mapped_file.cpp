@@ -136,11 +136,35 @@ TEST(MappedFile, SettlesInHugePagesKeepingTheBytes) {
     EXPECT_EQ(again.seconds, s.seconds);  // the first call's report, not a second run
   }
   EXPECT_EQ(mapping_count(), before);
+  {  // A range of the file (what decode reads in place): the whole file still reads right.
+    auto f = MappedFile::open(path, FileAccess::Map);
+    const HugePageSettle s = f->settle_in_huge_pages((size_t{10} << 20) + 123, size_t{20} << 20);
+    std::printf("[info] settle of 20 MB: ran %d, 2 MB share %.2f -> %.2f, recached %d\n", s.ran, s.share_before, s.share_after, s.recached);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(f->data()[i], static_cast<uint8_t>(i * 131 + (i >> 12))) << "byte " << i;
+    auto g = MappedFile::open(path, FileAccess::Map);
+    EXPECT_FALSE(g->settle_in_huge_pages(size_t{30} << 20, size_t{8} << 20).ran);  // (under two trial pieces)
+  }
+  EXPECT_EQ(mapping_count(), before);
   // A copy in memory and a small file are left alone.
   auto copy = MappedFile::open(path, FileAccess::Read);
   EXPECT_FALSE(copy->settle_in_huge_pages().ran);
   auto small = MappedFile::open(write_file(dir, "small", size_t{3} << 20), FileAccess::Map);
   EXPECT_FALSE(small->settle_in_huge_pages().ran);
+}
+
+// release gives back mapped pages (they read the file again) and leaves a read copy, and
+// addresses outside the map, alone: every byte reads the same after it.
+TEST(MappedFile, ReleaseKeepsTheBytes) {
+  test::TempDir dir;
+  const size_t n = (size_t{3} << 20) + 777;
+  const std::string path = write_file(dir, "mapped", n);
+  for (FileAccess how : {FileAccess::Map, FileAccess::Read}) {
+    auto f = MappedFile::open(path, how);
+    for (size_t i = 0; i < n; i += 4096) ASSERT_EQ(f->data()[i], static_cast<uint8_t>(i * 131 + (i >> 12)));  // (resident first)
+    f->release(f->data() + 1000, n);  // partial first page, past the end
+    f->release(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(f->data()) - 4096), 8192);  // starts outside: nothing
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(f->data()[i], static_cast<uint8_t>(i * 131 + (i >> 12))) << "byte " << i;
+  }
 }
 
 TEST(MappedFile, ErrorsNameThePath) {

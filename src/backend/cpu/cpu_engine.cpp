@@ -183,14 +183,31 @@ void ternary_linears(std::initializer_list<LinearOut> parts, const QuantizedActs
   }, 8);
 }
 
+// Decode streams every weight each token: from 4 KB pages it lost 20-30 % of its time on the
+// 2-core VM, so the mapped files' bytes that decode reads in place (the LM head, ternary
+// matrices used as stored) are brought into 2 MB pages where the kernel can; what a loader
+// repacked into memory is not read from the file again and is left alone.
+void settle_streamed_weights(const Model& m) {
+  for (const auto& f : m.files) {
+    const uint8_t *base = f->data(), *end = base + f->size(), *lo = end, *hi = base;
+    auto add = [&](const void* p, size_t n) {
+      const uint8_t* b = static_cast<const uint8_t*>(p);
+      if (b >= base && b < end) lo = std::min(lo, b), hi = std::max(hi, b + std::min(n, static_cast<size_t>(end - b)));
+    };
+    add(m.embedding.data, m.embedding.nbytes());
+    for (const Layer& L : m.layers) {
+      for (const TernaryMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) add(w->data, static_cast<size_t>(w->rows * w->row_bytes));
+    }
+    if (lo < hi) f->settle_in_huge_pages(static_cast<size_t>(lo - base), static_cast<size_t>(hi - lo));
+  }
+}
+
 class CpuEngine final : public Engine {
  public:
   CpuEngine(const Model& model, const EngineOptions& opts)
       : m_(model), c_(model.config), pool_(opts.threads), ctx_(opts.ctx > 0 ? opts.ctx : model.config.ctx) {
     if (opts.n_seq < 1) fail("the engine needs at least one sequence (n_seq {})", opts.n_seq);
-    // Decode streams every weight each token: from 4 KB pages it lost 20-30 % of its time on
-    // the 2-core VM, so the mapped files are brought into 2 MB pages where the kernel can.
-    for (const auto& f : m_.files) f->settle_in_huge_pages();
+    settle_streamed_weights(m_);
     // Left uninitialised: pages are only touched as positions are filled, so sequences
     // (and context) that are never used cost address space, not memory.
     const size_t cache = static_cast<size_t>(c_.n_layers) * ctx_ * c_.kv_dim();
