@@ -175,9 +175,9 @@ Action add_bench(CLI::App& app) {
     // What the CPU engine did to get there, for the file that holds the LM head (a later
     // call returns the first call's report).
     HugePageSettle settle;
+    const auto* head = static_cast<const uint8_t*>(m.embedding.data);
     for (const auto& f : m.files) {
-      const auto* e = static_cast<const uint8_t*>(m.embedding.data);
-      if (!on_gpu && e >= f->data() && e < f->data() + f->size()) settle = f->settle_in_huge_pages();
+      if (!on_gpu && head >= f->data() && head < f->data() + f->size()) settle = f->settle_in_huge_pages();
     }
     const double wbytes = weight_bytes(m, eo.lm_head);
     const double kv_bytes = eo.kv_type == KvType::F16 ? 2.0 : 4.0;

@@ -61,19 +61,18 @@ uint8_t* read_into_memory(int fd, size_t size, const std::string& path) {
 }
 
 // Resident kB and kB in 2 MB pages (/proc/self/smaps: Rss; FilePmdMapped + AnonHugePages) of
-// the mappings overlapping [lo, hi), or with containing_only of the one that contains lo.
-// rss -1 where none is found or smaps cannot be read.
+// the mappings overlapping [lo, hi); rss -1 where none is found or smaps cannot be read.
 struct Residency {
   double rss = -1, huge = 0;
 };
-Residency residency(uintptr_t lo, uintptr_t hi, bool containing_only) {
+Residency residency(uintptr_t lo, uintptr_t hi) {
   std::ifstream smaps("/proc/self/smaps");
   Residency r;
   bool inside = false;
   for (std::string line; std::getline(smaps, line);) {
     unsigned long a = 0, b = 0;
     if (std::sscanf(line.c_str(), "%lx-%lx ", &a, &b) == 2 && line.find(':') > line.find(' ')) {
-      inside = containing_only ? lo >= a && lo < b : a < hi && b > lo;
+      inside = a < hi && b > lo;
       continue;
     }
     if (!inside) continue;
@@ -131,7 +130,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, FileAccess
 
 double huge_page_share(const void* addr) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
-  return share(residency(a, a + 1, true));
+  return share(residency(a, a + 1));
 }
 
 // Replaces [offset, offset + length) of the map by a fresh map of the same bytes (atomic:
@@ -178,21 +177,21 @@ HugePageSettle MappedFile::settle_in_huge_pages(size_t offset, size_t length) {
   if (madvise(base + a0, a1 - a0, MADV_POPULATE_READ) != 0) return settle_;
   settle_.ran = true;
   const uintptr_t lo = reinterpret_cast<uintptr_t>(base + a0), hi = reinterpret_cast<uintptr_t>(base + a1);
-  settle_.share_before = settle_.share_after = share(residency(lo, hi, false));
+  settle_.share_before = settle_.share_after = share(residency(lo, hi));
   if (settle_.share_before >= 0 && settle_.share_before < 0.9) {
     // The trial piece, from the middle: its 2 MB pages after re-caching it, counted as
     // the range's total after minus the total with the piece not yet faulted back.
     const size_t off = (a0 + (a1 - a0) / 2) & ~(kHugePage - 1);
     if (remap(off, kTrial)) {
-      const double without = residency(lo, hi, false).huge;
+      const double without = residency(lo, hi).huge;
       refill(off, kTrial);
-      if (residency(lo, hi, false).huge - without >= kTrial / 2 / 1024.0) {
+      if (residency(lo, hi).huge - without >= kTrial / 2 / 1024.0) {
         for (size_t o = a0; o < a1; o += kPiece) {
           if (remap(o, std::min(kPiece, a1 - o))) refill(o, std::min(kPiece, a1 - o));
         }
         settle_.recached = true;
       }
-      settle_.share_after = share(residency(lo, hi, false));
+      settle_.share_after = share(residency(lo, hi));
     }
   }
   settle_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
