@@ -1,8 +1,11 @@
-// tern bench -m MODEL [-p 512] [-n 128] [-B 1,8,32,64] [-r 3] [--backend cpu|cuda|auto]
+// tern bench -m MODEL [-p 512] [-n 128] [-d 0] [-B 1,8,32,64] [-r 3] [--backend cpu|cuda|auto]
 //            [--threads N] [--lm-head f16|int8] [--cache-type f32|f16] [--lora DIR[:S]] [--bw GB/s] [--json]
 // Like llama-bench: pp = one forward over N prompt tokens; tg = N single-token decode
 // steps from an empty cache, greedy (the backend's argmax: only token ids come back);
 // tgN@B = N decode steps of B sequences at once from empty caches, aggregate tokens/s.
+// -d D (llama-bench's --n-depth): every test starts from D cached positions instead (a
+// prompt of D tokens prefilled, untimed, before each run; named ppN@dD, tgN@dD): decode at
+// depth pays attention over D + i positions per step, which an empty cache hides.
 // Decode figures carry the memory-bandwidth roofline: the bytes a step must read
 // (every weight once, plus each sequence's KV cache) at the measured bandwidth (GPU:
 // device-to-device copy, read + write; CPU: a streaming read of the model's weights,
@@ -43,7 +46,7 @@ namespace {
 
 struct Result {
   std::string test;
-  int64_t n_prompt = 0, n_gen = 0, n_batch = 1;
+  int64_t n_prompt = 0, n_gen = 0, n_batch = 1, n_depth = 0;
   std::vector<double> tps;
   double roofline = 0;  // tok/s at the bandwidth limit; 0 = none (prefill)
   std::vector<double> pct_around = {};  // CPU decode: each run's % of the bandwidth read just before and after it
@@ -97,7 +100,7 @@ std::unique_ptr<ReadProbe> weights_probe(const Model& m, int threads) {
 Action add_bench(CLI::App& app) {
   struct Opts {
     ModelFlags model;
-    std::string p = "512", n = "128", batch, backend = "cpu", lm_head = "f16", cache_type = "f32";
+    std::string p = "512", n = "128", d = "0", batch, backend = "cpu", lm_head = "f16", cache_type = "f32";
     std::vector<std::string> lora;
     int reps = 3, threads = 0;
     double bw = 0;
@@ -110,6 +113,8 @@ Action add_bench(CLI::App& app) {
   o->model.add(app);
   app.add_option("-p,--n-prompt", o->p, "Prompt lengths, comma-separated (0 = skip)")->capture_default_str();
   app.add_option("-n,--n-gen", o->n, "Generation lengths, comma-separated (0 = skip)")->capture_default_str();
+  app.add_option("-d,--n-depth", o->d, "Cached positions before each test, comma-separated (a prefilled prompt, untimed)")
+      ->capture_default_str();
   app.add_option("-B,--batch", o->batch,
                  "Batched decode: sequence counts, comma-separated (default 1,8,32,64 on CUDA, none on CPU; 0 = skip)");
   app.add_option("-r,--repetitions", o->reps, "Repetitions of each test")->capture_default_str()->check(CLI::Range(1, 1000));
@@ -135,15 +140,17 @@ Action add_bench(CLI::App& app) {
       tb.tf32 = o->precision == "tf32";
       return run_train_bench(m, tb);
     }
-    std::vector<int64_t> pps = parse_int_list(o->p, "-p", 0, 1 << 20), tgs = parse_int_list(o->n, "-n", 0, 1 << 20);
+    std::vector<int64_t> pps = parse_int_list(o->p, "-p", 0, 1 << 20), tgs = parse_int_list(o->n, "-n", 0, 1 << 20),
+                         depths = parse_int_list(o->d, "-d", 0, 1 << 20);
     Model m = o->model.load();
-    int64_t longest = 1;
+    int64_t longest = 1, deepest = 0;
     for (int64_t x : pps) longest = std::max(longest, x);
     for (int64_t x : tgs) longest = std::max(longest, x);
+    for (int64_t x : depths) deepest = std::max(deepest, x);
     EngineOptions eo;
     eo.backend = o->backend;
     eo.threads = o->threads;
-    eo.ctx = longest;
+    eo.ctx = deepest + longest;
     eo.lm_head = parse_lm_head(o->lm_head);
     eo.kv_type = parse_cache_type(o->cache_type);
     eo.loras = load_loras(o->lora, m.config);
@@ -182,34 +189,39 @@ Action add_bench(CLI::App& app) {
     const double wbytes = weight_bytes(m, eo.lm_head);
     const double kv_bytes = eo.kv_type == KvType::F16 ? 2.0 : 4.0;
     const double kv_per_pos = 2.0 * kv_bytes * m.config.n_layers * m.config.kv_dim();  // K and V
-    // Roofline tok/s of n steps of B sequences from empty caches (step i reads i+1 positions).
-    auto roofline = [&](int64_t n, int64_t B) {
-      const double bytes = n * wbytes + B * kv_per_pos * (n * (n + 1) / 2.0);
+    // Roofline tok/s of n steps of B sequences from d cached positions (step i reads d+i+1).
+    auto roofline = [&](int64_t n, int64_t B, int64_t d) {
+      const double bytes = n * wbytes + B * kv_per_pos * (n * d + n * (n + 1) / 2.0);
       return B * n / (bytes / bw);
     };
 
     const int64_t V = m.config.vocab;
     std::vector<float> logits(V);
     // Fixed pseudo-random prompt tokens: speed must not depend on which ids they are.
-    std::vector<int32_t> toks(std::max(longest, max_b));
+    std::vector<int32_t> toks(std::max(deepest + longest, max_b));
     for (size_t i = 0; i < toks.size(); ++i) toks[i] = static_cast<int32_t>((i * 2654435761u) % V);
     using clock = std::chrono::steady_clock;
-    auto run_pp = [&](int64_t n) {
-      e1.reset();
+    // Sequence s from d cached positions (the first d prompt tokens, untimed).
+    auto start_at = [&](int s, int64_t d) {
+      e1.reset(s);
+      if (d > 0) e1.forward(s, std::span<const int32_t>(toks.data(), d), nullptr, Logits::None);
+    };
+    auto run_pp = [&](int64_t n, int64_t d) {
+      start_at(0, d);
       auto t0 = clock::now();
-      e1.forward(std::span<const int32_t>(toks.data(), n), logits.data(), Logits::Last);
+      e1.forward(std::span<const int32_t>(toks.data() + d, n), logits.data(), Logits::Last);
       return std::chrono::duration<double>(clock::now() - t0).count();
     };
     // CPU decode: one probe pass after every kProbeEvery steps, outside the timing.
     constexpr int64_t kProbeEvery = 4;
     double between_secs = 0, between_bytes = 0;  // the probe passes of the last run_tg
     // n steps of B sequences 0..B-1, each fed its own greedy output; seconds spent stepping.
-    auto run_tg = [&](int64_t n, int64_t B) {
+    auto run_tg = [&](int64_t n, int64_t B, int64_t d) {
       std::vector<int> seqs(B);
       std::vector<int32_t> cur(toks.begin(), toks.begin() + B), next(B);
       for (int64_t b = 0; b < B; ++b) {
         seqs[b] = static_cast<int>(b);
-        e1.reset(static_cast<int>(b));
+        start_at(seqs[b], d);
       }
       between_secs = between_bytes = 0;
       auto t0 = clock::now();
@@ -247,15 +259,18 @@ Action add_bench(CLI::App& app) {
       }
       results.push_back(r);
     };
-    for (int64_t n : pps) {
-      if (n > 0) measure(Result{"pp" + std::to_string(n), n, 0, 1, {}, 0}, [&] { return run_pp(n); }, n);
-    }
-    for (int64_t n : tgs) {
-      if (n <= 0) continue;
-      measure(Result{"tg" + std::to_string(n), 0, n, 1, {}, roofline(n, 1)}, [&] { return run_tg(n, 1); }, n);
-      for (int64_t B : batches) {
-        measure(Result{"tg" + std::to_string(n) + "@B" + std::to_string(B), 0, n, B, {}, roofline(n, B)},
-                [&] { return run_tg(n, B); }, n * B);
+    for (int64_t d : depths) {
+      const std::string at = d > 0 ? "@d" + std::to_string(d) : "";
+      for (int64_t n : pps) {
+        if (n > 0) measure(Result{"pp" + std::to_string(n) + at, n, 0, 1, d, {}, 0}, [&] { return run_pp(n, d); }, n);
+      }
+      for (int64_t n : tgs) {
+        if (n <= 0) continue;
+        measure(Result{"tg" + std::to_string(n) + at, 0, n, 1, d, {}, roofline(n, 1, d)}, [&] { return run_tg(n, 1, d); }, n);
+        for (int64_t B : batches) {
+          measure(Result{"tg" + std::to_string(n) + "@B" + std::to_string(B) + at, 0, n, B, d, {}, roofline(n, B, d)},
+                  [&] { return run_tg(n, B, d); }, n * B);
+        }
       }
     }
     const std::string model_desc =
@@ -265,7 +280,7 @@ Action add_bench(CLI::App& app) {
       nlohmann::json out = nlohmann::json::array();
       for (const Result& r : results) {
         nlohmann::json j = {{"model", model_desc}, {"backend", backend}, {"test", r.test}, {"n_prompt", r.n_prompt},
-                            {"n_gen", r.n_gen}, {"n_batch", r.n_batch}, {"avg_ts", r.mean()}, {"stddev_ts", r.sd()},
+                            {"n_gen", r.n_gen}, {"n_batch", r.n_batch}, {"n_depth", r.n_depth}, {"avg_ts", r.mean()}, {"stddev_ts", r.sd()},
                             {"samples_ts", r.tps}, {"lm_head", o->lm_head}};
         if (r.roofline > 0) {
           j["roofline_ts"] = r.roofline;

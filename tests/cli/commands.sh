@@ -71,6 +71,15 @@ grep -q '"n_batch": 3' "$WORK/out" && grep -q '"pct_roofline"' "$WORK/out" && gr
 expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 9 -r 1 -t 2 --json --no-mmap
 grep -q '"pct_bw_between"' "$WORK/out" && ok || bad "bench --json lacks pct_bw_between: $(cat "$WORK/out")"
 grep -q '"weights_in_2mb_pages"' "$WORK/out" && ok || bad "bench --json lacks weights_in_2mb_pages: $(cat "$WORK/out")"
+# Depth (-d): each test from D cached positions; the decode roofline counts their KV reads.
+expect_ok "$TERN" bench -m "$WORK/t.gguf" -p 8 -n 4 -d 0,40 -r 1 -t 2 --json --bw 10
+grep -q '"test": "tg4@d40"' "$WORK/out" && grep -q '"test": "pp8@d40"' "$WORK/out" && grep -q '"test": "tg4"' "$WORK/out" &&
+  grep -q '"n_depth": 40' "$WORK/out" && ok || bad "bench -d JSON lacks tg4@d40/pp8@d40/n_depth: $(cat "$WORK/out")"
+# (nlohmann::json orders an object's keys: roofline_ts comes before test)
+roof() { awk -v t="\"$1\"," '/{/ { r = "" } $1 == "\"roofline_ts\":" { r = $2; sub(",", "", r) } $1 == "\"test\":" && $2 == t { print r }' "$WORK/out"; }
+awk -v a="$(roof tg4)" -v b="$(roof tg4@d40)" 'BEGIN { exit !(b > 0 && b < a) }' && ok ||
+  bad "bench -d: tg4@d40's roofline ($(roof tg4@d40)) should be below tg4's ($(roof tg4))"
+expect_fail "-d" "$TERN" bench -m "$WORK/t.gguf" -p 8 -n 0 -d x
 expect_fail "--batch" "$TERN" bench -m "$WORK/t.gguf" -p 0 -n 4 -B x
 expect_fail "unknown backend 'gpu'" "$TERN" bench -m "$WORK/t.gguf" -p 8 -n 0 --backend gpu
 

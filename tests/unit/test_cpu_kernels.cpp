@@ -363,6 +363,16 @@ TEST(CpuKernels, RopeRotatesHalfPairs) {
   std::vector<float> y = orig;
   cpu::rope_neox(y.data(), heads, hd, 0, inv.data());
   EXPECT_EQ(y, orig);
+  // The engine's split form: the table holds float(pos) * inv_freq's cos and sin, and
+  // rotating with it is the one-call rotation bit for bit.
+  std::vector<float> cs(hd), z = orig;
+  cpu::rope_table(pos, inv.data(), hd / 2, cs.data());
+  for (int64_t i = 0; i < hd / 2; ++i) {
+    EXPECT_EQ(cs[i], std::cos(static_cast<float>(pos) * inv[i])) << i;
+    EXPECT_EQ(cs[hd / 2 + i], std::sin(static_cast<float>(pos) * inv[i])) << i;
+  }
+  cpu::rope_neox_table(z.data(), heads, hd, cs.data());
+  EXPECT_EQ(z, x);
 }
 
 TEST(CpuKernels, AttentionMatchesSoftmaxDefinition) {

@@ -215,11 +215,11 @@ class CpuEngine final : public Engine {
     seqs_.resize(opts.n_seq);
     for (Seq& s : seqs_) {
       if (f16_cache_) {
-        s.k16.reset(new uint16_t[cache]);
-        s.v16.reset(new uint16_t[cache]);
+        s.k16 = make_aligned_array<uint16_t>(cache);
+        s.v16 = make_aligned_array<uint16_t>(cache);
       } else {
-        s.k.reset(new float[cache]);
-        s.v.reset(new float[cache]);
+        s.k = make_aligned_array<float>(cache);
+        s.v = make_aligned_array<float>(cache);
       }
     }
     scratch_.resize(static_cast<size_t>(pool_.size() * scratch_floats()));
@@ -281,8 +281,8 @@ class CpuEngine final : public Engine {
     // so attention streams them (rows of all heads, [ctx][kv_dim], put a head's 512 bytes
     // of each position 2.5 KB apart: read cold once per token, they cost more than
     // attention's arithmetic).
-    std::unique_ptr<float[]> k, v;
-    std::unique_ptr<uint16_t[]> k16, v16;  // the same as F16 bits (KvType::F16)
+    AlignedArray<float> k, v;  // (64-byte aligned: util/aligned.h says why)
+    AlignedArray<uint16_t> k16, v16;  // the same as F16 bits (KvType::F16)
     int64_t pos = 0;
   };
 
@@ -318,6 +318,7 @@ class CpuEngine final : public Engine {
     if (n == 0) return;
     resize(n);
     for (int64_t i = 0; i < n; ++i) m_.embedding.row_to_f32(tokens[i], x_.data() + i * c_.hidden);
+    for (int64_t i = 0; i < n; ++i) cpu::rope_table(s.pos + i, inv_freq_.data(), c_.head_dim / 2, rope_cs_.data() + i * c_.head_dim);
     for (int64_t l = 0; l < c_.n_layers; ++l) layer(s, l, n);
     s.pos += n;
     if (which == Logits::None) return;
@@ -335,6 +336,7 @@ class CpuEngine final : public Engine {
     att_.resize(n * c_.q_dim());
     gate_.resize(n * c_.ffn);
     up_.resize(n * c_.ffn);
+    rope_cs_.resize(n * c_.head_dim);
   }
 
   void norm_rows(const float* in, const std::vector<float>& w, int64_t n, int64_t dim, float* out) {
@@ -356,8 +358,8 @@ class CpuEngine final : public Engine {
     add_loras(li, Proj::V, norm_.data(), n, v_.data());
     const int64_t at = li * ctx_ * KV;
     for (int64_t i = 0; i < n; ++i) {
-      cpu::rope_neox(q_.data() + i * QD, c_.n_heads, hd, pos + i, inv_freq_.data());
-      cpu::rope_neox(k_.data() + i * KV, c_.n_kv_heads, hd, pos + i, inv_freq_.data());
+      cpu::rope_neox_table(q_.data() + i * QD, c_.n_heads, hd, rope_cs_.data() + i * hd);
+      cpu::rope_neox_table(k_.data() + i * KV, c_.n_kv_heads, hd, rope_cs_.data() + i * hd);
       for (int64_t g = 0; g < c_.n_kv_heads; ++g) {
         const int64_t row = at + g * ctx_ * hd + (pos + i) * hd, from = i * KV + g * hd;
         if (f16_cache_) {
@@ -493,7 +495,8 @@ class CpuEngine final : public Engine {
   std::vector<float> inv_freq_;
   std::vector<float> scratch_;  // [pool thread][scratch_floats()]
   bool f16_cache_ = false;
-  std::vector<float> x_, norm_, q_, k_, v_, att_, gate_, up_;
+  AlignedVector<float> x_, norm_, q_, k_, v_, att_, gate_, up_;
+  std::vector<float> rope_cs_;  // [token][head_dim]: the chunk's cos and sin (cpu::rope_table)
   std::vector<float> row_;  // decode's logits row when only argmax is wanted
   QuantizedActs acts_;
   bool int8_head_ = false;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "util/half.h"
 
@@ -82,18 +83,30 @@ void rope_inv_freq(float theta, int64_t head_dim, float* inv_freq) {
   }
 }
 
-void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq) {
-  const int64_t half = head_dim / 2;
+void rope_table(int64_t pos, const float* inv_freq, int64_t half, float* cs) {
   for (int64_t i = 0; i < half; ++i) {
     const float angle = static_cast<float>(pos) * inv_freq[i];
-    const float c = std::cos(angle), s = std::sin(angle);
-    for (int64_t h = 0; h < n_heads; ++h) {
-      float* v = x + h * head_dim;
-      const float a = v[i], b = v[i + half];
+    cs[i] = std::cos(angle);
+    cs[half + i] = std::sin(angle);
+  }
+}
+
+void rope_neox_table(float* x, int64_t n_heads, int64_t head_dim, const float* cs) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* v = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half], c = cs[i], s = cs[half + i];
       v[i] = a * c - b * s;
       v[i + half] = b * c + a * s;
     }
   }
+}
+
+void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq) {
+  std::vector<float> cs(static_cast<size_t>(head_dim / 2 * 2));
+  rope_table(pos, inv_freq, head_dim / 2, cs.data());
+  rope_neox_table(x, n_heads, head_dim, cs.data());
 }
 
 namespace {

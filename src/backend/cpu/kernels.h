@@ -59,8 +59,15 @@ void ternary_dot4_decode(const uint8_t* const* rows, const int8_t* acts, int64_t
 // taken row by row through single dots ran the AVX2 path ~5-16 % slower).
 int decode_streams();
 
-// HF rotate_half RoPE on n_heads heads of head_dim, pairs (i, i + head_dim/2).
+// HF rotate_half RoPE on n_heads heads of head_dim, pairs (i, i + head_dim/2), at
+// position pos: angle_i = float(pos) * inv_freq[i], rotated by std::cos / std::sin of it.
 void rope_neox(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq);
+// The same split in two: rope_table writes one position's cos (cs[0, half)) and sin
+// (cs[half, 2 half)), rope_neox_table rotates with them. The engine computes a token's
+// table once for q and k of every layer (the sines and cosines recomputed per call were
+// ~1.5 % of a decode step, all on one thread). Bit for bit the one-call version.
+void rope_table(int64_t pos, const float* inv_freq, int64_t half, float* cs);
+void rope_neox_table(float* x, int64_t n_heads, int64_t head_dim, const float* cs);
 // inv_freq[i] = 1 / theta^(2i/head_dim), computed in float32 as transformers does.
 void rope_inv_freq(float theta, int64_t head_dim, float* inv_freq);
 
