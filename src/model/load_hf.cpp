@@ -139,9 +139,9 @@ std::vector<float> read_vector(const st::Reader& r, const std::string& name, int
   return to_f32(float_type_of(t), t.data, n);
 }
 
-TernaryMatrix read_linear(const st::Reader& r, const HfConfig& c, const std::string& name, int64_t rows, int64_t cols,
-                          const std::string& dir) {
-  const st::TensorInfo& t = r.get(name + ".weight", dir);
+// Linear `name` (its tensor t) as a TernaryMatrix in memory.
+TernaryMatrix repack_linear(const st::Reader& r, const HfConfig& c, const st::TensorInfo& t, const std::string& name, int64_t rows,
+                            int64_t cols, const std::string& dir) {
   if (t.dtype == st::DType::U8) {
     expect_shape(t, {(rows + 3) / 4, cols});
     const st::TensorInfo& s = r.get(name + ".weight_scale", dir);
@@ -150,9 +150,7 @@ TernaryMatrix read_linear(const st::Reader& r, const HfConfig& c, const std::str
     if (!(scale > 0) || !std::isfinite(scale)) fail("{}: tensor {}: scale {} is not a positive finite number", s.file, s.name, scale);
     if (c.scale_divides) scale = 1.0f / scale;
     std::vector<int8_t> w = unpack_hf(std::span<const uint8_t>(t.data, t.nbytes), rows, cols);
-    TernaryMatrix m = make_ternary(w, rows, cols, scale);
-    for (const auto& f : r.files()) f->release(t.data, t.nbytes);  // (repacked: mapped_file.h)
-    return m;
+    return make_ternary(w, rows, cols, scale);
   }
   if (c.packed) {
     fail("{}: tensor {}: dtype {} but quantization_config says the weights are packed (expected U8)", t.file, t.name,
@@ -162,8 +160,15 @@ TernaryMatrix read_linear(const st::Reader& r, const HfConfig& c, const std::str
   std::vector<float> f = to_f32(float_type_of(t), t.data, rows * cols);
   float scale = 0;
   std::vector<int8_t> w = ternarize_absmean(f, &scale);
-  TernaryMatrix m = make_ternary(w, rows, cols, scale);
-  for (const auto& file : r.files()) file->release(t.data, t.nbytes);
+  return make_ternary(w, rows, cols, scale);
+}
+
+TernaryMatrix read_linear(const st::Reader& r, const HfConfig& c, const std::string& name, int64_t rows, int64_t cols,
+                          const std::string& dir) {
+  const st::TensorInfo& t = r.get(name + ".weight", dir);
+  TernaryMatrix m = repack_linear(r, c, t, name, rows, cols, dir);
+  // Repacked into memory, so its mapped pages are not read again (mapped_file.h release).
+  for (const auto& f : r.files()) f->release(t.data, t.nbytes);
   return m;
 }
 
